@@ -1,0 +1,1 @@
+"""HF safetensors -> comet-jax checkpoint conversion (`python -m comet_jax.convert`)."""

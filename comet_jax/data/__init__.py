@@ -1,0 +1,1 @@
+"""Input data: JSONL token sequences (and later grain sources, synthetic passkeys)."""

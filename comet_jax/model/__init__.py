@@ -1,0 +1,1 @@
+"""Backbone blocks, memory nets and schedules (pure functions over parameter pytrees)."""

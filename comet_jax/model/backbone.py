@@ -1,0 +1,143 @@
+"""Llama / Qwen3 decoder as pure functions over a parameter pytree.
+
+Parameters (linear weights stored (in, out), so y = x @ W; layer leaves stacked on a
+leading axis L and scanned):
+
+    embed (V, D), final_norm (D,), lm_head (D, V) unless tied,
+    layers: attn_norm, mlp_norm (L, D); wq (L, D, H*hd); wk, wv (L, D, K*hd);
+            wo (L, H*hd, D); q_norm, k_norm (L, hd) with qk_norm;
+            w_gate, w_up (L, D, F); w_down (L, F, D)
+
+Attention takes explicit position ids and an explicit boolean mask, because CoMeT
+restarts positions in every chunk and masks unused slots.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from comet_jax.config import ModelConfig
+from comet_jax.model.rope import apply_rope, inv_frequencies
+
+Params = dict[str, Any]
+# A large negative instead of -inf: a query whose keys are all masked (a padding slot)
+# gets a uniform softmax rather than NaNs that would poison gradients.
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def rms_norm(x: jnp.ndarray, weight: jnp.ndarray, eps: float) -> jnp.ndarray:
+    """HF's LlamaRMSNorm: normalise in float32, cast back, then scale."""
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * y.astype(x.dtype)
+
+
+def cast_params(params: Params, dtype: str) -> Params:
+    dt = jnp.dtype(dtype)
+    return jax.tree.map(lambda a: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
+
+
+def project_qkv(p: Params, x: jnp.ndarray, positions: jnp.ndarray, cfg: ModelConfig):
+    """q [B, T, H, hd], k and v [B, T, K, hd], RoPE (and Qwen3 q/k norm) applied."""
+    b, t, _ = x.shape
+    q = (x @ p["wq"]).reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k = (x @ p["wk"]).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    v = (x @ p["wv"]).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    if cfg.qk_norm:
+        q = rms_norm(q, p["q_norm"], cfg.rms_eps)
+        k = rms_norm(k, p["k_norm"], cfg.rms_eps)
+    inv_freq = inv_frequencies(cfg.rope, cfg.head_dim)
+    return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
+
+
+def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+    """Grouped-query attention. q [B, T, H, hd]; k, v [B, S, K, hd]; mask [B, T, S] bool
+    (True = may attend). Returns [B, T, H*hd]."""
+    b, t, h, hd = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, t, kv, h // kv, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * (hd ** -0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h * hd)
+
+
+def mlp(p: Params, x: jnp.ndarray) -> jnp.ndarray:
+    return (jax.nn.silu(x @ p["w_gate"]) * (x @ p["w_up"])) @ p["w_down"]
+
+
+def decoder_layer(p: Params, h: jnp.ndarray, positions: jnp.ndarray, mask: jnp.ndarray,
+                  cfg: ModelConfig) -> jnp.ndarray:
+    """One pre-norm decoder block over h [B, T, D]."""
+    x = rms_norm(h, p["attn_norm"], cfg.rms_eps)
+    q, k, v = project_qkv(p, x, positions, cfg)
+    h = h + attend(q, k, v, mask) @ p["wo"]
+    x = rms_norm(h, p["mlp_norm"], cfg.rms_eps)
+    return h + mlp(p, x)
+
+
+def run_layers(layers: Params, h: jnp.ndarray, positions: jnp.ndarray, mask: jnp.ndarray,
+               cfg: ModelConfig, remat: bool = False) -> jnp.ndarray:
+    """All decoder layers, scanned over the stacked leading axis."""
+
+    def body(h, p):
+        return decoder_layer(p, h, positions, mask, cfg), None
+
+    if remat:
+        body = jax.checkpoint(body)
+    h, _ = jax.lax.scan(body, h, layers)
+    return h
+
+
+def embed(params: Params, tokens: jnp.ndarray, cfg: ModelConfig) -> jnp.ndarray:
+    return jnp.take(params["embed"], tokens, axis=0).astype(jnp.dtype(cfg.dtype))
+
+
+def lm_head_weight(params: Params) -> jnp.ndarray:
+    """(D, V): the untied head, or the embedding transposed when tied."""
+    return params["lm_head"] if "lm_head" in params else params["embed"].T
+
+
+def final_norm(params: Params, h: jnp.ndarray, cfg: ModelConfig) -> jnp.ndarray:
+    return rms_norm(h, params["final_norm"], cfg.rms_eps)
+
+
+def mask_padded_vocab(logits: jnp.ndarray, cfg: ModelConfig) -> jnp.ndarray:
+    """Rows the converter added only to round the vocabulary up never win a softmax."""
+    if cfg.real_vocab == logits.shape[-1]:
+        return logits
+    live = jnp.arange(logits.shape[-1]) < cfg.real_vocab
+    return jnp.where(live, logits, -jnp.inf)
+
+
+def causal_mask(lengths: jnp.ndarray, t: int) -> jnp.ndarray:
+    """[B, T, T]: causal, and keys past each sequence's length masked."""
+    idx = jnp.arange(t)
+    causal = idx[None, :, None] >= idx[None, None, :]
+    valid = idx[None, None, :] < lengths[:, None, None]
+    return causal & valid
+
+
+def full_hidden(params: Params, tokens: jnp.ndarray, lengths: jnp.ndarray, cfg: ModelConfig,
+                remat: bool = False) -> jnp.ndarray:
+    """The plain backbone over whole (right-padded) sequences: final-normed hidden [B, T, D]."""
+    params = cast_params(params, cfg.dtype)
+    b, t = tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    h = embed(params, tokens, cfg)
+    h = run_layers(params["layers"], h, positions, causal_mask(lengths, t), cfg, remat=remat)
+    return final_norm(params, h, cfg)
+
+
+def full_logits(params: Params, tokens: jnp.ndarray, lengths: jnp.ndarray, cfg: ModelConfig) -> jnp.ndarray:
+    """[B, T, V] logits of the plain backbone (for tests and short inputs only)."""
+    h = full_hidden(params, tokens, lengths, cfg)
+    logits = jnp.einsum("btd,dv->btv", h, lm_head_weight(cast_params(params, cfg.dtype)),
+                        preferred_element_type=jnp.float32)
+    return mask_padded_vocab(logits, cfg)

@@ -1,0 +1,1 @@
+"""Evaluations: loss, passkey, benchmarks (`python -m eval.<name> --help`)."""

@@ -1,0 +1,83 @@
+"""python -m eval.loss --checkpoint DIR --data FILE.jsonl [--mode full|comet] [--batch-size N]
+
+Mean next-token cross-entropy of a converted checkpoint over a JSONL file of
+`{"input_ids": [...]}` (or `{"text": ...}` when the checkpoint has a tokenizer).
+The last line of stdout is one JSON object:
+  {"loss": float, "n_tokens": int, "per_sequence": [{"loss": float, "n_tokens": int}, ...]}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from comet_jax.checkpoint import CheckpointError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m eval.loss", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="converted checkpoint directory")
+    ap.add_argument("--data", required=True, help="JSONL file, one sequence a line")
+    ap.add_argument("--mode", choices=("full", "comet"), default="full",
+                    help="full: plain backbone over the whole sequence; comet: chunked with memory")
+    ap.add_argument("--batch-size", type=int, default=8, help="sequences per compiled batch (default 8)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    ap.add_argument("--chunk-size", type=int, help="comet mode: override the checkpoint's chunk size")
+    ap.add_argument("--stride", type=int, help="comet mode: override the temp beacon stride")
+    ap.add_argument("--budget", type=int, help="comet mode: override the temp memory budget")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch_size <= 0:
+        print(f"error: --batch-size must be > 0, got {args.batch_size}", file=sys.stderr)
+        return 2
+    # Heavy imports after argument parsing, so --help and usage errors are instant.
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from comet_jax import checkpoint
+    from comet_jax.config import ConfigError
+    from comet_jax.data.jsonl import DataError, read_jsonl
+    from comet_jax.scoring import score_batch
+    from comet_jax.tokenizer import load_tokenizer
+
+    try:
+        model, comet, meta = checkpoint.read_meta(args.checkpoint)
+        model = dataclasses.replace(model, dtype=args.dtype)
+        overrides = {k: v for k, v in (("chunk_size", args.chunk_size), ("stride", args.stride),
+                                       ("budget", args.budget)) if v is not None}
+        if overrides:
+            comet = dataclasses.replace(comet, **overrides)
+            comet.validate(model.real_vocab)
+        seqs = read_jsonl(args.data, load_tokenizer(args.checkpoint, meta), model.real_vocab)
+        if not seqs:
+            raise DataError(f"{args.data}: no sequences")
+        params = checkpoint.load_params(args.checkpoint)
+    except (CheckpointError, ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    start = time.time()
+    results: list[tuple[float, int]] = []
+    with tqdm(total=len(seqs), desc=f"loss ({args.mode})", unit="seq", file=sys.stderr) as bar:
+        for i in range(0, len(seqs), args.batch_size):
+            batch = seqs[i: i + args.batch_size]
+            results += score_batch(params, batch, args.batch_size, model, comet, args.mode)
+            bar.update(len(batch))
+    total = sum(s for s, _ in results)
+    count = sum(n for _, n in results)
+    print(f"{count} tokens in {time.time() - start:.1f}s", file=sys.stderr)
+    out = {"loss": total / count, "n_tokens": count,
+           "per_sequence": [{"loss": s / n, "n_tokens": n} for s, n in results]}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
