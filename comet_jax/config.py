@@ -185,6 +185,8 @@ def _rope_from_hf(cfg: dict[str, Any]) -> RopeConfig:
 
 def architecture_of(cfg: dict[str, Any]) -> str:
     archs = cfg.get("architectures") or []
+    if not archs:  # configs written without a head class still name their model type
+        archs = {"llama": ["LlamaForCausalLM"], "qwen3": ["Qwen3ForCausalLM"]}.get(cfg.get("model_type"), [])
     for a in archs:
         if a in SUPPORTED_ARCHITECTURES:
             return a

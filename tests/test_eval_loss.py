@@ -1,0 +1,94 @@
+"""eval.loss: per-sequence and mean losses equal transformers'; bad input is named."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import hf_models
+from comet_jax.convert.hf_import import convert
+from eval import loss as eval_loss
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen3"])
+def setup(request, tmp_path_factory):
+    cfg = {"llama": hf_models.llama_config, "qwen3": hf_models.qwen3_config}[request.param]()
+    hf = hf_models.build(cfg)
+    root = tmp_path_factory.mktemp(request.param)
+    src = hf_models.save(hf, root / "src")
+    # no CoMeT tokens: the converted model then computes exactly the source model's numbers
+    convert(src, root / "ckpt", chunk_size=16, global_size=0, stride=-1, log=lambda m: None)
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, cfg.vocab_size, n).tolist() for n in (40, 17, 2, 33, 9)]
+    data = root / "data.jsonl"
+    data.write_text("".join(json.dumps({"input_ids": s}) + "\n" for s in seqs))
+    return hf, root, seqs, data
+
+
+def hf_sequence_loss(hf, seq):
+    with torch.no_grad():
+        out = hf(torch.tensor([seq]), labels=torch.tensor([seq]))
+    return float(out.loss)
+
+
+def test_cli_matches_transformers(setup):
+    hf, root, seqs, data = setup
+    proc = subprocess.run([sys.executable, "-m", "eval.loss", "--checkpoint", str(root / "ckpt"), "--data",
+                           str(data), "--batch-size", "2"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    ref = [hf_sequence_loss(hf, s) for s in seqs]
+    got = [p["loss"] for p in out["per_sequence"]]
+    assert [p["n_tokens"] for p in out["per_sequence"]] == [len(s) - 1 for s in seqs]
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+    n = np.array([len(s) - 1 for s in seqs])
+    assert out["n_tokens"] == n.sum()
+    np.testing.assert_allclose(out["loss"], (np.array(ref) * n).sum() / n.sum(), rtol=1e-5)
+
+
+def test_text_records_use_the_checkpoint_tokenizer(setup, tmp_path, capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    hf, root, seqs, _ = setup
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(50)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(root / "ckpt" / "tokenizer.json"))
+    try:
+        data = tmp_path / "t.jsonl"
+        data.write_text(json.dumps({"text": "w5 w9 w13 w2 w40"}) + "\n")
+        assert eval_loss.main(["--checkpoint", str(root / "ckpt"), "--data", str(data)]) == 0
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        np.testing.assert_allclose(out["loss"], hf_sequence_loss(hf, [5, 9, 13, 2, 40]), rtol=1e-5)
+    finally:
+        (root / "ckpt" / "tokenizer.json").unlink()
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"input_ids": [1, 2, 100000]}', "token id 100000 is outside the vocabulary"),
+    ('{"input_ids": [1, -2, 3]}', "token id -2 is outside"),
+    ("", "empty line"),
+    ('{"input_ids": [1, 2', "invalid JSON"),
+    ('{"text": "hello"}', "no tokenizer"),
+    ('{"ids": [1, 2]}', "needs an 'input_ids' or a 'text'"),
+    ('{"input_ids": [3]}', "at least 2"),
+])
+def test_bad_lines_are_named(setup, tmp_path, capsys, line, message):
+    _, root, _, _ = setup
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"input_ids": [1, 2, 3]}\n' + line + "\n")
+    assert eval_loss.main(["--checkpoint", str(root / "ckpt"), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}:2:" in err and message in err
+
+
+def test_bad_checkpoint_and_args(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"input_ids": [1, 2, 3]}\n')
+    assert eval_loss.main(["--checkpoint", str(tmp_path), "--data", str(data)]) == 2
+    assert "not a comet-jax checkpoint" in capsys.readouterr().err
+    assert eval_loss.main(["--checkpoint", str(tmp_path), "--data", str(data), "--batch-size", "0"]) == 2
+    with pytest.raises(SystemExit):
+        eval_loss.main(["--checkpoint", str(tmp_path), "--data", str(data), "--mode", "nope"])
