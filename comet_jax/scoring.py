@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from comet_jax import chunking, layout
 from comet_jax.config import CometConfig, ModelConfig
 from comet_jax.loss import IGNORE, next_token_labels, token_nll
-from comet_jax.model import backbone
+from comet_jax.model import backbone, comet as comet_model
 
 MODES = ("full", "comet")
 
@@ -22,6 +23,17 @@ def full_token_nll(params, tokens: jnp.ndarray, lengths: jnp.ndarray, cfg: Model
     h = backbone.full_hidden(params, tokens, lengths, cfg)
     head = backbone.lm_head_weight(backbone.cast_params(params, cfg.dtype))
     return token_nll(h, head, labels, cfg.real_vocab), labels
+
+
+@partial(jax.jit, static_argnames=("model", "comet"))
+def comet_token_nll(params, batch, model: ModelConfig, comet: CometConfig):
+    """Per-token loss [N, B, C] of the chunk-major schedule (constant memory in N)."""
+    return comet_model.token_losses(params, batch, model, comet, schedule="chunk_major", remat=False)
+
+
+def bucket_chunks(n: int) -> int:
+    """Chunk counts padded to a power of two (padding chunks are fully masked)."""
+    return 1 << (n - 1).bit_length()
 
 
 def bucket_length(n: int) -> int:
@@ -46,11 +58,22 @@ def pad_batch(seqs: list[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.n
 def score_batch(params, seqs: list[np.ndarray], batch_size: int, model: ModelConfig,
                 comet: CometConfig | None = None, mode: str = "full") -> list[tuple[float, int]]:
     """(sum of token losses, number of labeled tokens) for each sequence."""
-    tokens, lengths = pad_batch(seqs, batch_size)
     if mode == "full":
+        tokens, lengths = pad_batch(seqs, batch_size)
         nll, labels = full_token_nll(params, jnp.asarray(tokens), jnp.asarray(lengths), model)
+        nll, labels = np.asarray(nll, np.float64), np.asarray(labels)
+    elif mode == "comet":
+        # evaluation splits with the fixed-size planner (DESIGN.md §1.2)
+        plans = [chunking.fixed(len(s), comet.chunk_size) for s in seqs]
+        rows = list(seqs) + [np.zeros(1, np.int32)] * (batch_size - len(seqs))
+        plans += [[1]] * (batch_size - len(seqs))
+        n_chunks = bucket_chunks(max(len(p) for p in plans))
+        lay = layout.build(rows, plans, comet, num_chunks=n_chunks)
+        nll = np.asarray(comet_token_nll(params, lay.as_dict(), model, comet), np.float64)
+        # [N, B, C] -> [B, N*C]
+        nll = nll.transpose(1, 0, 2).reshape(batch_size, -1)
+        labels = lay.labels.transpose(1, 0, 2).reshape(batch_size, -1)
     else:
-        raise NotImplementedError(f"mode {mode!r} is not available yet")
-    nll = np.asarray(nll, np.float64)
-    labeled = np.asarray(labels) != IGNORE
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    labeled = labels != IGNORE
     return [(float(nll[i][labeled[i]].sum()), int(labeled[i].sum())) for i in range(len(seqs))]

@@ -2,7 +2,7 @@
 
 The CPU demo, no downloads: build a small random Llama, save it as a Hugging Face
 directory, convert it with `python -m comet_jax.convert`, and score a JSONL file with
-`python -m eval.loss` (full mode, and comet mode once the core lands). Every step is
+`python -m eval.loss` in full mode and in comet mode (chunks of 64 with memory). Every step is
 the real command-line entry point a user runs on a downloaded model.
 """
 
@@ -54,10 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     with data.open("w") as f:
         for n in (300, 128, 77, 512):
             f.write(json.dumps({"input_ids": rng.integers(0, model.vocab_size, n).tolist()}) + "\n")
-    cmd = ["--checkpoint", str(out / "checkpoint"), "--data", str(data), "--mode", "full"]
-    print(f"[3/3] python -m eval.loss {' '.join(cmd)}", flush=True)
-    if loss_main(cmd) != 0:
-        return 1
+    for mode in ("full", "comet"):
+        cmd = ["--checkpoint", str(out / "checkpoint"), "--data", str(data), "--mode", mode]
+        print(f"[3/3] python -m eval.loss {' '.join(cmd)}", flush=True)
+        if loss_main(cmd) != 0:
+            return 1
     print(f"quickstart done in {time.time() - t0:.0f}s (an untrained model scores about "
           f"ln({model.vocab_size}) = {np.log(model.vocab_size):.2f})")
     return 0

@@ -1,0 +1,147 @@
+"""The CoMeT layer and the schedules that run it over chunks and layers.
+
+`comet_layer(p, h, memory, chunk)` is the unit (DESIGN.md §1.3): inject the layer's
+memories into its input placeholders, run the unchanged decoder layer, read the new
+memories from its output. Schedules are short functions over it:
+
+- `layer_major`: scan over layers, inner scan over chunks (training default);
+- `chunk_major`: scan over chunks, inner scan over layers (constant-memory inference:
+  only the per-layer memories cross chunk boundaries).
+
+Both take a `ChunkBatch` (comet_jax.layout) as a dict of arrays with leading [N, B].
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from comet_jax.config import CometConfig, ModelConfig
+from comet_jax.layout import Slots
+from comet_jax.loss import IGNORE, token_nll
+from comet_jax.model import backbone
+from comet_jax.model.memory import fifo_push, global_update, temp_entries
+
+Memory = dict[str, jnp.ndarray]
+SCHEDULES = ("layer_major", "chunk_major")
+
+
+def init_memory(batch: int, model: ModelConfig, comet: CometConfig) -> Memory:
+    """Empty memories of one layer: global output o and state s [B, G, D]; temp queue q [B, K, D]."""
+    d, dt = model.hidden_size, jnp.dtype(model.dtype)
+    mem: Memory = {}
+    if comet.has_global:
+        mem["o"] = jnp.zeros((batch, comet.global_size, d), dt)
+        mem["s"] = jnp.zeros((batch, comet.global_size, d), dt)
+    if comet.has_temp:
+        mem["q"] = jnp.zeros((batch, comet.budget, d), dt)
+        mem["q_valid"] = jnp.zeros((batch, comet.budget), bool)
+    return mem
+
+
+def chunk_mask(valid: jnp.ndarray) -> jnp.ndarray:
+    """[B, S, S]: causal over slots, only valid keys; no attention across chunks."""
+    idx = jnp.arange(valid.shape[-1])
+    return (idx[:, None] >= idx[None, :])[None] & valid[:, None, :]
+
+
+def comet_layer(p: dict, h: jnp.ndarray, memory: Memory, chunk: dict[str, jnp.ndarray],
+                model: ModelConfig, comet: CometConfig) -> tuple[jnp.ndarray, Memory]:
+    """One layer over one chunk. h [B, S, D]; chunk holds positions, mask, valid, first, live."""
+    slots = Slots.of(comet)
+    g, k = slots.global_size, slots.budget
+    if g:
+        h = h.at[:, :g].set(memory["o"].astype(h.dtype))
+    if k:
+        h = h.at[:, g:g + k].set(memory["q"].astype(h.dtype))
+    h = backbone.decoder_layer(p, h, chunk["positions"], chunk["mask"], model)
+    new: Memory = {}
+    if g:
+        new["o"], new["s"] = global_update(p["global_mem"], h[:, slots.beacons_start:], memory["s"], memory["o"],
+                                           chunk["first"], chunk["live"])
+    if k:
+        beacons = slots.beacon_slots
+        entries = temp_entries(p["temp_mem"], h[:, beacons])
+        new["q"], new["q_valid"] = fifo_push(memory["q"], memory["q_valid"], entries, chunk["valid"][:, beacons])
+    return h, new
+
+
+def _chunk_inputs(c: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
+    return {"positions": c["positions"], "mask": chunk_mask(c["valid"]), "valid": c["valid"],
+            "first": c["first"], "live": c["live"]}
+
+
+def _text_nll(params: dict, h: jnp.ndarray, labels: jnp.ndarray, model: ModelConfig,
+              comet: CometConfig) -> jnp.ndarray:
+    """Per-token loss [..., C] at the text slots of final hidden states h [..., S, D]."""
+    text = h[..., Slots.of(comet).text_slots, :]
+    text = backbone.final_norm(params, text, model)
+    return token_nll(text, backbone.lm_head_weight(params), labels, model.real_vocab)
+
+
+def layer_major(params: dict, batch: dict[str, jnp.ndarray], model: ModelConfig, comet: CometConfig,
+                remat: bool = True) -> jnp.ndarray:
+    """Per-token loss [N, B, C]: for each layer (scan), run it over every chunk (scan)."""
+    n, b = batch["tokens"].shape[:2]
+    h = backbone.embed(params, batch["tokens"], model)  # [N, B, S, D]
+    chunks = {key: batch[key] for key in ("positions", "valid", "first", "live")}
+
+    def layer_step(h_all, p):
+        def chunk_step(mem, xs):
+            h_c, c = xs
+            h_c, mem = comet_layer(p, h_c, mem, _chunk_inputs(c), model, comet)
+            return mem, h_c
+
+        step = jax.checkpoint(chunk_step) if remat else chunk_step
+        _, h_all = jax.lax.scan(step, init_memory(b, model, comet), (h_all, chunks))
+        return h_all, None
+
+    h, _ = jax.lax.scan(layer_step, h, params["layers"])
+    return _text_nll(params, h, batch["labels"], model, comet)
+
+
+def chunk_major(params: dict, batch: dict[str, jnp.ndarray], model: ModelConfig, comet: CometConfig,
+                remat: bool = True) -> jnp.ndarray:
+    """Per-token loss [N, B, C]: for each chunk (scan), run every layer (scan); only the
+    per-layer memories are carried from one chunk to the next."""
+    n, b = batch["tokens"].shape[:2]
+    mem0 = jax.tree.map(lambda x: jnp.broadcast_to(x, (model.num_layers, *x.shape)), init_memory(b, model, comet))
+
+    def chunk_step(mems, c):
+        h = backbone.embed(params, c["tokens"], model)
+        inputs = _chunk_inputs(c)
+
+        def layer_step(h, pm):
+            p, mem = pm
+            h, mem = comet_layer(p, h, mem, inputs, model, comet)
+            return h, mem
+
+        h, mems = jax.lax.scan(layer_step, h, (params["layers"], mems))
+        return mems, _text_nll(params, h, c["labels"], model, comet)
+
+    step = jax.checkpoint(chunk_step) if remat else chunk_step
+    _, nll = jax.lax.scan(step, mem0, batch)
+    return nll
+
+
+def token_losses(params: dict, batch: dict[str, Any], model: ModelConfig, comet: CometConfig,
+                 schedule: str = "layer_major", remat: bool = True) -> jnp.ndarray:
+    """Per-token loss [N, B, C] (0 where unlabeled), computed in the model's compute dtype."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    params = backbone.cast_params(params, model.dtype)
+    batch = {k: jnp.asarray(batch[k]) for k in ("tokens", "valid", "positions", "labels", "first", "live")}
+    run = layer_major if schedule == "layer_major" else chunk_major
+    return run(params, batch, model, comet, remat)
+
+
+@partial(jax.jit, static_argnames=("model", "comet", "schedule", "remat"))
+def loss(params: dict, batch: dict[str, Any], model: ModelConfig, comet: CometConfig,
+         schedule: str = "layer_major", remat: bool = True) -> jnp.ndarray:
+    """Sum of token losses / number of labeled tokens (DESIGN.md §1.3)."""
+    nll = token_losses(params, batch, model, comet, schedule, remat)
+    count = jnp.sum(jnp.asarray(batch["labels"]) != IGNORE)
+    return jnp.sum(nll) / jnp.maximum(count, 1)
