@@ -65,8 +65,10 @@ class Slots:
 
     @property
     def beacon_slots(self) -> np.ndarray:
+        """Slot of temp beacon b: after its group of `stride` text slots (the last group may
+        be shorter when stride does not divide C)."""
         b = np.arange(self.num_beacons)
-        return self.text_start + b * (self.stride + 1) + self.stride
+        return self.text_start + b * (self.stride + 1) + np.minimum(self.stride, self.chunk_size - b * self.stride)
 
 
 @dataclass
