@@ -20,7 +20,8 @@ SUPPORTED_ARCHITECTURES = {
     "MemQwen3ForCausalLM": "qwen3",  # official CoMeT checkpoints (DESIGN.md §1.8)
 }
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
-DTYPES = ("float32", "bfloat16", "float16")
+# float64 is for verification against the reference only (needs jax_enable_x64).
+DTYPES = ("float32", "bfloat16", "float16", "float64")
 # The rank of the memory nets' residual bottleneck (DESIGN.md §1.3).
 MEMORY_RANK = 8
 

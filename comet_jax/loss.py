@@ -22,7 +22,8 @@ def next_token_labels(tokens: jnp.ndarray, lengths: jnp.ndarray) -> jnp.ndarray:
 
 def token_nll(h: jnp.ndarray, head: jnp.ndarray, labels: jnp.ndarray, real_vocab: int | None = None,
               block_size: int = 1024) -> jnp.ndarray:
-    """Per-token negative log-likelihood, float32, 0 where label == IGNORE.
+    """Per-token negative log-likelihood (float32, or float64 for float64 inputs), 0 where
+    label == IGNORE.
 
     h: [..., D] final-normed hidden states; head: (D, V); labels: [...] int.
     Vocabulary rows >= real_vocab are excluded from the softmax.
@@ -43,7 +44,8 @@ def token_nll(h: jnp.ndarray, head: jnp.ndarray, labels: jnp.ndarray, real_vocab
     @jax.checkpoint
     def one_block(args):
         hb, lb = args
-        logits = jnp.einsum("nd,dv->nv", hb, head.astype(hb.dtype), preferred_element_type=jnp.float32)
+        logits = jnp.einsum("nd,dv->nv", hb, head.astype(hb.dtype),
+                            preferred_element_type=jnp.promote_types(hb.dtype, jnp.float32))
         if live is not None:
             logits = jnp.where(live, logits, -jnp.inf)
         lse = jax.nn.logsumexp(logits, axis=-1)

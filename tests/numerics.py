@@ -5,10 +5,11 @@ import numpy as np
 
 
 def rel_err(a, b) -> float:
-    """max |a - b| / max |b|: the error relative to the array's scale (float32-safe for
-    entries near zero, where an elementwise relative error means nothing)."""
+    """||a - b|| / ||b|| (2-norm over the whole array): the relative error of the array as
+    a vector, meaningful for gradients whose entries cross zero, where an elementwise
+    relative error is dominated by float32 rounding of near-zero entries."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def assert_tree_close(a, b, rtol: float) -> float:

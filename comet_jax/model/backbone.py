@@ -31,7 +31,7 @@ MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 def rms_norm(x: jnp.ndarray, weight: jnp.ndarray, eps: float) -> jnp.ndarray:
     """HF's LlamaRMSNorm: normalise in float32, cast back, then scale."""
-    xf = x.astype(jnp.float32)
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
     return weight.astype(x.dtype) * y.astype(x.dtype)
 
@@ -60,7 +60,7 @@ def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) ->
     b, t, h, hd = q.shape
     kv = k.shape[2]
     qg = q.reshape(b, t, kv, h // kv, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
     scores = scores * (hd ** -0.5)
     scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
@@ -139,5 +139,5 @@ def full_logits(params: Params, tokens: jnp.ndarray, lengths: jnp.ndarray, cfg: 
     """[B, T, V] logits of the plain backbone (for tests and short inputs only)."""
     h = full_hidden(params, tokens, lengths, cfg)
     logits = jnp.einsum("btd,dv->btv", h, lm_head_weight(cast_params(params, cfg.dtype)),
-                        preferred_element_type=jnp.float32)
+                        preferred_element_type=jnp.promote_types(h.dtype, jnp.float32))
     return mask_padded_vocab(logits, cfg)

@@ -37,7 +37,8 @@ def inv_frequencies(rope: RopeConfig, head_dim: int) -> np.ndarray:
 
 def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, inv_freq: np.ndarray) -> jnp.ndarray:
     """Rotate x [B, T, heads, hd] by positions [B, T] (HF's rotate_half convention)."""
-    freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # [B, T, hd/2]
+    ft = jnp.promote_types(x.dtype, jnp.float32)
+    freqs = positions[..., None].astype(ft) * jnp.asarray(inv_freq, ft)  # [B, T, hd/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
     cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
     half = x.shape[-1] // 2
