@@ -92,3 +92,54 @@ def test_bad_checkpoint_and_args(tmp_path, capsys):
     assert eval_loss.main(["--checkpoint", str(tmp_path), "--data", str(data), "--batch-size", "0"]) == 2
     with pytest.raises(SystemExit):
         eval_loss.main(["--checkpoint", str(tmp_path), "--data", str(data), "--mode", "nope"])
+
+
+@pytest.fixture(scope="module")
+def comet_ckpt(tmp_path_factory):
+    hf = hf_models.build(hf_models.qwen3_config())
+    root = tmp_path_factory.mktemp("comet")
+    src = hf_models.save(hf, root / "src")
+    convert(src, root / "ckpt", chunk_size=8, global_size=2, stride=3, budget=4, log=lambda m: None)
+    convert(src, root / "plain", chunk_size=64, global_size=0, stride=-1, log=lambda m: None)
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(0, 120, n).tolist() for n in (30, 9, 21)]
+    data = root / "data.jsonl"
+    data.write_text("".join(json.dumps({"input_ids": s}) + "\n" for s in seqs))
+    return root, seqs, data
+
+
+def run_main(capsys, *argv):
+    assert eval_loss.main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_comet_mode_equals_reference(comet_ckpt, capsys):
+    from comet_jax import checkpoint
+    from comet_jax.chunking import fixed
+    from reference_comet import reference_per_token_losses
+    from test_comet_reference import ref_cfgs
+
+    root, seqs, data = comet_ckpt
+    out = run_main(capsys, "--checkpoint", str(root / "ckpt"), "--data", str(data), "--mode", "comet",
+                   "--batch-size", "2")
+    params, model, comet, _ = checkpoint.load(root / "ckpt")
+    cfg, ccfg = ref_cfgs(model, comet)
+    for s, got in zip(seqs, out["per_sequence"]):
+        ref = np.asarray(reference_per_token_losses(params, cfg, ccfg, s, fixed(len(s), 8)))
+        assert got["n_tokens"] == len(s) - 1
+        np.testing.assert_allclose(got["loss"], ref.sum() / (len(s) - 1), rtol=1e-5)
+    # overrides: a different chunk size and stride give different numbers, validated first
+    other = run_main(capsys, "--checkpoint", str(root / "ckpt"), "--data", str(data), "--mode", "comet",
+                     "--chunk-size", "5", "--stride", "2", "--budget", "6")
+    assert abs(other["loss"] - out["loss"]) > 1e-4
+    assert eval_loss.main(["--checkpoint", str(root / "ckpt"), "--data", str(data), "--mode", "comet",
+                           "--stride", "0"]) == 2
+    assert "comet.stride" in capsys.readouterr().err
+
+
+def test_comet_mode_without_memory_in_one_chunk_equals_full(comet_ckpt, capsys):
+    root, _, data = comet_ckpt
+    full = run_main(capsys, "--checkpoint", str(root / "plain"), "--data", str(data), "--mode", "full")
+    comet = run_main(capsys, "--checkpoint", str(root / "plain"), "--data", str(data), "--mode", "comet")
+    np.testing.assert_allclose([p["loss"] for p in comet["per_sequence"]],
+                               [p["loss"] for p in full["per_sequence"]], rtol=1e-5)
