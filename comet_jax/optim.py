@@ -1,0 +1,60 @@
+"""The optimizer: AdamW with a warm-up + cosine schedule, gradient clipping, weight decay
+that skips norms and vectors, and a learning-rate multiplier for the memory nets
+(the official recipe trains them at 5x the base rate, DESIGN.md §1.4)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import optax
+
+MEMORY_KEYS = ("global_mem", "temp_mem")
+
+
+def lr_schedule(lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> optax.Schedule:
+    """Linear warm-up from 0 to lr, then cosine decay to lr * min_lr_ratio at total_steps."""
+    warmup = max(0, min(warmup_steps, total_steps))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
+        end_value=lr * min_lr_ratio)
+
+
+def _path_names(path) -> list[str]:
+    return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+
+
+def param_groups(params: Any) -> Any:
+    """'memory' for the memory-net leaves, 'base' for everything else."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "memory" if any(n in MEMORY_KEYS for n in _path_names(path)) else "base", params)
+
+
+def decay_mask(params: Any) -> Any:
+    """Weight decay on matrices only: not on norm scales, the gate vector or anything 1-D
+    per layer (stacked leaves carry a leading layer axis)."""
+    def decays(path, x) -> bool:
+        names = _path_names(path)
+        if any("norm" in n for n in names):
+            return False
+        per_layer_ndim = x.ndim - 1 if names and names[0] == "layers" else x.ndim
+        return per_layer_ndim >= 2
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(params: Any, *, lr: float, total_steps: int, warmup_steps: int = 10,
+                   min_lr_ratio: float = 0.0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   weight_decay: float = 0.0, clip_norm: float = 1.0,
+                   memory_lr_mult: float = 5.0) -> tuple[optax.GradientTransformation, Callable]:
+    """(transformation, base schedule). Clipping is on the global norm of all gradients."""
+    schedule = lr_schedule(lr, warmup_steps, total_steps, min_lr_ratio)
+
+    def adamw(sched):
+        return optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask)
+
+    parts = [optax.clip_by_global_norm(clip_norm)] if clip_norm and clip_norm > 0 else []
+    parts.append(optax.multi_transform(
+        {"base": adamw(schedule), "memory": adamw(lambda step: schedule(step) * memory_lr_mult)},
+        param_groups))
+    return optax.chain(*parts), schedule

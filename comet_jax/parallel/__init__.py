@@ -1,0 +1,1 @@
+"""Meshes, sharding rules and (later) the pipeline schedule."""

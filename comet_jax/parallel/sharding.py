@@ -1,0 +1,64 @@
+"""Mesh axes and sharding rules (MaxText-style logical rules, written out for our tree).
+
+Axes: `data` (pure data parallel: parameters replicated), `fsdp` (data parallel with
+parameters and optimizer state sharded), `tensor` (heads and MLP width). A batch is
+split over data x fsdp. A dimension that an axis does not divide stays replicated on
+that axis, so any small model runs on any mesh.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# Per-layer weight dims (after the stacked layer axis): which mesh axis shards each.
+LAYER_RULES: dict[str, tuple[str | None, ...]] = {
+    "wq": ("fsdp", "tensor"), "wk": ("fsdp", "tensor"), "wv": ("fsdp", "tensor"), "wo": ("tensor", "fsdp"),
+    "w_gate": ("fsdp", "tensor"), "w_up": ("fsdp", "tensor"), "w_down": ("tensor", "fsdp"),
+}
+TOP_RULES: dict[str, tuple[str | None, ...]] = {"embed": ("tensor", "fsdp"), "lm_head": ("fsdp", "tensor")}
+
+
+def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+    devices = np.asarray(devices if devices is not None else jax.devices())
+    need = data * fsdp * tensor
+    if need != devices.size:
+        raise ValueError(f"mesh data*fsdp*tensor = {need} but {devices.size} devices are available")
+    return Mesh(devices.reshape(data, fsdp, tensor), AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def _spec(shape: tuple[int, ...], axes: tuple[str | None, ...], mesh: Mesh) -> P:
+    out = []
+    for dim, axis in zip(shape, axes):
+        out.append(axis if axis is not None and dim % mesh.shape[axis] == 0 else None)
+    return P(*out)
+
+
+def param_specs(params: Any, mesh: Mesh) -> Any:
+    """PartitionSpecs for a parameter tree (optimizer states follow their parameter)."""
+    def spec(path, x):
+        names = [str(getattr(k, "key", k)) for k in path]
+        if names[0] == "layers" and len(names) == 2 and names[1] in LAYER_RULES:
+            return _spec(x.shape, (None, *LAYER_RULES[names[1]]), mesh)
+        if len(names) == 1 and names[0] in TOP_RULES:
+            return _spec(x.shape, TOP_RULES[names[0]], mesh)
+        return P()
+
+    return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def shardings(specs: Any, mesh: Mesh) -> Any:
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_spec(batch_axis: int, ndim: int) -> P:
+    """Split the batch dimension over data x fsdp."""
+    spec = [None] * ndim
+    spec[batch_axis] = BATCH_AXES
+    return P(*spec)
