@@ -89,8 +89,14 @@ class ChunkBatch:
 
 
 def build(seqs: Sequence[np.ndarray], plans: Sequence[Sequence[int]], comet: CometConfig,
-          num_chunks: int | None = None) -> ChunkBatch:
-    """Lay out raw token sequences by their chunk plans (labels taken before chunking)."""
+          num_chunks: int | None = None, loss_masks: Sequence[np.ndarray] | None = None) -> ChunkBatch:
+    """Lay out raw token sequences by their chunk plans (labels taken before chunking).
+
+    loss_masks: optional bool array per sequence (same length); token k+1 is a label
+    (label[k] = seq[k+1]) only where loss_masks[k+1] is True, else label[k] = IGNORE.
+    """
+    if loss_masks is not None and len(loss_masks) != len(seqs):
+        raise ValueError(f"{len(loss_masks)} loss masks for {len(seqs)} sequences")
     slots = Slots.of(comet)
     n_chunks = max(len(p) for p in plans)
     if num_chunks is not None:
@@ -111,6 +117,11 @@ def build(seqs: Sequence[np.ndarray], plans: Sequence[Sequence[int]], comet: Com
             raise ValueError(f"sequence {j}: plan {list(plan)} does not split {len(seq)} tokens into chunks "
                              f"of 1..{c}")
         labels = np.append(seq[1:], IGNORE)
+        if loss_masks is not None:
+            mask = np.asarray(loss_masks[j], bool)
+            if mask.shape != seq.shape:
+                raise ValueError(f"sequence {j}: loss mask shape {mask.shape} != sequence shape {seq.shape}")
+            labels = np.where(np.append(mask[1:], False), labels, IGNORE)
         start = produced = 0
         for i, length in enumerate(plan):
             tok, val = out.tokens[i, j], out.valid[i, j]

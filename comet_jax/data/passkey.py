@@ -1,0 +1,175 @@
+"""The synthetic passkey task (training data and the passkey evaluation).
+
+A prompt is
+
+    TASK, filler sentences ..., the needle (holding the key), filler sentences ..., QUESTION
+
+and the answer is " " + key. The text is the usual passkey-retrieval haystack; it is
+tokenized in units that each start with a space (" The grass is green.", ...), so for a
+byte-level BPE tokenizer the concatenated ids equal the ids of the whole text, and the
+length can be set to the token without re-tokenizing a million-token string.
+
+Works with any tokenizer object whose `encode(text)` returns something with `.ids` (the
+byte tokenizer of `byte_tokenizer.py`, or a `tokenizers.Tokenizer` from a checkpoint);
+special tokens are not added (`add_special_tokens=False` when supported). Give `prefix_ids`
+(e.g. `[bos_id]`) to start every prompt with them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
+          "There and back again. ")
+TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and "
+        "memorize it. I will quiz you about the important information there. ")
+QUESTION = "What is the pass key? The pass key is"
+
+
+def needle(key: str) -> str:
+    return f"The pass key is {key}. Remember it. {key} is the pass key. "
+
+
+FILLER_SENTENCES = tuple(s.strip() for s in re.findall(r"[^.]*\.", FILLER))
+
+
+def encode(tokenizer: Any, text: str) -> np.ndarray:
+    """Token ids of `text` without special tokens, as int32."""
+    try:
+        enc = tokenizer.encode(text, add_special_tokens=False)
+    except TypeError:
+        enc = tokenizer.encode(text)
+    return np.asarray(enc.ids, dtype=np.int32)
+
+
+class _Parts:
+    """Token ids of the fixed units of a prompt for one tokenizer (computed once)."""
+
+    def __init__(self, tokenizer: Any, prefix_ids: Sequence[int] = ()):
+        self.tokenizer = tokenizer
+        self.prefix = np.asarray(list(prefix_ids), dtype=np.int32)
+        # TASK without its trailing space; every later unit starts with the space before it.
+        self.task = encode(tokenizer, TASK.rstrip(" "))
+        self.sentences = [encode(tokenizer, " " + s) for s in FILLER_SENTENCES]
+        self.question = encode(tokenizer, " " + QUESTION)
+        self.cycle = np.concatenate(self.sentences)
+        self.cum = np.cumsum([len(s) for s in self.sentences])  # tokens of the first j+1 sentences
+        if any(len(s) == 0 for s in self.sentences):
+            raise ValueError("the tokenizer maps a filler sentence to no tokens")
+
+    def needle(self, key: str) -> np.ndarray:
+        return encode(self.tokenizer, " " + needle(key).rstrip(" "))
+
+    def answer(self, key: str) -> np.ndarray:
+        return encode(self.tokenizer, " " + key)
+
+    def minimum(self, key: str) -> int:
+        """Shortest prompt (no filler) for this key."""
+        return len(self.prefix) + len(self.task) + len(self.needle(key)) + len(self.question)
+
+    def filler(self, count: int) -> np.ndarray:
+        """The first `count` filler sentences (cycling), concatenated."""
+        q, r = divmod(count, len(self.sentences))
+        tail = self.cycle[: self.cum[r - 1]] if r else self.cycle[:0]
+        return np.concatenate([np.tile(self.cycle, q), tail])
+
+    def fitting(self, budget: int) -> int:
+        """Most filler sentences whose tokens fit in `budget`."""
+        q, rest = divmod(budget, int(self.cum[-1]))
+        return q * len(self.sentences) + int(np.searchsorted(self.cum, rest, side="right"))
+
+    def build(self, n_tokens: int, depth: float, key: str):
+        ndl = self.needle(key)
+        fixed = len(self.prefix) + len(self.task) + len(ndl) + len(self.question)
+        if n_tokens < fixed:
+            raise ValueError(f"n_tokens={n_tokens} is too small for the passkey prompt: the task line, "
+                             f"needle and question alone take {fixed} tokens (the minimum)")
+        if not 0.0 <= depth <= 1.0:
+            raise ValueError(f"depth must be in [0, 1], got {depth}")
+        n_sent = self.fitting(n_tokens - fixed)
+        before = int(round(depth * n_sent))
+        head = self.filler(before)
+        body = self.filler(n_sent)
+        offset = len(self.prefix) + len(self.task) + len(head)
+        ids = np.concatenate([self.prefix, self.task, head, ndl, body[len(head):], self.question])
+        info = dict(needle_offset=int(offset), needle_len=int(len(ndl)), sentences_before=before,
+                    num_sentences=int(n_sent), depth=float(depth), key=key, minimum=int(fixed))
+        return ids.astype(np.int32), self.answer(key), info
+
+
+def build_prompt(tokenizer: Any, n_tokens: int, depth: float, key: str | int,
+                 prefix_ids: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A passkey prompt of at most `n_tokens` tokens (the answer not included).
+
+    The needle sits after round(depth * S) of the S filler sentences (depth 0: right after the
+    task line; 1: right before the question). The prompt is filled with whole filler sentences,
+    so its length is n_tokens minus less than one sentence. Returns (ids int32, answer_ids int32
+    = the ids of " " + key, info) with info["needle_offset"] (token offset of the needle),
+    ["sentences_before"], ["num_sentences"] and ["minimum"] (shortest possible prompt).
+    Raises ValueError, naming the minimum, when n_tokens cannot hold task, needle and question.
+    """
+    return _Parts(tokenizer, prefix_ids).build(int(n_tokens), float(depth), str(key))
+
+
+def random_key(rng: np.random.Generator, digits: int = 5) -> str:
+    """`digits` decimal digits, each uniform (leading zeros allowed)."""
+    return "".join(str(d) for d in rng.integers(0, 10, size=digits))
+
+
+class PasskeySource:
+    """Random-access (grain-compatible) source of passkey examples.
+
+    Record `index` is a pure function of (seed, index): a key of `digits` digits, a depth
+    uniform in [0, 1), and a total length (prompt + answer) uniform in [min_len, max_len]
+    tokens. Returns {"input_ids": int32 prompt + answer, "loss_mask": bool, True only on the
+    answer tokens}. `min_len=None` uses the shortest length every key fits in.
+    """
+
+    def __init__(self, tokenizer: Any, *, max_len: int, min_len: int | None = None, digits: int = 5,
+                 seed: int = 0, num_records: int = 10**9, prefix_ids: Sequence[int] = ()):
+        if digits < 1:
+            raise ValueError(f"digits must be >= 1, got {digits}")
+        self._parts = _Parts(tokenizer, prefix_ids)
+        self.digits, self.seed, self.num_records = int(digits), int(seed), int(num_records)
+        # Keys can tokenize to different lengths (BPE); take the longest of a few probes.
+        probes = ["0" * digits, "9" * digits, "1234567890" * (digits // 10) + "1234567890"[: digits % 10]]
+        self.shortest = max(self._parts.minimum(k) + len(self._parts.answer(k)) for k in probes)
+        self.min_len = self.shortest if min_len is None else int(min_len)
+        self.max_len = int(max_len)
+        if self.min_len < self.shortest:
+            raise ValueError(f"passkey min_len={self.min_len} is too small: a prompt with a {digits}-digit "
+                             f"key and its answer need at least {self.shortest} tokens")
+        if self.max_len < self.min_len:
+            raise ValueError(f"passkey max_len={self.max_len} < min_len={self.min_len}")
+
+    def __len__(self) -> int:
+        return self.num_records
+
+    def __repr__(self) -> str:
+        return (f"PasskeySource(min_len={self.min_len}, max_len={self.max_len}, digits={self.digits}, "
+                f"seed={self.seed}, num_records={self.num_records}, prefix={self._parts.prefix.tolist()})")
+
+    def example(self, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(prompt ids, answer ids, info) of record `index`."""
+        if not 0 <= index < self.num_records:
+            raise IndexError(f"index {index} outside [0, {self.num_records})")
+        rng = np.random.default_rng([self.seed, int(index)])
+        key = random_key(rng, self.digits)
+        depth = float(rng.random())
+        length = int(rng.integers(self.min_len, self.max_len + 1))
+        answer = self._parts.answer(key)
+        n = max(length - len(answer), self._parts.minimum(key))
+        if n + len(answer) > self.max_len:
+            raise ValueError(f"passkey record {index}: key {key} needs {n + len(answer)} tokens > "
+                             f"max_len={self.max_len}")
+        return self._parts.build(n, depth, key)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        prompt, answer, _ = self.example(int(index))
+        ids = np.concatenate([prompt, answer]).astype(np.int32)
+        mask = np.zeros(len(ids), bool)
+        mask[len(prompt):] = True
+        return {"input_ids": ids, "loss_mask": mask}

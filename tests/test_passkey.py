@@ -1,0 +1,147 @@
+"""The synthetic passkey task: prompt builder and PasskeySource."""
+
+import re
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+from comet_jax.data.byte_tokenizer import byte_tokenizer
+from comet_jax.data.passkey import (FILLER, FILLER_SENTENCES, QUESTION, TASK, PasskeySource, build_prompt,
+                                    needle)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return byte_tokenizer()
+
+
+def expected_text(key, before, total):
+    """The prompt text from the spec's strings: TASK, filler, needle, filler, QUESTION."""
+    sents = [FILLER_SENTENCES[i % len(FILLER_SENTENCES)] + " " for i in range(total)]
+    return TASK + "".join(sents[:before]) + needle(key) + "".join(sents[before:]) + QUESTION
+
+
+def test_filler_sentences():
+    assert " ".join(FILLER_SENTENCES) + " " == FILLER
+    assert len(FILLER_SENTENCES) == 5
+
+
+@pytest.mark.parametrize("n_tokens", [300, 517, 1000, 4096, 100_000])
+def test_prompt_length_close_to_n_tokens(tok, n_tokens):
+    ids, answer, info = build_prompt(tok, n_tokens, 0.5, "12345")
+    longest = max(len(s) + 1 for s in FILLER_SENTENCES)  # byte tokenizer: one id per byte
+    assert ids.dtype == np.int32 and answer.dtype == np.int32
+    assert n_tokens - longest < len(ids) <= n_tokens
+    assert tok.decode(answer.tolist()) == " 12345"
+    assert tok.decode(ids.tolist()) == expected_text("12345", info["sentences_before"], info["num_sentences"])
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_key_at_requested_depth(tok, depth):
+    key = "90210"
+    ids, _, info = build_prompt(tok, 3000, depth, key)
+    text = tok.decode(ids.tolist())
+    head = tok.decode(ids[: info["needle_offset"]].tolist())
+    assert text[len(head):].startswith(" " + needle(key).rstrip())
+    # Count the filler sentences in the text before the needle, independently of info.
+    before = sum(head.count(s) for s in FILLER_SENTENCES)
+    total = sum(text.count(s) for s in FILLER_SENTENCES)
+    assert total == info["num_sentences"] > 50
+    assert abs(before - depth * total) <= 1
+    assert before == info["sentences_before"]
+    if depth == 0.0:
+        assert head == TASK.rstrip()
+    if depth == 1.0:
+        rest = tok.decode(ids[info["needle_offset"] + info["needle_len"]:].tolist())
+        assert rest == " " + QUESTION
+
+
+def test_too_short_names_the_minimum(tok):
+    _, _, info = build_prompt(tok, 1000, 0.5, "12345")
+    minimum = info["minimum"]
+    ids, _, info0 = build_prompt(tok, minimum, 0.3, "12345")
+    assert len(ids) == minimum and info0["num_sentences"] == 0
+    with pytest.raises(ValueError, match=rf"\b{minimum}\b"):
+        build_prompt(tok, minimum - 1, 0.5, "12345")
+
+
+def test_prefix_ids(tok):
+    ids, _, info = build_prompt(tok, 500, 0.5, "77777", prefix_ids=[1])
+    assert ids[0] == 1 and len(ids) <= 500
+    assert tok.decode(ids[1:].tolist()).startswith(TASK.rstrip())
+    assert tok.decode(ids[info["needle_offset"]:].tolist()).startswith(" The pass key is 77777.")
+
+
+def test_piecewise_ids_match_whole_text_for_byte_level_bpe():
+    """The prompt is tokenized in units; for a byte-level BPE they give the whole text's ids."""
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tk.train_from_iterator([TASK + FILLER * 4 + needle("12345") + QUESTION] * 10, trainer)
+    ids, answer, info = build_prompt(tk, 400, 0.4, "31415")
+    text = expected_text("31415", info["sentences_before"], info["num_sentences"])
+    assert ids.tolist() == tk.encode(text).ids
+    assert len(ids) <= 400 and len(answer) >= 1
+
+
+class WordTokenizer:
+    """Any object with encode(text).ids works (no add_special_tokens keyword here)."""
+
+    class _Enc:
+        def __init__(self, ids):
+            self.ids = ids
+
+    def encode(self, text):
+        return self._Enc([sum(map(ord, w)) % 1000 for w in re.findall(r"\S+", text)])
+
+
+def test_tokenizer_agnostic():
+    wt = WordTokenizer()
+    ids, answer, info = build_prompt(wt, 200, 0.5, "12345")
+    assert len(ids) <= 200 and answer.tolist() == wt.encode("12345").ids
+    src = PasskeySource(wt, min_len=60, max_len=120, seed=3)
+    rec = src[5]
+    assert 60 <= len(rec["input_ids"]) <= 120 and rec["loss_mask"].sum() == 1
+
+
+def test_source_deterministic_and_varied(tok):
+    a = PasskeySource(tok, min_len=300, max_len=2000, seed=7)
+    b = PasskeySource(tok, min_len=300, max_len=2000, seed=7)
+    c = PasskeySource(tok, min_len=300, max_len=2000, seed=8)
+    assert len(a) == 10**9
+    for i in (0, 1, 12345, 10**9 - 1):
+        np.testing.assert_array_equal(a[i]["input_ids"], b[i]["input_ids"])
+        np.testing.assert_array_equal(a[i]["loss_mask"], b[i]["loss_mask"])
+    assert any(not np.array_equal(a[i]["input_ids"], c[i]["input_ids"]) for i in range(4))
+    lengths = [len(a[i]["input_ids"]) for i in range(40)]
+    depths = [a.example(i)[2]["depth"] for i in range(40)]
+    assert min(lengths) >= 300 and max(lengths) <= 2000 and len(set(lengths)) > 20
+    assert min(depths) < 0.2 and max(depths) > 0.8
+    with pytest.raises(IndexError):
+        a[10**9]
+
+
+def test_source_loss_mask_only_on_answer(tok):
+    src = PasskeySource(tok, max_len=1000, digits=7, seed=1)
+    for i in range(10):
+        rec = src[i]
+        ids, mask = rec["input_ids"], rec["loss_mask"]
+        assert ids.dtype == np.int32 and mask.dtype == bool and ids.shape == mask.shape
+        assert src.min_len <= len(ids) <= 1000
+        n = int(mask.sum())
+        assert n == 8 and mask[-n:].all()  # " " + 7 digits, at the end
+        answer = tok.decode(ids[mask].tolist())
+        key = re.search(r"The pass key is (\d+)\. Remember it\.", tok.decode(ids.tolist())).group(1)
+        assert answer == " " + key and len(key) == 7
+        assert tok.decode(ids[~mask].tolist()).endswith(QUESTION)
+
+
+def test_source_min_len_checked(tok):
+    src = PasskeySource(tok, max_len=400)
+    assert len(src[0]["input_ids"]) >= src.shortest
+    with pytest.raises(ValueError, match=str(src.shortest)):
+        PasskeySource(tok, min_len=src.shortest - 1, max_len=400)
+    with pytest.raises(ValueError, match="max_len"):
+        PasskeySource(tok, min_len=src.shortest, max_len=src.shortest - 1)
