@@ -7,6 +7,7 @@ target shardings come from the current run, not from the checkpoint."""
 from __future__ import annotations
 
 import base64
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,14 @@ class TrainCheckpointer:
                     state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
                     meta=ocp.args.JsonRestore()))
             except Exception as e:  # noqa: BLE001 - any failure to read means: try the previous one
+                aside = self.directory.parent / "corrupt_checkpoints" / str(step)
                 log(f"checkpoint at step {step} failed to restore ({type(e).__name__}: {str(e)[:200]}); "
-                    "trying the previous one")
+                    f"moved to {aside}; trying the previous one")
+                # out of the manager's directory, so the step can be saved again
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(aside, ignore_errors=True)
+                shutil.move(str(self.directory / str(step)), str(aside))
+                self.manager.reload()
                 continue
             return step, restored["state"], _decode(restored["data"]["state"]), restored["meta"]
         return None

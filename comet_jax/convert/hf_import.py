@@ -97,7 +97,7 @@ def _comet_from_official(cfg: dict[str, Any]) -> CometConfig:
         raise ConvertError(f"official CoMeT config.json lacks {e.args[0]!r}") from None
 
 
-def _comet_for_plain(vocab: int, chunk_size: int, global_size: int, stride: int, budget: int) -> CometConfig:
+def comet_for_vocab(vocab: int, chunk_size: int, global_size: int, stride: int, budget: int) -> CometConfig:
     """New token ids follow the existing rows: placeholder, temp beacon, global beacons."""
     next_id = vocab
     placeholder = temp = -1
@@ -177,7 +177,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
     else:
         opts = {k: RECIPE[k] if v is None else v for k, v in
                 {"chunk_size": chunk_size, "global_size": global_size, "stride": stride, "budget": budget}.items()}
-        comet = _comet_for_plain(src_vocab, **opts)
+        comet = comet_for_vocab(src_vocab, **opts)
         n_added = len(comet.global_beacon_ids) + int(comet.has_memory) + int(comet.has_temp)
     real_vocab = src_vocab + n_added
     new_vocab = -(-real_vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE

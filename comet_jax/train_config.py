@@ -1,0 +1,423 @@
+"""Training config for `python -m train`: one YAML file plus `section.key=value` overrides.
+
+The frozen dataclasses below are the single source of defaults; a YAML file only overrides
+them, section by section (`run`, `model`, `comet`, `data`, `optim`, `train`, `mesh`,
+`checkpoint`, `logging`, `distributed`). `load_config` checks names and types (unknown keys
+get a "did you mean" suggestion), `validate` checks values and their consistency with the
+devices, and `dump_yaml` writes a config that `load_config` reads back unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from comet_jax.config import ConfigError
+
+# Kept in sync with comet_jax.chunking.PLANNERS (not imported: this module stays light).
+PLANNERS = ("fixed", "right_aligned", "uniform", "random", "semantic")
+SCHEDULES = ("layer_major", "chunk_major")
+MODES = ("comet", "full")
+SOURCES = ("passkey", "jsonl", "arrayrecord")
+TRAIN_DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class RunSection:
+    name: str = "tiny"
+    dir: str = ""  # empty -> runs/{name}
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    init: str = "scratch"  # or a converted checkpoint dir (python -m comet_jax.convert)
+    vocab_size: int = 0  # 0 = from the tokenizer (scratch only)
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 32
+    rope_theta: float = 10000.0
+    rms_eps: float = 1e-6
+    tie_embeddings: bool = False
+    qk_norm: bool = False
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"  # storage dtype (scratch only)
+    remat: bool = True
+    schedule: str = "layer_major"  # or "chunk_major"
+
+
+@dataclass(frozen=True)
+class CometSection:
+    mode: str = "comet"  # or "full": plain backbone training (the baseline)
+    chunk_size: int = 64
+    global_size: int = 8
+    stride: int = 8
+    budget: int = 16
+    planners: dict[str, float] = field(default_factory=lambda: {"fixed": 1.0})
+    min_chunk: int = 4
+    boundary_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DataSection:
+    source: str = "passkey"  # or "jsonl", "arrayrecord"
+    path: str = ""
+    tokenizer: str = "byte"  # "byte", "checkpoint", or a path to a tokenizer.json
+    seq_len: int = 512
+    pack: bool = False
+    shuffle: bool = True
+    skip_bad: bool = False
+    num_workers: int = 0
+    passkey_min_len: int = 0  # 0 = seq_len
+    passkey_digits: int = 5
+    curriculum: list[dict] = field(default_factory=list)  # [{until_step, seq_len}, ...]
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    lr: float = 3e-3
+    memory_lr_mult: float = 5.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.0
+    clip_norm: float = 1.0  # 0 = no clipping
+    grad_accum: int = 1
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    steps: int = 200
+    batch_size: int = 8  # global, over all processes
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class MeshSection:
+    data: int = 1
+    fsdp: int = 1
+    tensor: int = 1
+    stage: int = 1
+
+
+@dataclass(frozen=True)
+class CheckpointSection:
+    every: int = 100
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclass(frozen=True)
+class LoggingSection:
+    tensorboard: bool = True
+    jsonl: bool = True
+    peak_tflops_per_device: float = 0.0  # 0 = do not report MFU
+
+
+@dataclass(frozen=True)
+class DistributedSection:
+    coordinator: str = ""  # empty/0/-1 = from the environment, or a single process
+    num_processes: int = 0
+    process_id: int = -1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run: RunSection = field(default_factory=RunSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    comet: CometSection = field(default_factory=CometSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    mesh: MeshSection = field(default_factory=MeshSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    distributed: DistributedSection = field(default_factory=DistributedSection)
+
+
+SECTIONS: dict[str, type] = typing.get_type_hints(TrainConfig)
+FIELD_TYPES: dict[str, dict[str, Any]] = {name: typing.get_type_hints(cls) for name, cls in SECTIONS.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# names and types
+
+
+def _unknown(key: str, known: list[str], what: str, source: str = "") -> ConfigError:
+    """'unknown key optim.lrr; known keys of optim: ...; did you mean optim.lr?'"""
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+    where = f" (in {source})" if source else ""
+    return ConfigError(f"unknown key {key}{where}; known {what}: {', '.join(known)}{hint}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) if typing.get_origin(tp) is None else str(tp)
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """`value` as type `tp`, or a ConfigError naming the key, the type and the value."""
+    def bad(expected: str = "") -> ConfigError:
+        return ConfigError(f"{key} must be {expected or _type_name(tp)}, got {value!r} "
+                           f"({type(value).__name__})")
+
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("a bool (true/false)")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an int")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad("a float")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-4 as the string "1e-4"
+            try:
+                return float(value)
+            except ValueError:
+                raise bad("a float") from None
+        raise bad("a float")
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise bad(f"a mapping of {_type_name(kt)} to {_type_name(vt)}")
+        return {_coerce(f"{key} key", kt, k): _coerce(f"{key}.{k}", vt, v) for k, v in value.items()}
+    if origin is list:
+        (it,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise bad(f"a list of {_type_name(it)}")
+        return [_coerce(f"{key}[{i}]", it, v) for i, v in enumerate(value)]
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+        return dict(value)
+    raise AssertionError(f"unhandled field type {tp!r} for {key}")  # pragma: no cover
+
+
+def _set(tree: dict[str, dict[str, Any]], section: str, key: str, value: Any, source: str) -> None:
+    if section not in SECTIONS:
+        close = difflib.get_close_matches(section, list(SECTIONS), n=1)
+        hint = f"; did you mean {close[0]}.{key}?" if close else ""
+        raise ConfigError(f"unknown key {section}.{key} (in {source}): there is no section {section}; "
+                          f"known sections: {', '.join(SECTIONS)}{hint}")
+    types = FIELD_TYPES[section]
+    if key not in types:
+        raise _unknown(f"{section}.{key}", list(types), f"keys of {section}", source)
+    tree.setdefault(section, {})[key] = _coerce(f"{section}.{key}", types[key], value)
+
+
+def _merge_yaml(tree: dict[str, dict[str, Any]], data: Any, path: str) -> None:
+    if data is None:  # empty file
+        return
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections "
+                          f"({', '.join(SECTIONS)}), got {type(data).__name__}")
+    for section, body in data.items():
+        if section not in SECTIONS:
+            raise _unknown(str(section), list(SECTIONS), "sections", path)
+        if body is None:  # a section whose keys are all commented out
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: section {section} must be a mapping of keys, got {body!r}")
+        for key, value in body.items():
+            _set(tree, section, str(key), value, path)
+
+
+def _parse_override(tree: dict[str, dict[str, Any]], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} has no '='; write section.key=value, e.g. optim.lr=1e-4")
+    dotted, raw = item.split("=", 1)
+    dotted = dotted.strip()
+    parts = dotted.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override {item!r}: the key must be section.key (e.g. train.steps=5), got {dotted!r}")
+    section, key = parts
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {dotted}: cannot parse value {raw!r} as YAML: {e}") from None
+    if section in SECTIONS and FIELD_TYPES[section].get(key) is str and \
+            isinstance(value, (bool, int, float)):
+        value = raw.strip()  # run.name=2024, data.path=123: keep the text as written
+    _set(tree, section, key, value, "command line")
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
+    """Defaults, then the YAML file at `path` (if any), then `section.key=value` overrides."""
+    tree: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read: {e}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        _merge_yaml(tree, data, path)
+    for item in overrides or ():
+        _parse_override(tree, item)
+    return from_dict(tree)
+
+
+def from_dict(tree: dict[str, dict[str, Any]]) -> TrainConfig:
+    """A TrainConfig from {section: {key: value}} (already type-checked by `_set`)."""
+    return TrainConfig(**{name: cls(**tree.get(name, {})) for name, cls in SECTIONS.items()})
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    """The whole resolved config as YAML (for --print-config and <run dir>/config.yaml)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+def run_dir(cfg: TrainConfig) -> str:
+    return cfg.run.dir or os.path.join("runs", cfg.run.name)
+
+
+# ---------------------------------------------------------------------------------------
+# values
+
+
+def _positive(cfg: TrainConfig, keys: str, minimum: float = 1, what: str = "> 0") -> None:
+    for dotted in keys.split():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value < minimum:
+            raise ConfigError(f"{dotted} must be {what}, got {value}")
+
+
+def validate(cfg: TrainConfig, device_count: int | None = None, process_count: int = 1) -> None:
+    """Raise one ConfigError (naming the key and the fix) for the first invalid value.
+
+    `device_count`/`process_count` (from jax) enable the checks against the mesh."""
+    m, c, d, o, t, mesh = cfg.model, cfg.comet, cfg.data, cfg.optim, cfg.train, cfg.mesh
+    _positive(cfg, "model.hidden_size model.intermediate_size model.num_layers model.num_heads "
+                   "model.num_kv_heads model.head_dim comet.chunk_size comet.min_chunk data.seq_len "
+                   "data.passkey_digits optim.grad_accum train.steps train.batch_size train.log_every "
+                   "mesh.data mesh.fsdp mesh.tensor mesh.stage checkpoint.every checkpoint.keep")
+    _positive(cfg, "model.vocab_size comet.global_size data.num_workers data.passkey_min_len "
+                   "optim.warmup_steps optim.weight_decay optim.clip_norm optim.memory_lr_mult "
+                   "optim.min_lr_ratio logging.peak_tflops_per_device distributed.num_processes",
+              minimum=0, what=">= 0")
+    for dotted in ("model.rope_theta", "model.rms_eps", "optim.lr", "optim.eps"):
+        value = getattr(getattr(cfg, dotted.split(".")[0]), dotted.split(".")[1])
+        if not value > 0:
+            raise ConfigError(f"{dotted} must be > 0, got {value}")
+    for key in ("b1", "b2"):
+        if not 0 <= getattr(o, key) < 1:
+            raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(o, key)}")
+    if o.min_lr_ratio > 1:
+        raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    if cfg.distributed.process_id < -1:
+        raise ConfigError(f"distributed.process_id must be >= 0, or -1 for the environment; "
+                          f"got {cfg.distributed.process_id}")
+
+    # model
+    if m.schedule not in SCHEDULES:
+        raise ConfigError(f"model.schedule must be one of {', '.join(SCHEDULES)}, got {m.schedule!r}")
+    for key in ("dtype", "param_dtype"):
+        if getattr(m, key) not in TRAIN_DTYPES:
+            raise ConfigError(f"model.{key} must be one of {', '.join(TRAIN_DTYPES)}, got {getattr(m, key)!r}")
+    if not m.init:
+        raise ConfigError("model.init is empty; use scratch or the path of a converted checkpoint")
+    if m.init == "scratch":  # a converted checkpoint brings its own shapes
+        if m.num_heads % m.num_kv_heads:
+            raise ConfigError(f"model.num_heads ({m.num_heads}) must be a multiple of model.num_kv_heads "
+                              f"({m.num_kv_heads})")
+        if m.num_kv_heads % mesh.tensor:
+            raise ConfigError(f"model.num_kv_heads ({m.num_kv_heads}) must be divisible by mesh.tensor "
+                              f"({mesh.tensor}); lower mesh.tensor")
+        if m.head_dim % 2:
+            raise ConfigError(f"model.head_dim must be even for RoPE, got {m.head_dim}")
+
+    # comet
+    if c.mode not in MODES:
+        raise ConfigError(f"comet.mode must be one of {', '.join(MODES)}, got {c.mode!r}")
+    chunked = c.mode == "comet"  # mode full has no chunks
+    if chunked and c.chunk_size > d.seq_len:
+        raise ConfigError(f"comet.chunk_size ({c.chunk_size}) is larger than data.seq_len ({d.seq_len}); "
+                          "lower comet.chunk_size or raise data.seq_len")
+    if c.stride == 0 or c.stride < -1:
+        raise ConfigError(f"comet.stride must be > 0, or -1 to disable temp memory; got {c.stride}")
+    if c.stride > 0 and c.budget <= 0:
+        raise ConfigError(f"comet.budget must be > 0 when comet.stride > 0, got {c.budget}")
+    for name, weight in c.planners.items():
+        if name not in PLANNERS:
+            raise _unknown(f"comet.planners.{name}", list(PLANNERS), "planners")
+        if weight < 0:
+            raise ConfigError(f"comet.planners.{name} must be >= 0, got {weight}")
+    if not sum(c.planners.values()) > 0:
+        raise ConfigError(f"comet.planners needs a positive weight, e.g. {{fixed: 1.0}}; got {c.planners}")
+    if c.planners.get("semantic", 0) > 0 and not c.boundary_ids:
+        raise ConfigError("comet.planners uses semantic but comet.boundary_ids is empty; list the token ids "
+                          "to split after (e.g. newline, period)")
+
+    # data
+    if d.source not in SOURCES:
+        raise ConfigError(f"data.source must be one of {', '.join(SOURCES)}, got {d.source!r}")
+    if d.source != "passkey" and not d.path:
+        raise ConfigError(f"data.source={d.source} needs data.path (the {d.source} file or directory)")
+    if d.tokenizer == "checkpoint" and m.init == "scratch":
+        raise ConfigError("data.tokenizer=checkpoint needs model.init to be a converted checkpoint; "
+                          "use data.tokenizer=byte or a tokenizer.json path for model.init=scratch")
+    last = 0
+    for i, item in enumerate(d.curriculum):
+        key = f"data.curriculum[{i}]"
+        if not isinstance(item, dict) or set(item) != {"until_step", "seq_len"}:
+            raise ConfigError(f"{key} must be a mapping {{until_step: int, seq_len: int}}, got {item!r}")
+        for k in ("until_step", "seq_len"):
+            v = item[k]
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"{key}.{k} must be a positive int, got {v!r}")
+        if item["until_step"] <= last:
+            raise ConfigError(f"{key}.until_step ({item['until_step']}) must be larger than the previous "
+                              f"stage's ({last}); list the stages in order")
+        last = item["until_step"]
+        if chunked and c.chunk_size > item["seq_len"]:
+            raise ConfigError(f"comet.chunk_size ({c.chunk_size}) is larger than {key}.seq_len "
+                              f"({item['seq_len']}); raise that stage's seq_len")
+
+    # batch and mesh
+    dp = mesh.data * mesh.fsdp
+    if t.batch_size % dp:
+        raise ConfigError(f"train.batch_size ({t.batch_size}) must be divisible by data parallelism "
+                          f"mesh.data*mesh.fsdp = {dp}")
+    if t.batch_size % o.grad_accum or (t.batch_size // o.grad_accum) % dp:
+        raise ConfigError(f"train.batch_size ({t.batch_size}) must be divisible by optim.grad_accum "
+                          f"({o.grad_accum}) times mesh.data*mesh.fsdp ({dp}): each micro-batch is "
+                          "split over the data-parallel devices")
+    if t.batch_size % process_count:
+        raise ConfigError(f"train.batch_size ({t.batch_size}) must be divisible by the number of "
+                          f"processes ({process_count})")
+    if device_count is not None:
+        total = dp * mesh.tensor * mesh.stage
+        if total != device_count:
+            raise ConfigError(
+                f"mesh data*fsdp*tensor*stage = {total} but {device_count} devices are available; "
+                f"set the mesh axes so their product is {device_count} (e.g. mesh.fsdp={device_count} "
+                "mesh.data=1 mesh.tensor=1 mesh.stage=1)")

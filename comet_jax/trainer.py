@@ -1,0 +1,250 @@
+"""The training loop behind `python -m train`: model, data, optimizer, mesh, checkpoints,
+metrics. Everything that is not a loop lives in its own module; this file wires them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+
+from comet_jax import checkpoint
+from comet_jax.chunking import PlannerMix
+from comet_jax.config import CometConfig, ConfigError, ModelConfig, RopeConfig
+from comet_jax.convert.hf_import import VOCAB_MULTIPLE, comet_for_vocab
+from comet_jax.data.pipeline import make_loader, make_source
+from comet_jax.flops import train_flops_per_token
+from comet_jax.layout import Slots
+from comet_jax.metrics import MetricsWriter, device_memory_mb, format_line
+from comet_jax.model.init import init_params
+from comet_jax.optim import make_optimizer
+from comet_jax.parallel import sharding
+from comet_jax.train_checkpoint import TrainCheckpointer, abstract_like
+from comet_jax.train_step import batch_axis, make_train_step
+
+EXIT_NAN = 3
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped early (NaN/Inf loss); the last good checkpoint is kept."""
+
+
+def load_tokenizer(cfg) -> Any:
+    name = cfg.data.tokenizer
+    if name == "byte":
+        from comet_jax.data.byte_tokenizer import byte_tokenizer
+
+        return byte_tokenizer()
+    if name == "checkpoint":
+        from comet_jax.tokenizer import load_tokenizer as from_ckpt
+
+        tok = from_ckpt(cfg.model.init)
+        if tok is None:
+            raise ConfigError(f"data.tokenizer=checkpoint but {cfg.model.init} has no tokenizer.json")
+        return tok
+    from tokenizers import Tokenizer
+
+    if not Path(name).is_file():
+        raise ConfigError(f"data.tokenizer: {name} is not a file (use byte, checkpoint or a tokenizer.json path)")
+    return Tokenizer.from_file(name)
+
+
+def build_model(cfg, tokenizer) -> tuple[ModelConfig, CometConfig]:
+    """Model and CoMeT configs: from a converted checkpoint, or from scratch around the
+    tokenizer's vocabulary plus the CoMeT tokens (padded to a multiple of 256)."""
+    m, c = cfg.model, cfg.comet
+    if m.init != "scratch":
+        model, comet, _ = checkpoint.read_meta(m.init)
+        if c.global_size != comet.global_size or (c.stride > 0) != comet.has_temp:
+            raise ConfigError(f"comet.global_size={c.global_size}, comet.stride={c.stride} do not match the "
+                              f"checkpoint {m.init} (G={comet.global_size}, stride={comet.stride}); G and the "
+                              "presence of temp memory are baked into its weights")
+        comet = dataclasses.replace(comet, chunk_size=c.chunk_size, stride=c.stride,
+                                    budget=c.budget if c.stride > 0 else 0)
+        model = dataclasses.replace(model, dtype=m.dtype)
+        return model, comet
+    base = m.vocab_size or tokenizer.get_vocab_size()
+    comet = comet_for_vocab(base, c.chunk_size, c.global_size, c.stride, c.budget)
+    added = len(comet.global_beacon_ids) + int(comet.has_memory) + int(comet.has_temp)
+    real = base + added
+    model = ModelConfig(vocab_size=-(-real // VOCAB_MULTIPLE) * VOCAB_MULTIPLE, num_real_tokens=real,
+                        hidden_size=m.hidden_size, intermediate_size=m.intermediate_size, num_layers=m.num_layers,
+                        num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
+                        rope=RopeConfig(theta=m.rope_theta), rms_eps=m.rms_eps, tie_embeddings=m.tie_embeddings,
+                        qk_norm=m.qk_norm, dtype=m.dtype, param_dtype=m.param_dtype, family="llama")
+    model.validate()
+    return model, comet
+
+
+def curriculum_stage(cfg, step: int) -> tuple[int, int]:
+    """(stage index, sequence length) at an optimizer step."""
+    for i, item in enumerate(cfg.data.curriculum):
+        if step < int(item["until_step"]):
+            return i, int(item["seq_len"])
+    return len(cfg.data.curriculum), cfg.data.seq_len
+
+
+class Trainer:
+    def __init__(self, cfg, log=print):
+        self.cfg, self.log = cfg, log
+        self.run_dir = Path(cfg.run.dir or f"runs/{cfg.run.name}")
+        self.process, self.n_processes = jax.process_index(), jax.process_count()
+        self.tokenizer = load_tokenizer(cfg)
+        self.model, self.comet = build_model(cfg, self.tokenizer)
+        self.mode = cfg.comet.mode
+        if cfg.mesh.stage != 1:
+            raise ConfigError("mesh.stage > 1 (pipeline parallelism) is not available yet; use mesh.stage=1")
+        self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        self.planners = PlannerMix(weights=dict(cfg.comet.planners), min_size=cfg.comet.min_chunk,
+                                   boundary_ids=tuple(cfg.comet.boundary_ids))
+        self.flops_per_token = train_flops_per_token(self.model, self.comet if self.mode == "comet" else None,
+                                                     context=cfg.data.seq_len)
+
+    # -- state ---------------------------------------------------------------------------
+    def init_state(self):
+        cfg = self.cfg
+        p_abstract = jax.eval_shape(lambda: init_params(self.model, self.comet, jax.random.key(0)))
+        p_shard = sharding.shardings(sharding.param_specs(p_abstract, self.mesh), self.mesh)
+        if cfg.model.init == "scratch":
+            params = jax.jit(lambda: init_params(self.model, self.comet, jax.random.key(cfg.run.seed)),
+                             out_shardings=p_shard)()
+        else:
+            params = checkpoint.load_params(cfg.model.init, p_shard)
+            params = jax.tree.map(lambda x: x.astype(jnp.dtype(self.model.param_dtype)), params)
+        o = cfg.optim
+        self.tx, self.schedule = make_optimizer(
+            params, lr=o.lr, total_steps=cfg.train.steps, warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio,
+            b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, clip_norm=o.clip_norm,
+            memory_lr_mult=o.memory_lr_mult)
+        # moments inherit their parameter's sharding; the scalar counts are made on one
+        # device and are replicated over the mesh instead
+        replicated = NamedSharding(self.mesh, sharding.P())
+        opt_state = jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated),
+                                 jax.jit(self.tx.init)(params))
+        step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
+        return {"params": params, "opt_state": opt_state, "step": step}
+
+    # -- data ----------------------------------------------------------------------------
+    def loader(self, stage: int, seq_len: int):
+        cfg = self.cfg
+        local_batch = cfg.train.batch_size // self.n_processes
+        src = make_source({"source": cfg.data.source, "path": cfg.data.path, "seq_len": seq_len,
+                           "skip_bad": cfg.data.skip_bad,
+                           "passkey_min_len": min(cfg.data.passkey_min_len or seq_len, seq_len),
+                           "passkey_digits": cfg.data.passkey_digits, "seed": cfg.run.seed + stage,
+                           "vocab_size": self.model.real_vocab}, self.tokenizer)
+        return make_loader(src, seq_len=seq_len, batch_size=local_batch, comet_cfg=self.comet,
+                           planner_mix=self.planners, mode=self.mode, seed=cfg.run.seed + 1000 * stage,
+                           shuffle=cfg.data.shuffle, shard_index=self.process, shard_count=self.n_processes,
+                           num_workers=cfg.data.num_workers)
+
+    def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        axis = batch_axis(self.mode)
+        out = {}
+        for k, v in local.items():
+            if k == "n_tokens":
+                continue
+            spec = sharding.batch_spec(axis, v.ndim) if v.ndim > axis else sharding.P()
+            out[k] = jax.make_array_from_process_local_data(NamedSharding(self.mesh, spec), v)
+        return out
+
+    def text_tokens(self, local: dict[str, np.ndarray]) -> int:
+        if self.mode == "comet":
+            return int(local["valid"][:, :, Slots.of(self.comet).text_slots].sum()) * self.n_processes
+        return int(local["lengths"].sum()) * self.n_processes
+
+    # -- loop ----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.process == 0:
+            from comet_jax.train_config import dump_yaml
+
+            (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        state = self.init_state()
+        ckpt = TrainCheckpointer(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep,
+                                 async_save=cfg.checkpoint.async_save)
+        start, stage, loader = 0, None, None
+        restored = ckpt.restore_latest(abstract_like(state), log=self.log)
+        if restored is not None:
+            start, state, data_state, meta = restored
+            stage, seq_len = curriculum_stage(cfg, start)
+            if meta.get("stage") == stage:
+                loader = self.loader(stage, seq_len)
+                loader.set_state(data_state)
+            self.log(f"resumed from {self.run_dir / 'checkpoints'} at step {start}")
+        shardings = jax.tree.map(lambda x: x.sharding, state)
+        step_fn = make_train_step(self.tx, self.schedule, model=self.model, comet=self.comet, mode=self.mode,
+                                  schedule=cfg.model.schedule, remat=cfg.model.remat, grad_accum=cfg.optim.grad_accum,
+                                  state_shardings=shardings)
+        writer = MetricsWriter(self.run_dir, jsonl=cfg.logging.jsonl, tensorboard=cfg.logging.tensorboard,
+                               enabled=self.process == 0)
+        stop = {"signal": None}
+
+        def on_signal(signum, frame):
+            stop["signal"] = signum
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        peak = cfg.logging.peak_tflops_per_device * 1e12 * jax.device_count()
+        last: dict[str, Any] = {}
+        try:
+            for step in range(start, cfg.train.steps):
+                want_stage, seq_len = curriculum_stage(cfg, step)
+                if loader is None or want_stage != stage:
+                    if loader is not None:
+                        loader.close()
+                    stage, loader = want_stage, self.loader(want_stage, seq_len)
+                    self.log(f"data stage {stage}: sequences of {seq_len} tokens")
+                local = next(loader)
+                t0 = time.perf_counter()
+                state, metrics = step_fn(state, self.global_batch(local))
+                metrics = jax.device_get(metrics)
+                dt = time.perf_counter() - t0
+                loss = float(metrics["loss"])
+                if not math.isfinite(loss):
+                    raise TrainingStopped(f"loss is {loss} at step {step + 1}; stopping. The last good checkpoint "
+                                          f"(step {max(ckpt.steps(), default=0)}) is kept in {ckpt.directory}")
+                tps = self.text_tokens(local) / dt
+                last = {"loss": loss, "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
+                        "tokens_per_s": tps, "step_time": dt, "seq_len": seq_len,
+                        "mfu": self.flops_per_token * tps / peak if peak > 0 else None,
+                        "memory_mb": device_memory_mb()}
+                writer.write(step + 1, last)
+                if (step + 1) % cfg.train.log_every == 0 or step == start or step + 1 == cfg.train.steps:
+                    if self.process == 0:
+                        self.log(format_line(step + 1, cfg.train.steps, last))
+                meta = {"stage": stage, "seq_len": seq_len}
+                done = step + 1 == cfg.train.steps
+                if done or (step + 1) % cfg.checkpoint.every == 0 or stop["signal"] is not None:
+                    ckpt.save(step + 1, state, loader.get_state(), meta, force=True)
+                if stop["signal"] is not None:
+                    ckpt.wait()
+                    self.log(f"received signal {stop['signal']}: saved step {step + 1}, exiting")
+                    raise SystemExit(128 + stop["signal"])
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            ckpt.close()
+            writer.close()
+            if loader is not None:
+                loader.close()
+        return {"final_step": cfg.train.steps, **last}
+
+
+def main_loop(cfg, log=None) -> int:
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        summary = Trainer(cfg, log).run()
+    except TrainingStopped as e:
+        log(f"error: {e}")
+        return EXIT_NAN
+    log(f"done: {summary}")
+    return 0

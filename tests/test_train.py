@@ -1,0 +1,131 @@
+"""python -m train end to end: runs, resumes bit for bit after kill -9, falls back from a
+corrupt checkpoint, stops on NaN, and gives the same numbers on 1 and 8 devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# A model small enough to compile and step in seconds; passkey prompts need >= ~250 byte tokens.
+TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2", "model.num_heads=2",
+        "model.num_kv_heads=1", "model.head_dim=16", "comet.chunk_size=64", "comet.global_size=4",
+        "comet.stride=8", "comet.budget=8", "data.seq_len=320", "train.batch_size=4", "train.log_every=1",
+        "optim.warmup_steps=2", "checkpoint.async_save=false", "logging.tensorboard=false", "data.curriculum=[]"]
+
+
+def env(devices: int = 1) -> dict[str, str]:
+    e = dict(os.environ)
+    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    e["JAX_PLATFORMS"] = "cpu"
+    e["PYTHONPATH"] = str(ROOT)
+    return e
+
+
+def train_cmd(run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "train", *TINY, f"run.dir={run_dir}", *extra]
+
+
+def run(run_dir: Path, *extra: str, devices: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(train_cmd(run_dir, *extra), cwd=ROOT, env=env(devices), capture_output=True, text=True,
+                          timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """The loss of each step, the last record winning (a resumed run repeats steps)."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec["loss"]
+    return out
+
+
+def test_config_errors_are_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "train", "optim.lrr=1"], cwd=ROOT, env=env(),
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "optim.lrr" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = subprocess.run([sys.executable, "-m", "train", "mesh.data=2"], cwd=ROOT, env=env(), capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "mesh" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "train", "--print-config", "optim.lr=0.5"], cwd=ROOT, env=env(),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "lr: 0.5" in proc.stdout
+
+
+def test_kill_9_and_resume_is_bit_exact(tmp_path):
+    steps = ["train.steps=8", "checkpoint.every=2"]
+    run(tmp_path / "straight", *steps)
+    reference = losses(tmp_path / "straight")
+    assert sorted(reference) == list(range(1, 9))
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(killed, *steps), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        metrics = killed / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(losses(killed)) < 8, "the run finished before it could be killed"
+    resumed = run(killed, *steps)
+    assert "resumed from" in resumed.stderr
+    got = losses(killed)
+    assert sorted(got) == list(range(1, 9))
+    assert got == reference  # bit for bit: floats compared exactly
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    run(tmp_path, "train.steps=4", "checkpoint.every=2")
+    newest = tmp_path / "checkpoints" / "4"
+    assert newest.is_dir()
+    for f in (newest / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"garbage")
+    proc = run(tmp_path, "train.steps=6", "checkpoint.every=2")
+    assert "checkpoint at step 4 failed to restore" in proc.stderr
+    assert "resumed from" in proc.stderr and "at step 2" in proc.stderr
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    proc = run(tmp_path, "train.steps=30", "checkpoint.every=1", "optim.lr=1e30", "optim.clip_norm=0",
+               "optim.warmup_steps=0", check=False)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "loss is nan" in proc.stderr or "loss is inf" in proc.stderr
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps, "the last good checkpoint must stay"
+
+
+def test_loss_falls(tmp_path):
+    run(tmp_path, "train.steps=30", "optim.lr=3e-3", "checkpoint.every=100")
+    got = losses(tmp_path)
+    first, last = np.mean([got[i] for i in range(1, 4)]), np.mean([got[i] for i in range(28, 31)])
+    assert last < 0.8 * first, (first, last)
+
+
+def test_one_and_eight_devices_agree(tmp_path):
+    steps = ["train.steps=3", "checkpoint.every=100", "train.batch_size=8", "model.num_kv_heads=2"]
+    run(tmp_path / "one", *steps, devices=1)
+    run(tmp_path / "eight", *steps, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", devices=8)
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "eight")
+    np.testing.assert_allclose([b[i] for i in (1, 2, 3)], [a[i] for i in (1, 2, 3)], rtol=1e-5)
+    import jax
+    import orbax.checkpoint as ocp
+
+    pa = ocp.StandardCheckpointer().restore(tmp_path / "one" / "checkpoints" / "3" / "state")
+    pb = ocp.StandardCheckpointer().restore(tmp_path / "eight" / "checkpoints" / "3" / "state")
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6),
+                 pa["params"], pb["params"])

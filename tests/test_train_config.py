@@ -1,0 +1,188 @@
+"""comet_jax.train_config: YAML + overrides onto dataclass defaults, types, validation."""
+
+from pathlib import Path
+
+import pytest
+
+from comet_jax.config import ConfigError
+from comet_jax.train_config import (
+    TrainConfig,
+    dump_yaml,
+    load_config,
+    run_dir,
+    to_dict,
+    validate,
+)
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def raises(match, fn, *args, **kwargs):
+    with pytest.raises(ConfigError, match=match) as info:
+        fn(*args, **kwargs)
+    return str(info.value)
+
+
+def test_defaults_valid():
+    cfg = load_config(None, [])
+    assert cfg == TrainConfig()
+    validate(cfg)
+    validate(cfg, device_count=1)
+    assert run_dir(cfg) == "runs/tiny"
+    assert run_dir(load_config(None, ["run.dir=/tmp/x"])) == "/tmp/x"
+    with pytest.raises(Exception):
+        cfg.optim.lr = 1.0  # frozen
+
+
+def test_yaml_and_overrides_merge(tmp_path):
+    p = write(tmp_path, "optim:\n  lr: 0.01\n  b2: 0.95\ntrain:\n  steps: 7\nlogging:\n")
+    cfg = load_config(p, ["optim.lr=1e-4", "train.batch_size=4", "comet.planners={fixed: 0.5, random: 0.5}",
+                          "model.tie_embeddings=true", "run.name=2024", "data.path="])
+    assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.b2 == 0.95 and cfg.train.steps == 7 and cfg.train.batch_size == 4
+    assert cfg.optim.b1 == 0.9  # default kept
+    assert cfg.comet.planners == {"fixed": 0.5, "random": 0.5}
+    assert cfg.model.tie_embeddings is True
+    assert cfg.run.name == "2024" and cfg.data.path == ""
+    validate(cfg)
+
+
+def test_float_accepts_yaml11_strings_and_ints(tmp_path):
+    p = write(tmp_path, "optim:\n  lr: 1e-4\n  eps: 1\n")
+    cfg = load_config(p, [])
+    assert cfg.optim.lr == 1e-4 and cfg.optim.eps == 1.0 and isinstance(cfg.optim.eps, float)
+    assert load_config(None, ["optim.lr=5e-5"]).optim.lr == 5e-5
+    raises(r"optim\.lr must be a float.*'fast'", load_config, None, ["optim.lr=fast"])
+
+
+def test_unknown_keys_suggest(tmp_path):
+    msg = raises(r"unknown key optim\.lrr", load_config, None, ["optim.lrr=1e-4"])
+    assert "did you mean optim.lr?" in msg and "known keys of optim: lr, " in msg
+    msg = raises(r"unknown key optim\.lrr", load_config, write(tmp_path, "optim:\n  lrr: 0.1\n"), [])
+    assert "did you mean optim.lr?" in msg
+    msg = raises(r"unknown key optimm", load_config, write(tmp_path, "optimm:\n  lr: 0.1\n"), [])
+    assert "did you mean optim?" in msg
+    raises(r"unknown key trian\.steps", load_config, None, ["trian.steps=3"])
+
+
+def test_wrong_types(tmp_path):
+    msg = raises(r"train\.steps", load_config, None, ["train.steps=ten"])
+    assert "int" in msg and "'ten'" in msg
+    raises(r"train\.steps must be an int.*True", load_config, None, ["train.steps=true"])  # bool is not int
+    raises(r"train\.steps must be an int", load_config, None, ["train.steps=2.5"])
+    raises(r"model\.remat must be a bool", load_config, write(tmp_path, "model:\n  remat: 1\n"), [])
+    raises(r"optim\.lr must be a float", load_config, None, ["optim.lr=true"])
+    raises(r"comet\.boundary_ids\[1\] must be an int", load_config, None, ["comet.boundary_ids=[1, x]"])
+    raises(r"comet\.planners must be a mapping", load_config, None, ["comet.planners=fixed"])
+    raises(r"model\.init must be a string", load_config, write(tmp_path, "model:\n  init: [a]\n"), [])
+    raises(r"section train must be a mapping", load_config, write(tmp_path, "train: 5\n"), [])
+
+
+def test_file_errors(tmp_path):
+    missing = str(tmp_path / "nope.yaml")
+    assert missing in raises("does not exist", load_config, missing, [])
+    bad = write(tmp_path, "optim: [unclosed\n", "bad.yaml")
+    assert bad in raises("not valid YAML", load_config, bad, [])
+    lst = write(tmp_path, "- 1\n- 2\n", "list.yaml")
+    assert lst in raises("top level must be a mapping", load_config, lst, [])
+    assert load_config(write(tmp_path, "", "empty.yaml"), []) == TrainConfig()
+
+
+def test_override_syntax():
+    raises(r"'optim\.lr' has no '='", load_config, None, ["optim.lr"])
+    raises(r"section\.key", load_config, None, ["lr=1"])
+    raises(r"section\.key", load_config, None, ["a.b.c=1"])
+
+
+def test_validate_mesh_and_batch():
+    validate(load_config(None, ["mesh.fsdp=4"]), device_count=4)
+    msg = raises(r"mesh data\*fsdp\*tensor\*stage = 8 but 4 devices", validate,
+                 load_config(None, ["mesh.data=2", "mesh.fsdp=4"]), device_count=4)
+    assert "mesh.fsdp=4" in msg
+    validate(load_config(None, ["mesh.data=2", "mesh.fsdp=4"]))  # no device count: no mesh check
+    raises(r"train\.batch_size \(6\) must be divisible by data parallelism mesh\.data\*mesh\.fsdp = 4",
+           validate, load_config(None, ["train.batch_size=6", "mesh.fsdp=4"]))
+    raises(r"optim\.grad_accum", validate, load_config(None, ["optim.grad_accum=3"]))
+    raises(r"optim\.grad_accum", validate, load_config(None, ["optim.grad_accum=4", "mesh.fsdp=4"]))
+    raises(r"processes \(3\)", validate, load_config(None, []), process_count=3)
+    raises(r"model\.num_kv_heads \(2\) must be divisible by mesh\.tensor \(4\)", validate,
+           load_config(None, ["mesh.tensor=4", "train.batch_size=8"]))
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["comet.chunk_size=1024"], r"comet\.chunk_size \(1024\) is larger than data\.seq_len \(512\)"),
+    (["train.steps=0"], r"train\.steps must be > 0"),
+    (["train.batch_size=-1"], r"train\.batch_size must be > 0"),
+    (["optim.lr=0"], r"optim\.lr must be > 0"),
+    (["model.hidden_size=0"], r"model\.hidden_size must be > 0"),
+    (["data.seq_len=0"], r"data\.seq_len must be > 0"),
+    (["optim.grad_accum=0"], r"optim\.grad_accum must be > 0"),
+    (["model.schedule=diagonal"], r"model\.schedule must be one of layer_major, chunk_major"),
+    (["comet.mode=rnn"], r"comet\.mode must be one of comet, full"),
+    (["comet.stride=0"], r"comet\.stride"),
+    (["comet.stride=-2"], r"comet\.stride"),
+    (["comet.budget=0"], r"comet\.budget must be > 0"),
+    (["comet.planners={fixd: 1}"], r"comet\.planners\.fixd.*did you mean comet\.planners\.fixed"),
+    (["comet.planners={fixed: 0, random: 0}"], r"comet\.planners needs a positive weight"),
+    (["comet.planners={semantic: 1}"], r"comet\.boundary_ids"),
+    (["data.source=parquet"], r"data\.source must be one of passkey, jsonl, arrayrecord"),
+    (["data.source=jsonl"], r"data\.source=jsonl needs data\.path"),
+    (["data.source=arrayrecord"], r"data\.path"),
+    (["data.tokenizer=checkpoint"], r"model\.init"),
+    (["model.num_heads=3"], r"model\.num_heads \(3\) must be a multiple of model\.num_kv_heads \(2\)"),
+    (["model.dtype=float16"], r"model\.dtype must be one of float32, bfloat16"),
+    (["model.param_dtype=fp32"], r"model\.param_dtype"),
+    (["data.curriculum=[{until_step: 10}]"], r"data\.curriculum\[0\] must be a mapping"),
+    (["data.curriculum=[{until_step: 10, seq_len: 0}]"], r"data\.curriculum\[0\]\.seq_len must be a positive"),
+    (["data.curriculum=[{until_step: 10, seq_len: 32}]"], r"comet\.chunk_size \(64\).*data\.curriculum\[0\]"),
+    (["data.curriculum=[{until_step: 10, seq_len: 64}, {until_step: 5, seq_len: 128}]"],
+     r"data\.curriculum\[1\]\.until_step"),
+])
+def test_validate_errors(overrides, match):
+    raises(match, validate, load_config(None, overrides))
+
+
+def test_validate_allowed():
+    validate(load_config(None, ["optim.warmup_steps=1000", "train.steps=5"]))  # warm-up past the end
+    validate(load_config(None, ["comet.stride=-1", "comet.budget=0", "comet.global_size=0"]))
+    validate(load_config(None, ["comet.mode=full", "data.seq_len=32"]))  # no chunks in full mode
+    validate(load_config(None, ["model.init=ckpt/x", "data.tokenizer=checkpoint", "mesh.tensor=4"]))
+
+
+def test_dump_load_round_trip(tmp_path):
+    cfg = load_config(None, ["optim.lr=1e-4", "optim.eps=1e-12", "comet.planners={fixed: 0.25, random: 0.75}",
+                             "comet.boundary_ids=[10, 13]", "data.curriculum=[{until_step: 5, seq_len: 64}]",
+                             "run.dir=out/x", "model.tie_embeddings=true"])
+    text = dump_yaml(cfg)
+    assert load_config(write(tmp_path, text), []) == cfg
+    assert to_dict(cfg)["optim"]["lr"] == 1e-4
+    assert load_config(write(tmp_path, dump_yaml(TrainConfig()), "d.yaml"), []) == TrainConfig()
+
+
+@pytest.mark.parametrize("name", ["tiny_cpu.yaml", "qwen3_comet_32k.yaml", "llama3_8b_comet_32k.yaml"])
+def test_shipped_configs(name, tmp_path):
+    cfg = load_config(str(CONFIGS / name), [])
+    validate(cfg)
+    assert load_config(write(tmp_path, dump_yaml(cfg)), []) == cfg
+
+
+def test_shipped_recipes():
+    tiny = load_config(str(CONFIGS / "tiny_cpu.yaml"), [])
+    assert (tiny.model.hidden_size, tiny.comet.chunk_size, tiny.data.seq_len, tiny.train.steps) == (128, 64, 512, 300)
+    assert tiny.data.curriculum == [{"until_step": 100, "seq_len": 64}, {"until_step": 200, "seq_len": 256}]
+    validate(tiny, device_count=1)
+    for name in ("qwen3_comet_32k.yaml", "llama3_8b_comet_32k.yaml"):
+        cfg = load_config(str(CONFIGS / name), [])
+        assert (cfg.data.seq_len, cfg.comet.chunk_size, cfg.comet.global_size, cfg.comet.stride,
+                cfg.comet.budget) == (32768, 2048, 512, 8, 2048)
+        assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio, cfg.optim.weight_decay,
+                cfg.optim.memory_lr_mult) == (5e-5, 10, 0.0, 0.0, 5.0)
+        assert cfg.model.dtype == "bfloat16" and cfg.model.remat and cfg.model.init != "scratch"
+        assert cfg.data.tokenizer == "checkpoint" and cfg.data.source == "jsonl"
+        validate(cfg, device_count=8)
