@@ -241,10 +241,15 @@ class Trainer:
 
 def main_loop(cfg, log=None) -> int:
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    from comet_jax.data.jsonl import DataError
+
     try:
         summary = Trainer(cfg, log).run()
     except TrainingStopped as e:
         log(f"error: {e}")
         return EXIT_NAN
+    except DataError as e:
+        log(f"error: {e} (set data.skip_bad=true to skip and count bad records)")
+        return 2
     log(f"done: {summary}")
     return 0

@@ -129,3 +129,56 @@ def test_one_and_eight_devices_agree(tmp_path):
     pb = ocp.StandardCheckpointer().restore(tmp_path / "eight" / "checkpoints" / "3" / "state")
     jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6),
                  pa["params"], pb["params"])
+
+
+def test_two_processes_agree_on_the_loss(tmp_path):
+    """Two CPU processes joined by jax.distributed on 127.0.0.1, one device each, a mesh
+    data=2 over both: each reads its own half of the data; the step is one global step."""
+    import re
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen(train_cmd(tmp_path, "train.steps=2", "mesh.data=2", "checkpoint.every=100",
+                                        f"distributed.coordinator=127.0.0.1:{port}", "distributed.num_processes=2",
+                                        f"distributed.process_id={i}"),
+                              cwd=ROOT, env=env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    finals = [re.search(r"done: .*'loss': ([0-9.e+-]+)", out).group(1) for out in outs]
+    assert finals[0] == finals[1]
+    assert sorted(losses(tmp_path)) == [1, 2]  # process 0 writes the metrics
+
+
+def test_sigterm_saves_then_exits_and_resume_on_another_mesh(tmp_path):
+    steps = ["train.steps=40", "checkpoint.every=100", "model.num_kv_heads=2", "train.batch_size=8"]
+    proc = subprocess.Popen(train_cmd(tmp_path, *steps), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        m = tmp_path / "metrics.jsonl"
+        if m.exists() and len(m.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and saved[-1] >= 3 and "received signal" in err
+    # the same run continues on 8 devices with a different mesh
+    out = run(tmp_path, *steps[:1], "train.steps=" + str(saved[-1] + 2), *steps[1:], "mesh.data=2", "mesh.fsdp=2",
+              "mesh.tensor=2", devices=8)
+    assert f"at step {saved[-1]}" in out.stderr
+    assert sorted(losses(tmp_path))[-1] == saved[-1] + 2
+
+
+def test_bad_record_is_named(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"input_ids": [1, 2, 3, 4, 5]}\n{"input_ids": [1, 2, 99999]}\n' * 8)
+    proc = run(tmp_path / "r", "data.source=jsonl", f"data.path={data}", "train.steps=2", "data.shuffle=false",
+               check=False)
+    assert proc.returncode == 2 and f"{data}:2" in proc.stderr, proc.stderr[-2000:]
+    run(tmp_path / "r2", "data.source=jsonl", f"data.path={data}", "train.steps=2", "data.skip_bad=true")
