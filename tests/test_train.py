@@ -182,3 +182,11 @@ def test_bad_record_is_named(tmp_path):
                check=False)
     assert proc.returncode == 2 and f"{data}:2" in proc.stderr, proc.stderr[-2000:]
     run(tmp_path / "r2", "data.source=jsonl", f"data.path={data}", "train.steps=2", "data.skip_bad=true")
+
+
+def test_shipped_tiny_config_runs(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "train", "--config", "configs/tiny_cpu.yaml", "train.steps=2",
+                           f"run.dir={tmp_path}", "logging.tensorboard=false"], cwd=ROOT, env=env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MFU" in proc.stderr and (tmp_path / "config.yaml").is_file()

@@ -175,7 +175,7 @@ def test_shipped_configs(name, tmp_path):
 def test_shipped_recipes():
     tiny = load_config(str(CONFIGS / "tiny_cpu.yaml"), [])
     assert (tiny.model.hidden_size, tiny.comet.chunk_size, tiny.data.seq_len, tiny.train.steps) == (128, 64, 512, 300)
-    assert tiny.data.curriculum == [{"until_step": 100, "seq_len": 64}, {"until_step": 200, "seq_len": 256}]
+    assert tiny.data.curriculum == [{"until_step": 150, "seq_len": 256}]
     validate(tiny, device_count=1)
     for name in ("qwen3_comet_32k.yaml", "llama3_8b_comet_32k.yaml"):
         cfg = load_config(str(CONFIGS / name), [])

@@ -13,8 +13,12 @@ class DataError(ValueError):
     """A bad record; the message names the file and line."""
 
 
-def parse_record(obj: Any, where: str, tokenizer: Any = None, vocab_size: int | None = None) -> np.ndarray:
-    """Token ids of one decoded JSON record; raises DataError naming `where` (file:line)."""
+def parse_record(obj: Any, where: str, tokenizer: Any = None, vocab_size: int | None = None,
+                 min_tokens: int = 2) -> np.ndarray:
+    """Token ids of one decoded JSON record; raises DataError naming `where` (file:line).
+
+    Fewer than `min_tokens` ids is an error (a sequence needs 2 tokens to have a label);
+    the training pipeline passes 0 and drops short documents itself, counting them."""
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     if "input_ids" in obj:
@@ -30,13 +34,25 @@ def parse_record(obj: Any, where: str, tokenizer: Any = None, vocab_size: int | 
         ids = tokenizer.encode(obj["text"]).ids
     else:
         raise DataError(f"{where}: needs an 'input_ids' or a 'text' key, found {sorted(obj)}")
-    if len(ids) < 2:
+    if len(ids) < min_tokens:
         raise DataError(f"{where}: {len(ids)} token(s); a sequence needs at least 2 to have a label")
     arr = np.asarray(ids, dtype=np.int64)
-    if arr.min() < 0 or (vocab_size is not None and arr.max() >= vocab_size):
+    if arr.size and (arr.min() < 0 or (vocab_size is not None and arr.max() >= vocab_size)):
         bad = int(arr[(arr < 0) | (arr >= (vocab_size or np.iinfo(np.int64).max))][0])
         raise DataError(f"{where}: token id {bad} is outside the vocabulary [0, {vocab_size})")
     return arr.astype(np.int32)
+
+
+def parse_line(text: str, where: str, tokenizer: Any = None, vocab_size: int | None = None,
+               min_tokens: int = 2) -> np.ndarray:
+    """Token ids of one JSONL line (or ArrayRecord record); DataError names `where`."""
+    if not text.strip():
+        raise DataError(f"{where}: empty line")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+    return parse_record(obj, where, tokenizer, vocab_size, min_tokens)
 
 
 def iter_jsonl(path: str | Path, tokenizer: Any = None, vocab_size: int | None = None) -> Iterator[np.ndarray]:
@@ -46,14 +62,7 @@ def iter_jsonl(path: str | Path, tokenizer: Any = None, vocab_size: int | None =
         raise DataError(f"{path}: no such file")
     with path.open("r", encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
-            where = f"{path}:{lineno}"
-            if not line.strip():
-                raise DataError(f"{where}: empty line")
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-            yield parse_record(obj, where, tokenizer, vocab_size)
+            yield parse_line(line, f"{path}:{lineno}", tokenizer, vocab_size)
 
 
 def read_jsonl(path: str | Path, tokenizer: Any = None, vocab_size: int | None = None) -> list[np.ndarray]:

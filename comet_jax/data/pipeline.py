@@ -51,7 +51,7 @@ import numpy as np
 from comet_jax import layout
 from comet_jax.chunking import PlannerMix, fixed
 from comet_jax.config import CometConfig
-from comet_jax.data.jsonl import DataError, parse_record
+from comet_jax.data.jsonl import DataError, parse_line
 from comet_jax.data.passkey import PasskeySource
 from comet_jax.loss import IGNORE
 
@@ -68,22 +68,6 @@ def _bad_record(where: str) -> dict[str, Any]:
     return {"input_ids": np.zeros(0, np.int32), "bad": where}
 
 
-def _short_ids(obj: Any, tokenizer: Any, vocab_size: int | None) -> np.ndarray | None:
-    """The ids of a record that is valid but for having fewer than 2 tokens, else None."""
-    if not isinstance(obj, dict):
-        return None
-    ids = None
-    if "input_ids" in obj:
-        raw = obj["input_ids"]
-        if isinstance(raw, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in raw):
-            ids = raw
-    elif isinstance(obj.get("text"), str) and tokenizer is not None:
-        ids = tokenizer.encode(obj["text"]).ids
-    if ids is None or len(ids) >= 2 or any(i < 0 or (vocab_size is not None and i >= vocab_size) for i in ids):
-        return None
-    return np.asarray(ids, np.int32)
-
-
 def _decode_record(raw: bytes, where: str, tokenizer: Any, vocab_size: int | None,
                    skip_bad: bool) -> dict[str, Any]:
     """JSON bytes -> {"input_ids"}; a bad record raises DataError or, with skip_bad, is marked."""
@@ -92,19 +76,8 @@ def _decode_record(raw: bytes, where: str, tokenizer: Any, vocab_size: int | Non
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise DataError(f"{where}: not valid UTF-8") from None
-        if not text.strip():
-            raise DataError(f"{where}: empty record")
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-        try:
-            ids = parse_record(obj, where, tokenizer, vocab_size)
-        except DataError:
-            short = _short_ids(obj, tokenizer, vocab_size)
-            if short is None:
-                raise
-            ids = short  # valid but too short for a label: dropped (and counted) downstream
+        # documents shorter than 2 tokens are valid records: dropped and counted downstream
+        ids = parse_line(text, where, tokenizer, vocab_size, min_tokens=0)
     except DataError:
         if not skip_bad:
             raise
