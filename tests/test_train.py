@@ -186,7 +186,39 @@ def test_bad_record_is_named(tmp_path):
 
 def test_shipped_tiny_config_runs(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "train", "--config", "configs/tiny_cpu.yaml", "train.steps=2",
-                           f"run.dir={tmp_path}", "logging.tensorboard=false"], cwd=ROOT, env=env(),
-                          capture_output=True, text=True, timeout=600)
+                           f"run.dir={tmp_path}"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MFU" in proc.stderr and (tmp_path / "config.yaml").is_file()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    rec = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mfu"} <= set(rec)
+
+
+def test_fine_tune_a_converted_checkpoint(tmp_path):
+    """model.init=DIR: a converted HF Llama (with its tokenizer) fine-tuned on JSONL text."""
+    import hf_models
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from comet_jax.convert.hf_import import convert
+
+    src = hf_models.save(hf_models.build(hf_models.llama_config()), tmp_path / "src")
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(100)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(src / "tokenizer.json"))
+    convert(src, tmp_path / "ckpt", chunk_size=16, global_size=2, stride=4, budget=4, log=lambda m: None)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": " ".join(f"w{i}" for i in rng.integers(0, 100, 60))}) + "\n"
+                            for _ in range(16)))
+    proc = subprocess.run([sys.executable, "-m", "train", f"model.init={tmp_path / 'ckpt'}", "comet.chunk_size=16",
+                           "comet.global_size=2", "comet.stride=4", "comet.budget=4", "data.source=jsonl",
+                           f"data.path={data}", "data.tokenizer=checkpoint", "data.seq_len=64", "train.steps=3",
+                           "train.batch_size=4", f"run.dir={tmp_path / 'run'}", "logging.tensorboard=false",
+                           "data.curriculum=[]"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(losses(tmp_path / "run")) == [1, 2, 3]
+    # G is baked into the weights: a different one is refused before training
+    proc = subprocess.run([sys.executable, "-m", "train", f"model.init={tmp_path / 'ckpt'}", "comet.global_size=3",
+                           "data.seq_len=64", "comet.chunk_size=16", f"run.dir={tmp_path / 'run2'}"], cwd=ROOT,
+                          env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "baked into its weights" in proc.stderr
