@@ -69,12 +69,12 @@ def comet_layer(p: dict, h: jnp.ndarray, memory: Memory, chunk: dict[str, jnp.nd
     return h, new
 
 
-def _chunk_inputs(c: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
+def chunk_inputs(c: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
     return {"positions": c["positions"], "mask": chunk_mask(c["valid"]), "valid": c["valid"],
             "first": c["first"], "live": c["live"]}
 
 
-def _text_nll(params: dict, h: jnp.ndarray, labels: jnp.ndarray, model: ModelConfig,
+def text_nll(params: dict, h: jnp.ndarray, labels: jnp.ndarray, model: ModelConfig,
               comet: CometConfig) -> jnp.ndarray:
     """Per-token loss [..., C] at the text slots of final hidden states h [..., S, D]."""
     text = h[..., Slots.of(comet).text_slots, :]
@@ -92,7 +92,7 @@ def layer_major(params: dict, batch: dict[str, jnp.ndarray], model: ModelConfig,
     def layer_step(h_all, p):
         def chunk_step(mem, xs):
             h_c, c = xs
-            h_c, mem = comet_layer(p, h_c, mem, _chunk_inputs(c), model, comet)
+            h_c, mem = comet_layer(p, h_c, mem, chunk_inputs(c), model, comet)
             return mem, h_c
 
         step = jax.checkpoint(chunk_step) if remat else chunk_step
@@ -100,7 +100,7 @@ def layer_major(params: dict, batch: dict[str, jnp.ndarray], model: ModelConfig,
         return h_all, None
 
     h, _ = jax.lax.scan(layer_step, h, params["layers"])
-    return _text_nll(params, h, batch["labels"], model, comet)
+    return text_nll(params, h, batch["labels"], model, comet)
 
 
 def chunk_major(params: dict, batch: dict[str, jnp.ndarray], model: ModelConfig, comet: CometConfig,
@@ -112,7 +112,7 @@ def chunk_major(params: dict, batch: dict[str, jnp.ndarray], model: ModelConfig,
 
     def chunk_step(mems, c):
         h = backbone.embed(params, c["tokens"], model)
-        inputs = _chunk_inputs(c)
+        inputs = chunk_inputs(c)
 
         def layer_step(h, pm):
             p, mem = pm
@@ -120,7 +120,7 @@ def chunk_major(params: dict, batch: dict[str, jnp.ndarray], model: ModelConfig,
             return h, mem
 
         h, mems = jax.lax.scan(layer_step, h, (params["layers"], mems))
-        return mems, _text_nll(params, h, c["labels"], model, comet)
+        return mems, text_nll(params, h, c["labels"], model, comet)
 
     step = jax.checkpoint(chunk_step) if remat else chunk_step
     _, nll = jax.lax.scan(step, mem0, batch)
