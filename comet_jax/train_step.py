@@ -23,9 +23,14 @@ def batch_axis(mode: str) -> int:
 
 
 def loss_sum(params, batch: dict[str, jnp.ndarray], model: ModelConfig, comet: CometConfig, mode: str,
-             schedule: str, remat: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """(sum of token losses, number of labeled tokens) of one micro-batch."""
-    if mode == "comet":
+             schedule: str, remat: bool, pipeline_mesh=None) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(sum of token losses, number of labeled tokens) of one micro-batch. With a
+    `pipeline_mesh` the chunks run as the wavefront over its `stage` axis."""
+    if mode == "comet" and pipeline_mesh is not None:
+        from comet_jax.parallel.pipeline import pipeline_token_losses
+
+        nll = pipeline_token_losses(params, batch, model, comet, pipeline_mesh, remat=remat)
+    elif mode == "comet":
         nll = comet_model.token_losses(params, batch, model, comet, schedule, remat)
     else:
         p = backbone.cast_params(params, model.dtype)
@@ -45,13 +50,13 @@ def split_micro(batch: dict[str, Any], accum: int, axis: int) -> dict[str, Any]:
 
 
 def train_step(state: dict, batch: dict, *, tx: optax.GradientTransformation, schedule_fn, model: ModelConfig,
-               comet: CometConfig, mode: str, schedule: str, remat: bool, grad_accum: int):
+               comet: CometConfig, mode: str, schedule: str, remat: bool, grad_accum: int, pipeline_mesh=None):
     """One optimizer step. The loss is the mean over every labeled token of the whole batch
     (micro-batch gradients of the summed loss are added, then divided once)."""
     keys = COMET_KEYS if mode == "comet" else FULL_KEYS
     batch = {k: batch[k] for k in keys}
     grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
-    args = (model, comet, mode, schedule, remat)
+    args = (model, comet, mode, schedule, remat, pipeline_mesh)
     if grad_accum == 1:
         (total, count), grads = grad_fn(state["params"], batch, *args)
     else:
@@ -74,10 +79,10 @@ def train_step(state: dict, batch: dict, *, tx: optax.GradientTransformation, sc
 
 
 def make_train_step(tx, schedule_fn, *, model, comet, mode, schedule, remat, grad_accum,
-                    state_shardings=None, batch_shardings=None):
+                    state_shardings=None, batch_shardings=None, pipeline_mesh=None):
     """jit the step; with shardings the state stays sharded and is donated."""
     fn = partial(train_step, tx=tx, schedule_fn=schedule_fn, model=model, comet=comet, mode=mode,
-                 schedule=schedule, remat=remat, grad_accum=grad_accum)
+                 schedule=schedule, remat=remat, grad_accum=grad_accum, pipeline_mesh=pipeline_mesh)
     if state_shardings is None:
         return jax.jit(fn, donate_argnums=0)
     return jax.jit(fn, in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, None),

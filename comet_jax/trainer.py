@@ -20,7 +20,7 @@ from comet_jax import checkpoint
 from comet_jax.chunking import PlannerMix
 from comet_jax.config import CometConfig, ConfigError, ModelConfig, RopeConfig
 from comet_jax.convert.hf_import import VOCAB_MULTIPLE, comet_for_vocab
-from comet_jax.data.pipeline import make_loader, make_source
+from comet_jax.data.pipeline import make_loader, make_source, num_chunks_for
 from comet_jax.flops import train_flops_per_token
 from comet_jax.layout import Slots
 from comet_jax.metrics import MetricsWriter, device_memory_mb, format_line
@@ -100,9 +100,10 @@ class Trainer:
         self.tokenizer = load_tokenizer(cfg)
         self.model, self.comet = build_model(cfg, self.tokenizer)
         self.mode = cfg.comet.mode
-        if cfg.mesh.stage != 1:
-            raise ConfigError("mesh.stage > 1 (pipeline parallelism) is not available yet; use mesh.stage=1")
-        self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        self.stages = cfg.mesh.stage
+        if self.stages > 1 and self.mode != "comet":
+            raise ConfigError("mesh.stage > 1 pipelines CoMeT chunks; it needs comet.mode=comet")
+        self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, self.stages)
         self.planners = PlannerMix(weights=dict(cfg.comet.planners), min_size=cfg.comet.min_chunk,
                                    boundary_ids=tuple(cfg.comet.boundary_ids))
         self.flops_per_token = train_flops_per_token(self.model, self.comet if self.mode == "comet" else None,
@@ -141,10 +142,15 @@ class Trainer:
                            "passkey_min_len": min(cfg.data.passkey_min_len or seq_len, seq_len),
                            "passkey_digits": cfg.data.passkey_digits, "seed": cfg.run.seed + stage,
                            "vocab_size": self.model.real_vocab}, self.tokenizer)
+        num_chunks = None
+        if self.mode == "comet" and self.stages > 1:
+            # every stage gets the same number of chunks: pad with fully masked ones
+            n = num_chunks_for(seq_len, self.comet, self.planners)
+            num_chunks = -(-n // self.stages) * self.stages
         return make_loader(src, seq_len=seq_len, batch_size=local_batch, comet_cfg=self.comet,
                            planner_mix=self.planners, mode=self.mode, seed=cfg.run.seed + 1000 * stage,
                            shuffle=cfg.data.shuffle, shard_index=self.process, shard_count=self.n_processes,
-                           num_workers=cfg.data.num_workers)
+                           num_workers=cfg.data.num_workers, num_chunks=num_chunks)
 
     def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         axis = batch_axis(self.mode)
@@ -152,7 +158,8 @@ class Trainer:
         for k, v in local.items():
             if k == "n_tokens":
                 continue
-            spec = sharding.batch_spec(axis, v.ndim) if v.ndim > axis else sharding.P()
+            chunk_axis = 0 if self.mode == "comet" and self.stages > 1 else None
+            spec = sharding.batch_spec(axis, v.ndim, chunk_axis) if v.ndim > axis else sharding.P()
             out[k] = jax.make_array_from_process_local_data(NamedSharding(self.mesh, spec), v)
         return out
 
@@ -184,7 +191,7 @@ class Trainer:
         shardings = jax.tree.map(lambda x: x.sharding, state)
         step_fn = make_train_step(self.tx, self.schedule, model=self.model, comet=self.comet, mode=self.mode,
                                   schedule=cfg.model.schedule, remat=cfg.model.remat, grad_accum=cfg.optim.grad_accum,
-                                  state_shardings=shardings)
+                                  state_shardings=shardings, pipeline_mesh=self.mesh if self.stages > 1 else None)
         writer = MetricsWriter(self.run_dir, jsonl=cfg.logging.jsonl, tensorboard=cfg.logging.tensorboard,
                                enabled=self.process == 0)
         stop = {"signal": None}

@@ -222,3 +222,23 @@ def test_fine_tune_a_converted_checkpoint(tmp_path):
                            "data.seq_len=64", "comet.chunk_size=16", f"run.dir={tmp_path / 'run2'}"], cwd=ROOT,
                           env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "baked into its weights" in proc.stderr
+
+
+def test_pipeline_stages_match_one_device(tmp_path):
+    """mesh.stage=4 (chunk groups on 4 devices), and data=2 x stage=4 on 8 devices, give the
+    single-device losses and parameters."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    steps = ["train.steps=2", "checkpoint.every=100", "train.batch_size=4"]
+    run(tmp_path / "one", *steps, devices=1)
+    run(tmp_path / "stage4", *steps, "mesh.stage=4", devices=4)
+    run(tmp_path / "data2_stage4", *steps, "mesh.stage=4", "mesh.data=2", devices=8)
+    ref = losses(tmp_path / "one")
+    p_ref = ocp.StandardCheckpointer().restore(tmp_path / "one" / "checkpoints" / "2" / "state")["params"]
+    for name in ("stage4", "data2_stage4"):
+        got = losses(tmp_path / name)
+        np.testing.assert_allclose([got[1], got[2]], [ref[1], ref[2]], rtol=1e-5)
+        p = ocp.StandardCheckpointer().restore(tmp_path / name / "checkpoints" / "2" / "state")["params"]
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6),
+                     p_ref, p)

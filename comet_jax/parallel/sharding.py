@@ -1,8 +1,9 @@
 """Mesh axes and sharding rules (MaxText-style logical rules, written out for our tree).
 
 Axes: `data` (pure data parallel: parameters replicated), `fsdp` (data parallel with
-parameters and optimizer state sharded), `tensor` (heads and MLP width). A batch is
-split over data x fsdp. A dimension that an axis does not divide stays replicated on
+parameters and optimizer state sharded), `tensor` (heads and MLP width), `stage` (the
+pipeline of DESIGN.md §1.6: chunk groups of one sequence; parameters replicated). A
+batch is split over data x fsdp, and its chunk axis over stage. A dimension that an axis does not divide stays replicated on
 that axis, so any small model runs on any mesh.
 """
 
@@ -14,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("data", "fsdp", "tensor", "stage")
 BATCH_AXES = ("data", "fsdp")
 
 # Per-layer weight dims (after the stacked layer axis): which mesh axis shards each.
@@ -25,12 +26,12 @@ LAYER_RULES: dict[str, tuple[str | None, ...]] = {
 TOP_RULES: dict[str, tuple[str | None, ...]] = {"embed": ("tensor", "fsdp"), "lm_head": ("fsdp", "tensor")}
 
 
-def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, stage: int = 1, devices=None) -> Mesh:
     devices = np.asarray(devices if devices is not None else jax.devices())
-    need = data * fsdp * tensor
+    need = data * fsdp * tensor * stage
     if need != devices.size:
-        raise ValueError(f"mesh data*fsdp*tensor = {need} but {devices.size} devices are available")
-    return Mesh(devices.reshape(data, fsdp, tensor), AXES, axis_types=(AxisType.Auto,) * 3)
+        raise ValueError(f"mesh data*fsdp*tensor*stage = {need} but {devices.size} devices are available")
+    return Mesh(devices.reshape(data, fsdp, tensor, stage), AXES, axis_types=(AxisType.Auto,) * 4)
 
 
 def _spec(shape: tuple[int, ...], axes: tuple[str | None, ...], mesh: Mesh) -> P:
@@ -57,8 +58,10 @@ def shardings(specs: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
 
-def batch_spec(batch_axis: int, ndim: int) -> P:
-    """Split the batch dimension over data x fsdp."""
-    spec = [None] * ndim
+def batch_spec(batch_axis: int, ndim: int, chunk_axis: int | None = None) -> P:
+    """Split the batch dimension over data x fsdp (and a chunk axis over stage)."""
+    spec: list = [None] * ndim
     spec[batch_axis] = BATCH_AXES
+    if chunk_axis is not None:
+        spec[chunk_axis] = "stage"
     return P(*spec)
