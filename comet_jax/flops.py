@@ -42,3 +42,16 @@ def forward_flops_per_token(model: ModelConfig, comet: CometConfig | None = None
 
 def train_flops_per_token(model: ModelConfig, comet: CometConfig | None = None, context: int | None = None) -> float:
     return 3 * forward_flops_per_token(model, comet, context)
+
+
+def param_count(model: ModelConfig, comet: CometConfig) -> int:
+    """Number of parameters, memory nets included."""
+    d, f, r = model.hidden_size, model.intermediate_size, MEMORY_RANK
+    hq, hkv = model.num_heads * model.head_dim, model.num_kv_heads * model.head_dim
+    layer = d * (hq + 2 * hkv) + hq * d + 3 * d * f + 2 * d + (2 * model.head_dim if model.qk_norm else 0)
+    if comet.has_global:
+        layer += d + 2 * d + 2 * d * r
+    if comet.has_temp:
+        layer += d + 2 * d * r
+    heads = 1 if model.tie_embeddings else 2
+    return model.num_layers * layer + heads * model.vocab_size * d + d
