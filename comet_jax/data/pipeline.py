@@ -127,10 +127,12 @@ class JsonlSource:
         return state
 
     def _read(self, index: int) -> bytes:
+        # grain reads records from several threads: a positional read (pread) is atomic,
+        # where seek + read on a shared handle races and returns another record's bytes
         if self._file is None or self._pid != os.getpid():
             self._file, self._pid = open(self.path, "rb"), os.getpid()
-        self._file.seek(int(self._starts[index]))
-        return self._file.read(int(self._ends[index] - self._starts[index]))
+        start, end = int(self._starts[index]), int(self._ends[index])
+        return os.pread(self._file.fileno(), end - start, start)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
