@@ -31,14 +31,6 @@ def batch(seqs, plans, comet, n=None):
     return layout.build(seqs, plans, comet, num_chunks=n)
 
 
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(0)
-    seqs = [rng.integers(0, 50, n) for n in (26, 11, 17)]
-    plans = [chunking.fixed(26, 7), chunking.random_sizes(11, 7, rng), chunking.right_aligned(17, 7)]
-    return seqs, plans
-
-
 @pytest.mark.parametrize("comet, runs", [
     (COMET, [("layer_major", False), ("layer_major", True), ("chunk_major", True), ("chunk_major", False)]),
     (CometConfig(chunk_size=7, global_size=2, placeholder_id=50, global_beacon_ids=(52, 53)),
@@ -46,8 +38,8 @@ def data():
     (CometConfig(chunk_size=7, stride=2, budget=9, placeholder_id=50, temp_beacon_id=51),
      [("layer_major", True), ("chunk_major", True)]),
 ], ids=["global+temp", "global_only", "temp_only"])
-def test_schedules_agree_values_and_grads(data, comet, runs):
-    seqs, plans = data
+def test_schedules_agree_values_and_grads(mixed_plans, comet, runs):
+    seqs, plans = mixed_plans
     params = random_params(comet)
     b = batch(seqs, plans, comet, n=6).as_dict()  # includes fully masked padding chunks
     results = [jax.value_and_grad(cm.loss)(params, b, MODEL, comet, schedule, remat) for schedule, remat in runs]
@@ -58,8 +50,8 @@ def test_schedules_agree_values_and_grads(data, comet, runs):
         assert_tree_close(g, g0, rtol=1e-5)
 
 
-def test_padding_chunks_change_nothing(data):
-    seqs, plans = data
+def test_padding_chunks_change_nothing(mixed_plans):
+    seqs, plans = mixed_plans
     params = random_params(COMET)
     nll_a = cm.token_losses(params, batch(seqs, plans, COMET).as_dict(), MODEL, COMET)
     nll_b = cm.token_losses(params, batch(seqs, plans, COMET, n=7).as_dict(), MODEL, COMET)
@@ -67,8 +59,8 @@ def test_padding_chunks_change_nothing(data):
     assert np.all(np.asarray(nll_b)[nll_a.shape[0]:] == 0)
 
 
-def test_without_memory_one_chunk_equals_full_mode(data):
-    seqs, _ = data
+def test_without_memory_one_chunk_equals_full_mode(mixed_plans):
+    seqs, _ = mixed_plans
     comet = CometConfig(chunk_size=32)
     params = random_params(comet)
     nll = np.asarray(cm.token_losses(params, batch(seqs, [[len(s)] for s in seqs], comet).as_dict(), MODEL, comet))

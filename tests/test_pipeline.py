@@ -27,14 +27,6 @@ def make_mesh(p):
     return jax.make_mesh((p,), ("stage",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:p])
 
 
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(0)
-    seqs = [rng.integers(0, 50, n) for n in (26, 11, 17)]
-    plans = [chunking.fixed(26, 7), chunking.random_sizes(11, 7, rng), chunking.right_aligned(17, 7)]
-    return seqs, plans
-
-
 def _mean(nll, labels):
     return jnp.sum(nll) / jnp.maximum(jnp.sum(labels != IGNORE), 1)
 
@@ -56,9 +48,9 @@ reference_grad = jax.jit(jax.value_and_grad(reference_loss, has_aux=True), stati
 # Every config and both stage counts, within the time budget (each case compiles twice).
 @pytest.mark.parametrize("name, stages, n", [
     ("global+temp", 2, 4), ("global+temp", 4, 8), ("temp_only", 2, 4), ("global_only", 4, 8)])
-def test_pipeline_equals_layer_major(data, name, stages, n):
+def test_pipeline_equals_layer_major(mixed_plans, name, stages, n):
     comet = CONFIGS[name]
-    seqs, plans = data
+    seqs, plans = mixed_plans
     params = random_params(comet)
     b = layout.build(seqs, plans, comet, num_chunks=n).as_dict()  # n=8: trailing masked chunks
     (v0, nll0), g0 = reference_grad(params, b, comet)
@@ -69,15 +61,15 @@ def test_pipeline_equals_layer_major(data, name, stages, n):
     assert_tree_close(g, g0, rtol=1e-5)
 
 
-def test_chunks_not_divisible_raises(data):
-    seqs, plans = data
+def test_chunks_not_divisible_raises(mixed_plans):
+    seqs, plans = mixed_plans
     b = layout.build(seqs, plans, COMET, num_chunks=5).as_dict()
     with pytest.raises(ValueError, match="pad with fully masked chunks"):
         pipeline_token_losses(random_params(COMET), b, MODEL, COMET, make_mesh(2))
 
 
-def test_hlo_stages_talk_by_permute_only(data):
-    seqs, plans = data
+def test_hlo_stages_talk_by_permute_only(mixed_plans):
+    seqs, plans = mixed_plans
     b = layout.build(seqs, plans, COMET, num_chunks=4).as_dict()
     mesh = make_mesh(4)
     params = random_params(COMET)
