@@ -10,7 +10,7 @@ import numpy as np
 
 from comet_jax import chunking, layout
 from comet_jax.config import CometConfig, ModelConfig
-from comet_jax.loss import IGNORE, next_token_labels, token_nll
+from comet_jax.loss import IGNORE, next_token_labels
 from comet_jax.model import backbone, comet as comet_model
 
 MODES = ("full", "comet")
@@ -20,9 +20,7 @@ MODES = ("full", "comet")
 def full_token_nll(params, tokens: jnp.ndarray, lengths: jnp.ndarray, cfg: ModelConfig):
     """(nll [B, T] float32, labels [B, T]) of the plain backbone over right-padded tokens."""
     labels = next_token_labels(tokens, lengths)
-    h = backbone.full_hidden(params, tokens, lengths, cfg)
-    head = backbone.lm_head_weight(backbone.cast_params(params, cfg.dtype))
-    return token_nll(h, head, labels, cfg.real_vocab), labels
+    return backbone.full_token_losses(params, tokens, lengths, labels, cfg), labels
 
 
 @partial(jax.jit, static_argnames=("model", "comet"))

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from comet_jax.config import CometConfig, ModelConfig
-from comet_jax.loss import IGNORE, token_nll
+from comet_jax.loss import IGNORE
 from comet_jax.model import backbone, comet as comet_model
 
 COMET_KEYS = ("tokens", "valid", "positions", "labels", "first", "live")  # [N, B, ...]
@@ -33,9 +33,7 @@ def loss_sum(params, batch: dict[str, jnp.ndarray], model: ModelConfig, comet: C
     elif mode == "comet":
         nll = comet_model.token_losses(params, batch, model, comet, schedule, remat)
     else:
-        p = backbone.cast_params(params, model.dtype)
-        h = backbone.full_hidden(p, batch["tokens"], batch["lengths"], model, remat=remat)
-        nll = token_nll(h, backbone.lm_head_weight(p), batch["labels"], model.real_vocab)
+        nll = backbone.full_token_losses(params, batch["tokens"], batch["lengths"], batch["labels"], model, remat)
     return jnp.sum(nll), jnp.sum(batch["labels"] != IGNORE)
 
 

@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding
 from comet_jax import checkpoint
 from comet_jax.chunking import PlannerMix
 from comet_jax.config import CometConfig, ConfigError, ModelConfig, RopeConfig
-from comet_jax.convert.hf_import import VOCAB_MULTIPLE, comet_for_vocab
+from comet_jax.convert.hf_import import added_tokens, comet_for_vocab, padded_vocab
 from comet_jax.data.pipeline import make_loader, make_source, num_chunks_for
 from comet_jax.flops import train_flops_per_token
 from comet_jax.layout import Slots
@@ -73,9 +73,8 @@ def build_model(cfg, tokenizer) -> tuple[ModelConfig, CometConfig]:
         return model, comet
     base = m.vocab_size or tokenizer.get_vocab_size()
     comet = comet_for_vocab(base, c.chunk_size, c.global_size, c.stride, c.budget)
-    added = len(comet.global_beacon_ids) + int(comet.has_memory) + int(comet.has_temp)
-    real = base + added
-    model = ModelConfig(vocab_size=-(-real // VOCAB_MULTIPLE) * VOCAB_MULTIPLE, num_real_tokens=real,
+    real = base + added_tokens(comet)
+    model = ModelConfig(vocab_size=padded_vocab(real), num_real_tokens=real,
                         hidden_size=m.hidden_size, intermediate_size=m.intermediate_size, num_layers=m.num_layers,
                         num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
                         rope=RopeConfig(theta=m.rope_theta), rms_eps=m.rms_eps, tie_embeddings=m.tie_embeddings,

@@ -46,18 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from comet_jax.config import ConfigError
     from comet_jax.train_config import load_config, validate
-    from comet_jax.trainer import build_model
+    from comet_jax.trainer import build_model, load_tokenizer
 
     try:
         cfg = load_config(args.config, args.overrides)
         validate(cfg)
-        tokenizer = None
-        if cfg.model.init == "scratch" and not cfg.model.vocab_size:
-            from comet_jax.data.byte_tokenizer import BYTE_VOCAB
-
-            cfg_vocab = BYTE_VOCAB
-            tokenizer = type("T", (), {"get_vocab_size": staticmethod(lambda: cfg_vocab)})()
-        model, comet = build_model(cfg, tokenizer)
+        model, comet = build_model(cfg, load_tokenizer(cfg))
         stages = [int(s) for s in args.stages.split(",")]
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -46,12 +46,17 @@ def perturbed_params(model, comet, seed):
     return jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
 
 
-def compare(comet, lengths, planner, seed=0, grads=True):
+def case_data(comet, lengths, planner, seed=0):
+    """Random sequences of the given lengths and their chunk plans (semantic splits at ids 3, 7)."""
     rng = np.random.default_rng(seed)
     seqs = [rng.integers(0, 50, n) for n in lengths]
-    plans = [chunking.plan_by_name(planner, s, comet.chunk_size, rng=rng, boundary_ids=(3, 7))
-             if planner == "semantic" else chunking.plan_by_name(planner, s, comet.chunk_size, rng=rng)
-             for s in seqs]
+    extra = {"boundary_ids": (3, 7)} if planner == "semantic" else {}
+    plans = [chunking.plan_by_name(planner, s, comet.chunk_size, rng=rng, **extra) for s in seqs]
+    return seqs, plans
+
+
+def compare(comet, lengths, planner, seed=0, grads=True):
+    seqs, plans = case_data(comet, lengths, planner, seed)
     params = perturbed_params(MODEL, comet, seed)
     cfg, ccfg = ref_cfgs(MODEL, comet)
     batch = layout.build(seqs, plans, comet).as_dict()

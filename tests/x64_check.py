@@ -23,7 +23,7 @@ rc.DTYPE = jnp.float64
 rc.GLOBAL_NORM_EPS = float(np.finfo(np.float64).eps)  # machine epsilon of the compute dtype
 
 import test_comet_reference as t  # noqa: E402
-from comet_jax import chunking, layout  # noqa: E402
+from comet_jax import layout  # noqa: E402
 from comet_jax.model import comet as cm  # noqa: E402
 from numerics import rel_err  # noqa: E402
 
@@ -33,11 +33,7 @@ def main() -> None:
     worst = {"loss": 0.0, "grad": 0.0}
     for name in sys.argv[1:] or sorted(t.CASES):
         comet, lengths, planner = t.CASES[name]
-        rng = np.random.default_rng(0)
-        seqs = [rng.integers(0, 50, n) for n in lengths]
-        plans = [chunking.plan_by_name(planner, s, comet.chunk_size, rng=rng, boundary_ids=(3, 7))
-                 if planner == "semantic" else chunking.plan_by_name(planner, s, comet.chunk_size, rng=rng)
-                 for s in seqs]
+        seqs, plans = t.case_data(comet, lengths, planner)
         params = jax.tree.map(lambda x: x.astype(jnp.float64), t.perturbed_params(t.MODEL, comet, 0))
         cfg, ccfg = t.ref_cfgs(model, comet)
         l1, g1 = jax.value_and_grad(cm.loss)(params, layout.build(seqs, plans, comet).as_dict(), model, comet)

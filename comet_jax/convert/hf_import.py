@@ -111,6 +111,16 @@ def comet_for_vocab(vocab: int, chunk_size: int, global_size: int, stride: int, 
                        temp_beacon_id=temp, global_beacon_ids=globals_)
 
 
+def added_tokens(comet: CometConfig) -> int:
+    """Rows the CoMeT tokens take: placeholder (with any memory), temp beacon, G global beacons."""
+    return len(comet.global_beacon_ids) + int(comet.has_memory) + int(comet.has_temp)
+
+
+def padded_vocab(real_vocab: int) -> int:
+    """Embedding rows: the real tokens rounded up to a multiple of 256 (padding rows are masked)."""
+    return -(-real_vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
 def _expected_layer_leaves(model: ModelConfig) -> list[str]:
     leaves = ["attn_norm", "mlp_norm", "wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"]
     if model.qk_norm:
@@ -178,9 +188,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
         opts = {k: RECIPE[k] if v is None else v for k, v in
                 {"chunk_size": chunk_size, "global_size": global_size, "stride": stride, "budget": budget}.items()}
         comet = comet_for_vocab(src_vocab, **opts)
-        n_added = len(comet.global_beacon_ids) + int(comet.has_memory) + int(comet.has_temp)
+        n_added = added_tokens(comet)
     real_vocab = src_vocab + n_added
-    new_vocab = -(-real_vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    new_vocab = padded_vocab(real_vocab)
     model = ModelConfig(**{**model.__dict__, "vocab_size": new_vocab, "num_real_tokens": real_vocab})
     try:
         model.validate()

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from comet_jax.config import ModelConfig
+from comet_jax.loss import token_nll
 from comet_jax.model.rope import apply_rope, inv_frequencies
 
 Params = dict[str, Any]
@@ -141,3 +142,11 @@ def full_logits(params: Params, tokens: jnp.ndarray, lengths: jnp.ndarray, cfg: 
     logits = jnp.einsum("btd,dv->btv", h, lm_head_weight(cast_params(params, cfg.dtype)),
                         preferred_element_type=jnp.promote_types(h.dtype, jnp.float32))
     return mask_padded_vocab(logits, cfg)
+
+
+def full_token_losses(params: Params, tokens: jnp.ndarray, lengths: jnp.ndarray, labels: jnp.ndarray,
+                      cfg: ModelConfig, remat: bool = False) -> jnp.ndarray:
+    """Per-token loss [B, T] of the plain backbone (blockwise, 0 where labels == IGNORE)."""
+    p = cast_params(params, cfg.dtype)
+    h = full_hidden(p, tokens, lengths, cfg, remat=remat)
+    return token_nll(h, lm_head_weight(p), labels, cfg.real_vocab)
