@@ -89,11 +89,14 @@ class ChunkBatch:
 
 
 def build(seqs: Sequence[np.ndarray], plans: Sequence[Sequence[int]], comet: CometConfig,
-          num_chunks: int | None = None, loss_masks: Sequence[np.ndarray] | None = None) -> ChunkBatch:
+          num_chunks: int | None = None, loss_masks: Sequence[np.ndarray] | None = None,
+          open_last: bool = False) -> ChunkBatch:
     """Lay out raw token sequences by their chunk plans (labels taken before chunking).
 
     loss_masks: optional bool array per sequence (same length); token k+1 is a label
     (label[k] = seq[k+1]) only where loss_masks[k+1] is True, else label[k] = IGNORE.
+    open_last: lay the last chunk of every plan out as generation's open chunk (DESIGN.md
+    §1.5): no global beacons, no temp beacon after a final partial group.
     """
     if loss_masks is not None and len(loss_masks) != len(seqs):
         raise ValueError(f"{len(loss_masks)} loss masks for {len(seqs)} sequences")
@@ -135,11 +138,12 @@ def build(seqs: Sequence[np.ndarray], plans: Sequence[Sequence[int]], comet: Com
             tok[ts], val[ts] = seq[start:start + length], True
             out.labels[i, j, :length] = labels[start:start + length]
             out.raw_index[i, j, :length] = np.arange(start, start + length)
+            is_open = open_last and i == len(plan) - 1
             if slots.stride > 0:
-                nb = -(-length // slots.stride)
+                nb = length // slots.stride if is_open else -(-length // slots.stride)
                 tok[beacon_slots[:nb]], val[beacon_slots[:nb]] = comet.temp_beacon_id, True
                 produced += nb
-            if g:
+            if g and not is_open:
                 tok[slots.beacons_start:], val[slots.beacons_start:] = comet.global_beacon_ids, True
             out.positions[i, j] = np.where(val, np.cumsum(val) - 1, 0)
             out.first[i, j], out.live[i, j] = i == 0, True

@@ -73,14 +73,26 @@ def mlp(p: Params, x: jnp.ndarray) -> jnp.ndarray:
     return (jax.nn.silu(x @ p["w_gate"]) * (x @ p["w_up"])) @ p["w_down"]
 
 
+def decoder_layer_kv(p: Params, h: jnp.ndarray, positions: jnp.ndarray, mask: jnp.ndarray, cfg: ModelConfig,
+                     keys=None) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """One pre-norm decoder block over h [B, T, D]; also returns the keys and values it attended.
+
+    keys: optional function (k, v) -> (k_all, v_all) that writes this block's new keys and
+    values [B, T, K, hd] into a cache and returns the cache [B, S, K, hd] to attend over
+    (mask is then [B, T, S]). Without it the block attends over its own T tokens."""
+    x = rms_norm(h, p["attn_norm"], cfg.rms_eps)
+    q, k, v = project_qkv(p, x, positions, cfg)
+    if keys is not None:
+        k, v = keys(k, v)
+    h = h + attend(q, k, v, mask) @ p["wo"]
+    x = rms_norm(h, p["mlp_norm"], cfg.rms_eps)
+    return h + mlp(p, x), k, v
+
+
 def decoder_layer(p: Params, h: jnp.ndarray, positions: jnp.ndarray, mask: jnp.ndarray,
                   cfg: ModelConfig) -> jnp.ndarray:
     """One pre-norm decoder block over h [B, T, D]."""
-    x = rms_norm(h, p["attn_norm"], cfg.rms_eps)
-    q, k, v = project_qkv(p, x, positions, cfg)
-    h = h + attend(q, k, v, mask) @ p["wo"]
-    x = rms_norm(h, p["mlp_norm"], cfg.rms_eps)
-    return h + mlp(p, x)
+    return decoder_layer_kv(p, h, positions, mask, cfg)[0]
 
 
 def run_layers(layers: Params, h: jnp.ndarray, positions: jnp.ndarray, mask: jnp.ndarray,

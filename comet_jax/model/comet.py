@@ -51,13 +51,21 @@ def chunk_mask(valid: jnp.ndarray) -> jnp.ndarray:
 def comet_layer(p: dict, h: jnp.ndarray, memory: Memory, chunk: dict[str, jnp.ndarray],
                 model: ModelConfig, comet: CometConfig) -> tuple[jnp.ndarray, Memory]:
     """One layer over one chunk. h [B, S, D]; chunk holds positions, mask, valid, first, live."""
+    h, memory, _ = comet_layer_kv(p, h, memory, chunk, model, comet)
+    return h, memory
+
+
+def comet_layer_kv(p: dict, h: jnp.ndarray, memory: Memory, chunk: dict[str, jnp.ndarray],
+                   model: ModelConfig, comet: CometConfig):
+    """`comet_layer` that also returns the chunk's keys and values [B, S, K, hd] (the KV
+    cache of an open chunk in generation)."""
     slots = Slots.of(comet)
     g, k = slots.global_size, slots.budget
     if g:
         h = h.at[:, :g].set(memory["o"].astype(h.dtype))
     if k:
         h = h.at[:, g:g + k].set(memory["q"].astype(h.dtype))
-    h = backbone.decoder_layer(p, h, chunk["positions"], chunk["mask"], model)
+    h, keys, values = backbone.decoder_layer_kv(p, h, chunk["positions"], chunk["mask"], model)
     new: Memory = {}
     if g:
         new["o"], new["s"] = global_update(p["global_mem"], h[:, slots.beacons_start:], memory["s"], memory["o"],
@@ -66,7 +74,7 @@ def comet_layer(p: dict, h: jnp.ndarray, memory: Memory, chunk: dict[str, jnp.nd
         beacons = slots.beacon_slots
         entries = temp_entries(p["temp_mem"], h[:, beacons])
         new["q"], new["q_valid"] = fifo_push(memory["q"], memory["q_valid"], entries, chunk["valid"][:, beacons])
-    return h, new
+    return h, new, (keys, values)
 
 
 def chunk_inputs(c: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
@@ -85,6 +93,13 @@ def text_nll(params: dict, h: jnp.ndarray, labels: jnp.ndarray, model: ModelConf
 def layer_major(params: dict, batch: dict[str, jnp.ndarray], model: ModelConfig, comet: CometConfig,
                 remat: bool = True) -> jnp.ndarray:
     """Per-token loss [N, B, C]: for each layer (scan), run it over every chunk (scan)."""
+    h = layer_major_hidden(params, batch, model, comet, remat)
+    return text_nll(params, h, batch["labels"], model, comet)
+
+
+def layer_major_hidden(params: dict, batch: dict[str, jnp.ndarray], model: ModelConfig, comet: CometConfig,
+                       remat: bool = True) -> jnp.ndarray:
+    """Last layer's hidden states [N, B, S, D] of every slot (before the final norm)."""
     n, b = batch["tokens"].shape[:2]
     h = backbone.embed(params, batch["tokens"], model)  # [N, B, S, D]
     chunks = {key: batch[key] for key in ("positions", "valid", "first", "live")}
@@ -100,7 +115,7 @@ def layer_major(params: dict, batch: dict[str, jnp.ndarray], model: ModelConfig,
         return h_all, None
 
     h, _ = jax.lax.scan(layer_step, h, params["layers"])
-    return text_nll(params, h, batch["labels"], model, comet)
+    return h
 
 
 def chunk_major(params: dict, batch: dict[str, jnp.ndarray], model: ModelConfig, comet: CometConfig,
@@ -145,3 +160,14 @@ def loss(params: dict, batch: dict[str, Any], model: ModelConfig, comet: CometCo
     nll = token_losses(params, batch, model, comet, schedule, remat)
     count = jnp.sum(jnp.asarray(batch["labels"]) != IGNORE)
     return jnp.sum(nll) / jnp.maximum(count, 1)
+
+
+@partial(jax.jit, static_argnames=("model", "comet"))
+def text_logits(params: dict, batch: dict[str, Any], model: ModelConfig, comet: CometConfig) -> jnp.ndarray:
+    """Teacher-forced logits [N, B, C, V] (float32) at the text slots (tests, short inputs)."""
+    params = backbone.cast_params(params, model.dtype)
+    batch = {k: jnp.asarray(batch[k]) for k in ("tokens", "valid", "positions", "first", "live")}
+    h = layer_major_hidden(params, batch, model, comet, remat=False)
+    h = backbone.final_norm(params, h[..., Slots.of(comet).text_slots, :], model)
+    logits = jnp.einsum("...d,dv->...v", h, backbone.lm_head_weight(params), preferred_element_type=jnp.float32)
+    return backbone.mask_padded_vocab(logits, model)

@@ -1,0 +1,261 @@
+"""Generation on device (DESIGN.md §1.5): pure functions over a decode state.
+
+CoMeT mode. Closed chunks are laid out exactly as in training and run through the
+chunk-major forward keeping only the per-layer memories (`prefill_closed`, a scan over a
+fixed-size block of chunks: the number of blocks is a host loop bound, never a shape). The
+last chunk is open: it uses the same static slots as a training chunk, its keys and values
+sit in a KV cache of S slots, no global beacons are fed and a temp beacon is fed only after
+a complete group of `stride` text tokens. Feeding a token (`comet_feed`) writes it, and the
+temp beacon that may follow it, into the cache. When the open chunk is full, the next token
+first closes it: the chunk is re-run as a closed training chunk (beacons included) to update
+the memories, and a new open chunk is started from its placeholders. State is
+O(layers x (S x kv + (2G + budget) x D)) whatever the length.
+
+Full mode (the baseline): one KV cache over the whole prompt and its continuation, filled
+block by block (`full_prefill_block`) and extended one token at a time (`full_feed`).
+
+Both modes share `extend`: run new tokens through every layer against a cache.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from comet_jax.config import CometConfig, ModelConfig
+from comet_jax.layout import Slots
+from comet_jax.model import backbone
+from comet_jax.model.comet import chunk_mask, comet_layer_kv, init_memory
+
+State = dict
+
+
+def _rows(b: int) -> jnp.ndarray:
+    return jnp.arange(b)[:, None]
+
+
+def logits_of(params: dict, h: jnp.ndarray, model: ModelConfig) -> jnp.ndarray:
+    """Float32 next-token logits of last-layer hidden states h [..., D]."""
+    h = backbone.final_norm(params, h, model)
+    logits = jnp.einsum("...d,dv->...v", h, backbone.lm_head_weight(params), preferred_element_type=jnp.float32)
+    return backbone.mask_padded_vocab(logits, model)
+
+
+def extend(params: dict, cache: State, tokens: jnp.ndarray, slots: jnp.ndarray, valid: jnp.ndarray,
+           positions: jnp.ndarray, model: ModelConfig) -> tuple[jnp.ndarray, State]:
+    """Run tokens [B, T] (at cache slots [B, T], with position ids and validity) through
+    every layer. Each attends causally (by slot) to the valid slots of the cache, its own
+    keys and values included; invalid tokens write nothing. Returns (last-layer hidden [B, T, D], updated cache)."""
+    b, size = cache["valid"].shape
+    rows = _rows(b)
+    slots = jnp.where(valid, slots, size)  # writes of invalid tokens are dropped
+    cvalid = cache["valid"].at[rows, slots].set(True, mode="drop")
+    key_slot = jnp.arange(size)
+    mask = cvalid[:, None, :] & (key_slot[None, None, :] <= slots[:, :, None])
+    h = backbone.embed(params, tokens, model)
+
+    def layer(carry, p):
+        h, ks, vs, i = carry
+        box = {}
+
+        def write(k, v):
+            box["k"] = ks.at[i, rows, slots].set(k.astype(ks.dtype), mode="drop")
+            box["v"] = vs.at[i, rows, slots].set(v.astype(vs.dtype), mode="drop")
+            return box["k"][i], box["v"][i]
+
+        h, _, _ = backbone.decoder_layer_kv(p, h, positions, mask, model, keys=write)
+        return (h, box["k"], box["v"], i + 1), None
+
+    (h, ks, vs, _), _ = jax.lax.scan(layer, (h, cache["k"], cache["v"], 0), params["layers"])
+    return h, {"k": ks, "v": vs, "valid": cvalid}
+
+
+# ----------------------------------------------------------------------------- CoMeT mode
+
+def chunk_layout(text: jnp.ndarray, n_text: jnp.ndarray, first: jnp.ndarray, q_valid, closed, live,
+                 comet: CometConfig, official: bool = False) -> dict[str, jnp.ndarray]:
+    """tokens, valid, positions [B, S] of one chunk holding text[:, :n_text] (text [B, C]).
+
+    closed: the chunk ends with its global beacons and a temp beacon after a final partial
+    group (training layout); open: neither. official: closed chunks also leave out the temp
+    beacon after a final partial group (the official generation code, DESIGN.md §1.7).
+    Rows that are not live are fully masked (they leave the memories untouched)."""
+    sl = Slots.of(comet)
+    b = text.shape[0]
+    closed = jnp.broadcast_to(jnp.asarray(closed), (b,))
+    tokens = jnp.zeros((b, sl.size), jnp.int32)
+    valid = jnp.zeros((b, sl.size), bool)
+    g, k = sl.global_size, sl.budget
+    if g:
+        tokens = tokens.at[:, :g].set(comet.placeholder_id)
+        valid = valid.at[:, :g].set(~first[:, None])
+    if k:
+        tokens = tokens.at[:, g:g + k].set(comet.placeholder_id)
+        valid = valid.at[:, g:g + k].set(q_valid)
+    ts = sl.text_slots
+    tokens = tokens.at[:, ts].set(text)
+    valid = valid.at[:, ts].set(jnp.arange(sl.chunk_size)[None] < n_text[:, None])
+    if sl.num_beacons:
+        complete = n_text // sl.stride
+        nb = complete if official else jnp.where(closed, -(-n_text // sl.stride), complete)
+        bs = sl.beacon_slots
+        tokens = tokens.at[:, bs].set(comet.temp_beacon_id)
+        valid = valid.at[:, bs].set(jnp.arange(sl.num_beacons)[None] < nb[:, None])
+    if g:
+        tokens = tokens.at[:, sl.beacons_start:].set(jnp.asarray(comet.global_beacon_ids, jnp.int32))
+        valid = valid.at[:, sl.beacons_start:].set(closed[:, None])
+    valid = valid & live[:, None]
+    positions = jnp.where(valid, jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
+    return {"tokens": tokens, "valid": valid, "positions": positions}
+
+
+def _q_valid(mems: State, b: int, comet: CometConfig):
+    return mems["q_valid"][0] if comet.has_temp else jnp.zeros((b, 0), bool)
+
+
+def chunk_forward(params: dict, mems: State, lay: dict, first: jnp.ndarray, live: jnp.ndarray,
+                  model: ModelConfig, comet: CometConfig, with_kv: bool = False):
+    """One chunk through every layer (comet_layer): (last hidden [B, S, D], memories, kv or None)."""
+    h = backbone.embed(params, lay["tokens"], model)
+    inputs = {"positions": lay["positions"], "mask": chunk_mask(lay["valid"]), "valid": lay["valid"],
+              "first": first, "live": live}
+
+    def layer(h, pm):
+        p, mem = pm
+        h, mem, kv = comet_layer_kv(p, h, mem, inputs, model, comet)
+        return h, (mem, kv if with_kv else None)
+
+    h, (mems, kv) = jax.lax.scan(layer, h, (params["layers"], mems))
+    return h, mems, kv
+
+
+def empty_memories(batch: int, model: ModelConfig, comet: CometConfig) -> State:
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (model.num_layers, *x.shape)),
+                        init_memory(batch, model, comet))
+
+
+def _select(mask: jnp.ndarray, new, old, axis: int):
+    """Per-row choice between two pytrees whose batch axis is `axis`."""
+    def pick(n, o):
+        m = mask.reshape((1,) * axis + (-1,) + (1,) * (n.ndim - axis - 1))
+        return jnp.where(m, n, o)
+    return jax.tree.map(pick, new, old)
+
+
+@partial(jax.jit, static_argnames=("model", "comet", "official"), donate_argnames=("mems",))
+def prefill_closed(params: dict, mems: State, text: jnp.ndarray, start: jnp.ndarray, n_closed: jnp.ndarray,
+                   model: ModelConfig, comet: CometConfig, official: bool = False) -> State:
+    """Run closed chunks start, start+1, ... (text [K, B, C]) and keep only the memories;
+    chunk start+j of row b is live when start+j < n_closed[b]."""
+    b = text.shape[1]
+
+    def step(mems, xs):
+        j, txt = xs
+        i = start + j
+        live = i < n_closed
+        first = jnp.broadcast_to(i == 0, (b,))
+        n = jnp.full((b,), comet.chunk_size, jnp.int32)
+        lay = chunk_layout(txt, n, first, _q_valid(mems, b, comet), True, live, comet, official)
+        _, mems, _ = chunk_forward(params, mems, lay, first, live, model, comet)
+        return mems, None
+
+    mems, _ = jax.lax.scan(step, mems, (jnp.arange(text.shape[0]), text))
+    return mems
+
+
+def _open(params, mems, text, n_text, first, live, model, comet, official):
+    """Start an open chunk holding text[:, :n_text]: (cache, last hidden [B, S, D])."""
+    b = text.shape[0]
+    lay = chunk_layout(text, n_text, first, _q_valid(mems, b, comet), False, live, comet, official)
+    h, _, (ks, vs) = chunk_forward(params, mems, lay, first, live, model, comet, with_kv=True)
+    return {"k": ks, "v": vs, "valid": lay["valid"]}, h
+
+
+@partial(jax.jit, static_argnames=("model", "comet", "official"))
+def open_prompt(params: dict, mems: State, text: jnp.ndarray, n_text: jnp.ndarray, first: jnp.ndarray,
+                model: ModelConfig, comet: CometConfig, official: bool = False) -> tuple[State, jnp.ndarray]:
+    """The open last chunk of the prompts (text [B, C], 1 <= n_text <= C): the decode state
+    and the logits [B, V] of the next token."""
+    cache, h = _open(params, mems, text, n_text, first, n_text > 0, model, comet, official)
+    last = Slots.of(comet).text_slots[np.arange(comet.chunk_size)]
+    idx = jnp.asarray(last)[jnp.maximum(n_text - 1, 0)]
+    logits = logits_of(params, h[jnp.arange(text.shape[0]), idx], model)
+    state = {"mems": mems, "cache": cache, "text": text, "n_text": n_text, "first": first}
+    return state, logits
+
+
+def _roll(params, s: State, full: jnp.ndarray, model, comet, official) -> State:
+    """Close the full open chunks of rows `full` (update their memories) and open empty ones."""
+    b = s["text"].shape[0]
+    lay = chunk_layout(s["text"], s["n_text"], s["first"], _q_valid(s["mems"], b, comet), True, full, comet,
+                       official)
+    _, mems, _ = chunk_forward(params, s["mems"], lay, s["first"], full, model, comet)
+    mems = _select(full, mems, s["mems"], axis=1)
+    first = s["first"] & ~full
+    zero = jnp.zeros_like(s["n_text"])
+    cache, _ = _open(params, mems, s["text"], zero, first, full, model, comet, official)
+    cache = {"k": _select(full, cache["k"], s["cache"]["k"], axis=1),
+             "v": _select(full, cache["v"], s["cache"]["v"], axis=1),
+             "valid": _select(full, cache["valid"], s["cache"]["valid"], axis=0)}
+    return {**s, "mems": mems, "cache": cache, "first": first, "n_text": jnp.where(full, 0, s["n_text"])}
+
+
+def comet_feed(params: dict, s: State, token: jnp.ndarray, active: jnp.ndarray, model: ModelConfig,
+               comet: CometConfig, official: bool = False) -> tuple[State, jnp.ndarray]:
+    """Feed one text token per row (rows not `active` are left as they are): returns the new
+    state and the next-token logits [B, V]. A temp beacon follows when the token completes a
+    group of `stride`; it is fed, never emitted."""
+    sl = Slots.of(comet)
+    full = active & (s["n_text"] >= comet.chunk_size)
+    s = jax.lax.cond(jnp.any(full), lambda s: _roll(params, s, full, model, comet, official), lambda s: s, s)
+    b = token.shape[0]
+    n = s["n_text"]
+    slot = jnp.asarray(sl.text_slots)[jnp.minimum(n, comet.chunk_size - 1)]
+    pos = jnp.sum(s["cache"]["valid"], axis=1).astype(jnp.int32)
+    if sl.num_beacons:
+        beacon = active & ((n + 1) % sl.stride == 0)
+        toks = jnp.stack([token, jnp.full_like(token, comet.temp_beacon_id)], axis=1)
+        slots, valid, positions = (jnp.stack([slot, slot + 1], 1), jnp.stack([active, beacon], 1),
+                                   jnp.stack([pos, pos + 1], 1))
+    else:
+        toks, slots, valid, positions = token[:, None], slot[:, None], active[:, None], pos[:, None]
+    h, cache = extend(params, s["cache"], toks, slots, valid, positions, model)
+    text = s["text"].at[jnp.arange(b), jnp.minimum(n, comet.chunk_size - 1)].set(
+        jnp.where(active, token, s["text"][jnp.arange(b), jnp.minimum(n, comet.chunk_size - 1)]))
+    s = {**s, "cache": cache, "text": text, "n_text": n + active.astype(n.dtype)}
+    return s, logits_of(params, h[:, 0], model)
+
+
+# ----------------------------------------------------------------------------- full mode
+
+def empty_cache(batch: int, length: int, model: ModelConfig) -> State:
+    shape = (model.num_layers, batch, length, model.num_kv_heads, model.head_dim)
+    dt = jnp.dtype(model.dtype)
+    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt), "valid": jnp.zeros((batch, length), bool)}
+
+
+@partial(jax.jit, static_argnames=("model",), donate_argnames=("state",))
+def full_prefill_block(params: dict, state: State, tokens: jnp.ndarray, start: jnp.ndarray,
+                       model: ModelConfig) -> State:
+    """Prompt tokens [B, T] at positions start..start+T-1 (those < length[b]) into the cache;
+    keeps the hidden state of each row's last prompt token."""
+    b, t = tokens.shape
+    slots = start + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    length = state["length"]
+    valid = slots < length[:, None]
+    h, cache = extend(params, state["cache"], tokens, slots, valid, slots, model)
+    idx = length - 1 - start
+    inside = (idx >= 0) & (idx < t)
+    last = h[jnp.arange(b), jnp.clip(idx, 0, t - 1)]
+    return {**state, "cache": cache, "last": jnp.where(inside[:, None], last, state["last"])}
+
+
+def full_feed(params: dict, s: State, token: jnp.ndarray, active: jnp.ndarray,
+              model: ModelConfig) -> tuple[State, jnp.ndarray]:
+    slot = s["length"][:, None]
+    h, cache = extend(params, s["cache"], token[:, None], slot, active[:, None], slot, model)
+    s = {**s, "cache": cache, "length": s["length"] + active.astype(jnp.int32)}
+    return s, logits_of(params, h[:, 0], model)

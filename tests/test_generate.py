@@ -1,0 +1,162 @@
+"""Generation: prefill + decoding equals teacher forcing over the generation layout, beacons
+are fed where the layout puts them, no recompiles as prompts grow, sampling, full mode."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from comet_jax import chunking, layout
+from comet_jax.config import CometConfig
+from comet_jax.generate import Generator, Sampling, decode_loop, sample
+from comet_jax.layout import Slots
+from comet_jax.model import backbone, decode
+from comet_jax.model import comet as cm
+from numerics import rel_err
+from test_comet import COMET, MODEL, random_params
+
+CONFIGS = {
+    "global+temp": COMET,  # C 7, stride 3: a partial final group
+    "global_only": CometConfig(chunk_size=7, global_size=2, placeholder_id=50, global_beacon_ids=(52, 53)),
+    "temp_only": CometConfig(chunk_size=6, stride=2, budget=5, placeholder_id=50, temp_beacon_id=51),
+}
+PROMPT_LENGTHS = (5, 7, 8, 23)  # one open chunk; exactly one full chunk; one closed + 1; three closed + 2
+NEW = 12
+
+
+def prompts_and_forced(seed=0):
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(0, 50, n).astype(np.int32) for n in PROMPT_LENGTHS]
+    return prompts, rng.integers(0, 50, (len(prompts), NEW)).astype(np.int32)
+
+
+def generation_layout(seqs, comet):
+    plans = [chunking.fixed(len(s), comet.chunk_size) for s in seqs]
+    return layout.build(seqs, plans, comet, open_last=True)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_decoding_equals_teacher_forcing(name):
+    comet = CONFIGS[name]
+    params = random_params(comet)
+    prompts, forced = prompts_and_forced()
+    gen = Generator(params, MODEL, comet, block_chunks=2)
+    out = gen.generate(prompts, Sampling(max_new_tokens=NEW), forced=forced, record=True)
+    assert [len(t) for t in out.tokens] == [NEW] * len(prompts)
+    np.testing.assert_array_equal(np.stack(out.tokens), forced)
+    # Teacher forcing over prompt + all but the last forced token, laid out as generation lays it out.
+    seqs = [np.concatenate([p, f[:-1]]) for p, f in zip(prompts, forced)]
+    lay = generation_layout(seqs, comet)
+    logits = np.asarray(cm.text_logits(params, lay.as_dict(), MODEL, comet))  # [N, B, C, V]
+    for r, p in enumerate(prompts):
+        ref = np.zeros((len(seqs[r]), logits.shape[-1]), np.float32)
+        where = lay.raw_index[:, r] >= 0
+        ref[lay.raw_index[:, r][where]] = logits[:, r][where]
+        want = ref[len(p) - 1:]  # the logits each generated token was chosen from
+        got = out.logits[r]
+        live = np.isfinite(want)
+        assert np.array_equal(live, np.isfinite(got))  # padded vocabulary rows masked alike
+        assert rel_err(got[live], want[live]) < 1e-5, (name, r)
+
+
+def test_beacons_fed_where_the_layout_puts_them():
+    params = random_params(COMET)
+    prompts, forced = prompts_and_forced(1)
+    gen = Generator(params, MODEL, COMET)
+    for new in (1, 3, NEW):  # open chunk ends after several different group phases
+        state, logits = gen.prefill(prompts, extra=new)
+        b = len(prompts)
+        _, _, _, state = decode_loop(
+            gen.params, state, logits, jnp.ones(b, bool), jax.random.key(0), jnp.float32(0), jnp.float32(1),
+            jnp.asarray([-1]), jnp.asarray(forced[:, :new]), model=MODEL, comet=COMET, mode="comet",
+            official=False, max_new=new, record=False)
+        # the last forced token is chosen but never fed
+        seqs = [np.concatenate([p, f[: new - 1]]) for p, f in zip(prompts, forced)]
+        lay = generation_layout(seqs, COMET)
+        last = np.array([len(chunking.fixed(len(s), COMET.chunk_size)) - 1 for s in seqs])
+        want_valid = lay.valid[last, np.arange(b)]
+        want_tokens = lay.tokens[last, np.arange(b)]
+        np.testing.assert_array_equal(np.asarray(state["cache"]["valid"]), want_valid)
+        sl = Slots.of(COMET)
+        got_text = np.asarray(state["text"])
+        for r in range(b):
+            n = int(state["n_text"][r])
+            np.testing.assert_array_equal(got_text[r, :n], want_tokens[r, sl.text_slots[:n]])
+        # temp beacons only after complete groups; never global beacons in the open chunk
+        beacon_valid = want_valid[:, sl.beacon_slots]
+        np.testing.assert_array_equal(beacon_valid.sum(1), np.asarray(state["n_text"]) // COMET.stride)
+        assert not want_valid[:, sl.beacons_start:].any()
+
+
+def test_no_recompilation_as_prompts_grow():
+    params = random_params(COMET)
+    gen = Generator(params, MODEL, COMET, block_chunks=4)
+    rng = np.random.default_rng(0)
+    fns = (decode.prefill_closed, decode.open_prompt, decode_loop)
+
+    def run(n):
+        gen.generate([rng.integers(0, 50, n)] * 2, Sampling(max_new_tokens=9))
+
+    run(7 * 5 + 3)  # one block of 4 chunks and one single chunk: every function compiled once
+    sizes = [f._cache_size() for f in fns]
+    for n in (60, 200, 7 * 41):
+        run(n)
+    assert [f._cache_size() for f in fns] == sizes
+
+
+def test_full_mode_equals_backbone_logits():
+    params = random_params(CometConfig())
+    prompts, forced = prompts_and_forced(2)
+    gen = Generator(params, MODEL, mode="full", full_block=8)
+    out = gen.generate(prompts, Sampling(max_new_tokens=NEW), forced=forced, record=True)
+    for r, p in enumerate(prompts):
+        seq = np.concatenate([p, forced[r, :-1]])
+        ref = np.asarray(backbone.full_logits(params, jnp.asarray(seq[None]), jnp.asarray([len(seq)]), MODEL))[0]
+        want, got = ref[len(p) - 1:], out.logits[r]
+        live = np.isfinite(want)
+        assert rel_err(got[live], want[live]) < 1e-5
+
+
+def test_greedy_stops_and_sampling():
+    params = random_params(COMET)
+    prompts, _ = prompts_and_forced(3)
+    gen = Generator(params, MODEL, COMET)
+    greedy = gen.generate(prompts, Sampling(max_new_tokens=NEW), record=True)
+    for r in range(len(prompts)):  # greedy = argmax of the logits it saw
+        np.testing.assert_array_equal(greedy.tokens[r], greedy.logits[r].argmax(-1))
+        assert greedy.tokens[r].max() < MODEL.real_vocab
+    stop = int(greedy.tokens[0][2])
+    stopped = gen.generate(prompts, Sampling(max_new_tokens=NEW, stop_tokens=(stop,)))
+    first_stop = list(greedy.tokens[0]).index(stop)
+    np.testing.assert_array_equal(stopped.tokens[0], greedy.tokens[0][: first_stop + 1])
+    # padded batch rows change nothing
+    padded = gen.generate(prompts, Sampling(max_new_tokens=NEW), batch_size=8)
+    for a, b in zip(padded.tokens, greedy.tokens):
+        np.testing.assert_array_equal(a, b)
+    # temperature sampling: reproducible per seed, different across seeds
+    s0 = gen.generate(prompts, Sampling(max_new_tokens=NEW, temperature=1.0, seed=0))
+    s0b = gen.generate(prompts, Sampling(max_new_tokens=NEW, temperature=1.0, seed=0))
+    s1 = gen.generate(prompts, Sampling(max_new_tokens=NEW, temperature=1.0, seed=1))
+    assert all(np.array_equal(a, b) for a, b in zip(s0.tokens, s0b.tokens))
+    assert not all(np.array_equal(a, b) for a, b in zip(s0.tokens, s1.tokens))
+
+
+def test_top_p_keeps_the_nucleus():
+    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]] * 4000))
+    keys = jax.random.key(0)
+    toks = np.asarray(sample(logits, keys, jnp.float32(1.0), jnp.float32(0.7)))
+    assert set(np.unique(toks)) == {0, 1}  # 0.5 + 0.3 >= 0.7: the rest is cut
+    assert abs((toks == 0).mean() - 0.5 / 0.8) < 0.03
+    assert np.all(np.asarray(sample(logits, keys, jnp.float32(0.0), jnp.float32(0.1))) == 0)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        Sampling(max_new_tokens=0)
+    with pytest.raises(ValueError, match="top_p"):
+        Sampling(top_p=0)
+    params = random_params(COMET)
+    with pytest.raises(ValueError, match="mode"):
+        Generator(params, MODEL, COMET, mode="fast")
+    with pytest.raises(ValueError, match="at least one token"):
+        Generator(params, MODEL, COMET).generate([np.zeros(0, np.int32)])
