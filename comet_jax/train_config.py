@@ -71,7 +71,9 @@ class CometSection:
 class DataSection:
     source: str = "passkey"  # or "jsonl", "arrayrecord"
     path: str = ""
-    tokenizer: str = "byte"  # "byte", "checkpoint", or a path to a tokenizer.json
+    # "byte" (UTF-8 bytes), "passkey" (byte-level, one token per word of the passkey texts:
+    # data/passkey_tokenizer.py), "checkpoint" (model.init's tokenizer.json), or a tokenizer.json path
+    tokenizer: str = "byte"
     seq_len: int = 512
     pack: bool = False
     shuffle: bool = True
@@ -384,7 +386,7 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
         raise ConfigError(f"data.source={d.source} needs data.path (the {d.source} file or directory)")
     if d.tokenizer == "checkpoint" and m.init == "scratch":
         raise ConfigError("data.tokenizer=checkpoint needs model.init to be a converted checkpoint; "
-                          "use data.tokenizer=byte or a tokenizer.json path for model.init=scratch")
+                          "use data.tokenizer=byte, passkey or a tokenizer.json path for model.init=scratch")
     last = 0
     for i, item in enumerate(d.curriculum):
         key = f"data.curriculum[{i}]"

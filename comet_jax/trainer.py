@@ -31,6 +31,7 @@ from comet_jax.train_checkpoint import TrainCheckpointer, abstract_like
 from comet_jax.train_step import batch_axis, make_train_step
 
 EXIT_NAN = 3
+MODEL_DIR = "model"  # RUN_DIR/model: the inference checkpoint a finished run exports
 
 
 class TrainingStopped(RuntimeError):
@@ -43,6 +44,10 @@ def load_tokenizer(cfg) -> Any:
         from comet_jax.data.byte_tokenizer import byte_tokenizer
 
         return byte_tokenizer()
+    if name == "passkey":
+        from comet_jax.data.passkey_tokenizer import passkey_tokenizer
+
+        return passkey_tokenizer()
     if name == "checkpoint":
         from comet_jax.tokenizer import load_tokenizer as from_ckpt
 
@@ -53,8 +58,33 @@ def load_tokenizer(cfg) -> Any:
     from tokenizers import Tokenizer
 
     if not Path(name).is_file():
-        raise ConfigError(f"data.tokenizer: {name} is not a file (use byte, checkpoint or a tokenizer.json path)")
+        raise ConfigError(f"data.tokenizer: {name} is not a file "
+                          "(use byte, passkey, checkpoint or a tokenizer.json path)")
     return Tokenizer.from_file(name)
+
+
+def save_tokenizer(tokenizer, directory: Path, comet: CometConfig, log=print) -> str | None:
+    """Write `tokenizer` as DIR/tokenizer.json with the CoMeT tokens registered at their ids,
+    as the converter does (plain when it cannot be: a vocabulary larger than the first CoMeT
+    id). Returns the file name for the checkpoint meta, or None for a tokenizer that cannot
+    be saved (not a `tokenizers.Tokenizer`)."""
+    import tempfile
+
+    from comet_jax.convert import tokenizer_files
+
+    if not hasattr(tokenizer, "save"):
+        log(f"the tokenizer ({type(tokenizer).__name__}) cannot be saved; the exported checkpoint has none")
+        return None
+    with tempfile.TemporaryDirectory() as src:
+        tokenizer.save(str(Path(src) / "tokenizer.json"))
+        names = tokenizer_files.comet_token_names(comet)
+        present = all(tokenizer.token_to_id(n) == i for i, n in names.items())
+        try:
+            return tokenizer_files.copy_with_comet_tokens(Path(src), Path(directory), comet, added=not present)
+        except ValueError as e:
+            log(f"tokenizer saved without CoMeT tokens: {e}")
+            tokenizer.save(str(Path(directory) / "tokenizer.json"))
+            return "tokenizer.json"
 
 
 def build_model(cfg, tokenizer) -> tuple[ModelConfig, CometConfig]:
@@ -242,7 +272,38 @@ class Trainer:
             writer.close()
             if loader is not None:
                 loader.close()
+        self.export(state["params"])
         return {"final_step": cfg.train.steps, **last}
+
+    # -- export --------------------------------------------------------------------------
+    def export(self, params) -> Path | None:
+        """Write the finished run's inference checkpoint to RUN_DIR/model (what `python -m
+        eval.loss` / `eval.passkey` load): the parameters in param_dtype, the configs, the
+        tokenizer, and a "train" record in the meta. Replaces an earlier export atomically."""
+        cfg = self.cfg
+        dst = self.run_dir / MODEL_DIR
+        if self.n_processes > 1:
+            # Orbax's writer synchronises all processes, and the parameters are spread over
+            # them; an export from process 0 alone would block.
+            if self.process == 0:
+                self.log(f"multi-process run: no inference checkpoint exported to {dst}; the final state is in "
+                         f"{self.run_dir / 'checkpoints'} (step {cfg.train.steps})")
+            return None
+        dtype = jnp.dtype(self.model.param_dtype)
+        host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)).astype(dtype), params)
+        extra = {"source": {"train_run": str(self.run_dir.absolute()), "step": cfg.train.steps},
+                 "train": {"seq_len": cfg.data.seq_len, "mode": cfg.comet.mode, "steps": cfg.train.steps,
+                           "tokenizer": cfg.data.tokenizer}}
+        with checkpoint.atomic_dir(dst, overwrite=True) as tmp:
+            # checkpoint.save's steps, inside one atomic directory together with the tokenizer
+            writer = checkpoint.StreamingWriter(tmp)
+            for path, value in checkpoint.flatten(host).items():
+                writer.write(path, value)
+            writer.finalize()
+            extra["tokenizer"] = save_tokenizer(self.tokenizer, tmp, self.comet, self.log)
+            checkpoint.write_meta(tmp, self.model, self.comet, extra)
+        self.log(f"exported inference checkpoint to {dst}")
+        return dst
 
 
 def main_loop(cfg, log=None) -> int:

@@ -1,0 +1,633 @@
+"""python -m eval.bench_long [--lengths 8k,32k,64k,128k,512k,1M] [--modes comet,full] [--preset tiny]
+
+Long-context generation benchmark (issue 7): prefill time, peak process memory and decode
+ms/token of CoMeT mode (constant state: memories plus one open chunk) against full mode
+(a KV cache over the whole prompt) at growing prompt lengths.
+
+Each (mode, length) runs in a fresh child process (this module with a hidden --child flag),
+so peak memory is per measurement. A child builds the model, warms up (compiles) on a
+short prompt, then times, all with jax.block_until_ready:
+  prefill   Generator.prefill on `batch` random prompts of the length (compile excluded;
+            the warm-up wall time is reported as compile_s). In full mode the warm-up is a
+            1-token prompt with the same cache size, so the long shapes are compiled too.
+  decode    the jitted decode loop (comet_jax.generate.decode_loop, exactly what
+            Generator.generate runs after its prefill), greedy, --decode-tokens steps from the
+            prefilled state, timed separately: decode_ms_per_token = loop time / steps.
+  memory    peak RSS of the child (VmHWM of /proc/self/status, ru_maxrss as a fallback),
+            which includes the JAX runtime and the compiled code (+MB: the peak minus the RSS
+            after warm-up, what the measurement itself added); on a GPU also the device's
+            peak_bytes_in_use. state_mb is the size of the decode state after prefill.
+Short prefills are repeated (median of up to 5 runs, ~2 s in all) to damp noise.
+
+Full mode stops at the first length whose child fails (out of memory, crash, timeout), or
+whose predicted prefill time (quadratic extrapolation from the previous length) exceeds
+--full-limit-s, or whose predicted peak memory (linear in the cache) exceeds the free
+memory; the rest are recorded as skipped with the reason.
+
+Targets (the issue): comet prefill time linear in length (time per token at the longest
+vs the shortest length <= 1.25, the slack is for a noisy shared machine; the log-log slope
+is printed too), comet peak memory at the longest length (1M) <= 1.1x at 32k, comet >= 5x
+faster than full prefill at 64k. Writes results.json and bench_long.png (log-log prefill
+time and peak memory vs length) to --out.
+
+Lengths accept k and M suffixes: k = 1024 tokens, M = 1024*1024 tokens (8k = 8192, 1M = 1048576).
+Presets: tiny = configs/tiny_cpu.yaml's model (hidden 128, 4 layers, C 64, G 8, stride 8,
+budget 16, float32); gpu-0.5b = a random Llama-style model of ~0.46B parameters (hidden
+1024, 24 layers, 16 heads, 8 kv heads, intermediate 4096, vocab 32000), bfloat16, with
+DESIGN.md's recipe C 2048, G 512, stride 8, budget 2048 and block_chunks 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULT_TAG = "@@BENCH_LONG_RESULT "
+MODES = ("comet", "full")
+DEFAULT_LENGTHS = "8k,32k,64k,128k,512k,1M"
+
+# preset: model shape, comet recipe, dtype, Generator blocking
+PRESETS = {
+    "tiny": {
+        "model": dict(hidden_size=128, intermediate_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
+                      head_dim=32),
+        "vocab": 256, "comet": dict(chunk_size=64, global_size=8, stride=8, budget=16),
+        "dtype": "float32", "block_chunks": 8, "full_block": 256,
+    },
+    "gpu-0.5b": {
+        "model": dict(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16, num_kv_heads=8,
+                      head_dim=64),
+        "vocab": 32000, "comet": dict(chunk_size=2048, global_size=512, stride=8, budget=2048),
+        "dtype": "bfloat16", "block_chunks": 4, "full_block": 1024,
+    },
+}
+
+# target thresholds
+LINEAR_MAX = 1.25   # comet time per token, longest / shortest length
+MEMORY_MAX = 1.1    # comet peak memory, longest / 32k
+SPEEDUP_MIN = 5.0   # full / comet prefill time at 64k
+
+
+# ----------------------------------------------------------------------------- arguments
+
+def parse_length(text: str) -> int:
+    """'8k' -> 8192, '1M' -> 1048576, '512' -> 512 (k = 1024, M = 1024*1024)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(
+            f"bad length {text!r}: use a positive integer with an optional k (x1024) or M (x1024*1024) suffix")
+    n = int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 ** 2}[m.group(2).lower()]
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"bad length {text!r}: must be >= 1 token")
+    return n
+
+
+def parse_lengths(text: str) -> list[int]:
+    parts = [p for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("--lengths is empty")
+    return sorted({parse_length(p) for p in parts})
+
+
+def parse_modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"bad --modes {text!r}: a comma list of {', '.join(MODES)}")
+    return [m for m in MODES if m in modes]
+
+
+def positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def positive_float(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {x}")
+    return x
+
+
+def fmt_len(n: int) -> str:
+    if n % (1024 ** 2) == 0:
+        return f"{n // 1024 ** 2}M"
+    if n % 1024 == 0:
+        return f"{n // 1024}k"
+    return str(n)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m eval.bench_long", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lengths", type=parse_lengths, default=parse_lengths(DEFAULT_LENGTHS),
+                    help=f"prompt lengths, comma-separated, k = 1024 and M = 1024*1024 tokens "
+                         f"(default {DEFAULT_LENGTHS})")
+    ap.add_argument("--modes", type=parse_modes, default=list(MODES), help="comet,full (default both)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    ap.add_argument("--checkpoint", default=None, help="a checkpoint dir (comet_jax.checkpoint) instead of a preset")
+    ap.add_argument("--batch", type=positive_int, default=1, help="prompts per prefill (default 1)")
+    ap.add_argument("--decode-tokens", type=positive_int, default=32, help="decode steps timed (default 32)")
+    ap.add_argument("--full-limit-s", type=positive_float, default=300.0,
+                    help="skip full mode from the length whose predicted prefill time exceeds this (default 300)")
+    ap.add_argument("--child-timeout-s", type=positive_float, default=3600.0,
+                    help="kill a measurement after this many seconds (default 3600)")
+    ap.add_argument("--out", default="runs/bench_long", help="output dir (default runs/bench_long)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                    help="compute dtype (default: the preset's or the checkpoint's)")
+    ap.add_argument("--chunk-size", type=positive_int, default=None, help="override the comet chunk size")
+    ap.add_argument("--global-size", type=int, default=None, help="override G (presets only)")
+    ap.add_argument("--stride", type=int, default=None, help="override the temp-beacon stride (-1: none)")
+    ap.add_argument("--budget", type=int, default=None, help="override the temp-memory budget")
+    ap.add_argument("--block-chunks", type=positive_int, default=None, help="closed chunks per prefill call")
+    ap.add_argument("--full-block", type=positive_int, default=None, help="tokens per full-mode prefill call")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return ap
+
+
+# ----------------------------------------------------------------------------- child
+
+def peak_rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return ru if sys.platform == "darwin" else ru * 1024
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def mem_available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def random_params(model, comet) -> dict:
+    """Parameters with init_params' shapes and scales (N(0, initializer_range), norms 1),
+    drawn with numpy: eager jax.random init compiles every op, seconds per child process."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from comet_jax.model.init import init_params
+
+    shapes = jax.eval_shape(lambda: init_params(model, comet, jax.random.key(0)))
+    rng = np.random.default_rng(0)
+
+    def fill(path, s):
+        if "norm" in jax.tree_util.keystr(path):
+            return jnp.ones(s.shape, s.dtype)
+        x = rng.standard_normal(s.shape, np.float32)
+        x *= model.initializer_range
+        return jnp.asarray(x, s.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def build_model(spec: dict):
+    """(params, ModelConfig, CometConfig, info dict) for a preset or a checkpoint."""
+    import jax
+
+    from comet_jax.config import ConfigError, ModelConfig
+    from comet_jax.convert.hf_import import added_tokens, comet_for_vocab, padded_vocab
+
+    ov = spec["overrides"]
+    if spec["checkpoint"]:
+        from comet_jax import checkpoint
+        params, model, comet, _ = checkpoint.load(spec["checkpoint"])
+        if ov.get("global_size") is not None and ov["global_size"] != comet.global_size:
+            raise ConfigError(f"--global-size {ov['global_size']} does not match the checkpoint's "
+                              f"G={comet.global_size} (it is baked into the weights)")
+        rep = {k: ov[k] for k in ("chunk_size", "stride", "budget") if ov.get(k) is not None}
+        if rep:
+            if (rep.get("stride", comet.stride) > 0) != comet.has_temp:
+                raise ConfigError("--stride cannot switch temp memory on or off for a checkpoint")
+            comet = dataclasses.replace(comet, **rep)
+        if spec["dtype"]:
+            model = dataclasses.replace(model, dtype=spec["dtype"])
+        source = f"checkpoint {spec['checkpoint']}"
+    else:
+        p = PRESETS[spec["preset"]]
+        c = dict(p["comet"])
+        c.update({k: ov[k] for k in c if ov.get(k) is not None})
+        comet = comet_for_vocab(p["vocab"], c["chunk_size"], c["global_size"], c["stride"], c["budget"])
+        real = p["vocab"] + added_tokens(comet)
+        dtype = spec["dtype"] or p["dtype"]
+        model = ModelConfig(vocab_size=padded_vocab(real), num_real_tokens=real, dtype=dtype, param_dtype=dtype,
+                            **p["model"])
+        params = random_params(model, comet)
+        source = f"preset {spec['preset']} (random weights)"
+    model.validate()
+    comet.validate(model.vocab_size)
+    n_params = sum(int(x.size) for x in jax.tree.leaves(params))
+    info = {"source": source, "n_params": n_params, "dtype": model.dtype,
+            "model": dataclasses.asdict(model), "comet": {**dataclasses.asdict(comet)}}
+    info["comet"].pop("global_beacon_ids")
+    return params, model, comet, info
+
+
+def text_vocab(model, comet) -> int:
+    """Ids below this are ordinary text tokens (not CoMeT placeholders/beacons)."""
+    ids = [i for i in (comet.placeholder_id, comet.temp_beacon_id, *comet.global_beacon_ids) if i >= 0]
+    return min(ids) if ids else model.real_vocab
+
+
+def run_child(spec: dict) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from comet_jax.generate import Generator, _pow2, decode_loop
+
+    mode, length, batch, new = spec["mode"], spec["length"], spec["batch"], spec["decode_tokens"]
+    params, model, comet, info = build_model(spec)
+    preset = PRESETS.get(spec["preset"], PRESETS["tiny"])
+    block_chunks = spec["overrides"].get("block_chunks") or preset["block_chunks"]
+    full_block = spec["overrides"].get("full_block") or preset["full_block"]
+    gen = Generator(params, model, comet, mode=mode, block_chunks=block_chunks, full_block=full_block)
+    dev = jax.devices()[0]
+    say = lambda msg: print(f"  [{mode} {fmt_len(length)}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+
+    cache_len = None
+    if mode == "full":
+        cache_len = _pow2(-(-(length + new) // full_block)) * full_block
+        kv_bytes = (2 * model.num_layers * batch * cache_len * model.num_kv_heads * model.head_dim
+                    * jnp.dtype(model.dtype).itemsize)
+        avail = mem_available_bytes() if dev.platform == "cpu" else None
+        if avail is not None and kv_bytes > 0.8 * avail:
+            raise MemoryError(f"the full KV cache ({kv_bytes / 2**30:.1f} GiB for {cache_len} slots) would not fit "
+                              f"in the {avail / 2**30:.1f} GiB of free memory")
+
+    def decode(state, logits, b):
+        out = decode_loop(gen.params, state, logits, jnp.ones((b,), bool), jax.random.key(0), jnp.float32(0.0),
+                          jnp.float32(1.0), jnp.asarray([-1], jnp.int32), None, model=model, comet=comet, mode=mode,
+                          official=False, max_new=new, record=False)
+        return jax.block_until_ready(out)
+
+    # Warm-up: compile every function the measurement runs, at the measured shapes.
+    rng = np.random.default_rng(1)
+    vocab = text_vocab(model, comet)
+    t0 = time.perf_counter()
+    if mode == "comet":
+        c = comet.chunk_size
+        warm = [rng.integers(0, vocab, (block_chunks + 1) * c + c // 2, dtype=np.int32) for _ in range(batch)]
+        state, logits = gen.prefill(warm, extra=new)
+    else:  # one-token prompts with room for the whole measured prompt: the same cache shape
+        warm = [rng.integers(0, vocab, 1, dtype=np.int32) for _ in range(batch)]
+        state, logits = gen.prefill(warm, extra=length + new - 1)
+    jax.block_until_ready((state, logits))
+    decode(state, logits, batch)
+    compile_s = time.perf_counter() - t0
+    del state, logits
+    rss_warm = rss_bytes()
+    say(f"warm-up/compile {compile_s:.1f}s, RSS {rss_warm / 2**20:.0f} MB")
+
+    prompts = [np.random.default_rng(2 + r).integers(0, vocab, length, dtype=np.int32) for r in range(batch)]
+    total = length * batch
+    marks = {"next": 0.1, "done": 0, "t0": time.perf_counter()}
+
+    def progress(n):
+        marks["done"] += n
+        if total >= 256 * 1024 and marks["done"] >= marks["next"] * total:
+            dt = time.perf_counter() - marks["t0"]
+            say(f"prefill dispatched {min(marks['done'], total) / total:4.0%} after {dt:.1f}s")
+            marks["next"] += 0.1
+
+    times = []
+    while True:  # short prefills are repeated (median of up to 5, ~2 s in all): less noise
+        t0 = time.perf_counter()
+        state, logits = gen.prefill(prompts, extra=new, progress=progress if not times else None)
+        jax.block_until_ready((state, logits))
+        times.append(time.perf_counter() - t0)
+        if sum(times) >= 2.0 or len(times) >= 5:
+            break
+        del state, logits
+    prefill_s = float(np.median(times))
+    state_bytes = sum(int(x.nbytes) for x in jax.tree.leaves(state))
+    say(f"prefill {prefill_s:.2f}s ({total / prefill_s:,.0f} tokens/s)")
+
+    t0 = time.perf_counter()
+    tokens, lengths, _, _ = decode(state, logits, batch)
+    decode_s = time.perf_counter() - t0
+    steps = int(np.asarray(lengths).max())
+    res = {
+        "mode": mode, "length": length, "status": "ok", "batch": batch,
+        "prefill_s": prefill_s, "prefill_runs_s": times, "tokens_per_s": total / prefill_s, "compile_s": compile_s,
+        "decode_tokens": steps, "decode_ms_per_token": 1e3 * decode_s / steps,
+        "peak_rss_mb": peak_rss_bytes() / 2**20, "rss_after_warmup_mb": rss_warm / 2**20,
+        "rss_growth_mb": (peak_rss_bytes() - rss_warm) / 2**20,
+        "state_mb": state_bytes / 2**20, "cache_len": cache_len,
+        "block_chunks": block_chunks if mode == "comet" else None,
+        "full_block": full_block if mode == "full" else None,
+        "device": dev.device_kind, "platform": dev.platform, "info": info,
+    }
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        res["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20
+    say(f"decode {res['decode_ms_per_token']:.2f} ms/token, peak RSS {res['peak_rss_mb']:.0f} MB")
+    return res
+
+
+def child_main(spec_json: str) -> int:
+    spec = json.loads(spec_json)
+    try:
+        res = run_child(spec)
+    except MemoryError as e:
+        res = {"mode": spec["mode"], "length": spec["length"], "status": "failed", "reason": f"out of memory: {e}"}
+    except Exception as e:  # noqa: BLE001  (reported to the parent, which decides)
+        msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        oom = "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower()
+        res = {"mode": spec["mode"], "length": spec["length"], "status": "failed",
+               "reason": ("out of memory: " if oom else f"{type(e).__name__}: ") + msg}
+    print(RESULT_TAG + json.dumps(res), flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------- parent
+
+def spawn(spec: dict, timeout_s: float) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    cmd = [sys.executable, "-m", "eval.bench_long", "--child", json.dumps(spec)]
+    base = {"mode": spec["mode"], "length": spec["length"], "status": "failed"}
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=env, cwd=str(REPO),
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {**base, "reason": f"timed out after {timeout_s:.0f}s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    if proc.returncode < 0:
+        sig = -proc.returncode
+        why = " (SIGKILL: likely out of memory)" if sig == 9 else ""
+        return {**base, "reason": f"child killed by signal {sig}{why}"}
+    tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
+    return {**base, "reason": f"child exited with code {proc.returncode} without a result {tail}".strip()}
+
+
+def full_skip_reason(length: int, prev: dict | None, limit_s: float) -> str | None:
+    """Why full mode should not run this length, predicted from the previous measurement."""
+    if prev is None:
+        return None
+    scale = length / prev["length"]
+    t = prev["prefill_s"] * scale ** 2
+    if t > limit_s:
+        return f"predicted prefill {t:.0f}s > --full-limit-s {limit_s:.0f} (quadratic from {fmt_len(prev['length'])})"
+    avail = mem_available_bytes()
+    if avail is not None and prev.get("platform") == "cpu":
+        grow = max(prev["peak_rss_mb"] - prev.get("rss_after_warmup_mb", 0), 0) * 2**20
+        mem = prev.get("rss_after_warmup_mb", 0) * 2**20 + grow * scale
+        if mem > 0.8 * avail:
+            return (f"predicted peak memory {mem / 2**30:.1f} GiB > 80% of the {avail / 2**30:.1f} GiB free "
+                    f"(linear from {fmt_len(prev['length'])})")
+    return None
+
+
+def loglog_slope(xs, ys) -> float | None:
+    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if x > 0 and y > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    den = sum((p[0] - mx) ** 2 for p in pts)
+    return sum((p[0] - mx) * (p[1] - my) for p in pts) / den if den else None
+
+
+def targets(rows: list[dict]) -> dict:
+    ok = {(r["mode"], r["length"]): r for r in rows if r["status"] == "ok"}
+    comet = sorted((r for r in ok.values() if r["mode"] == "comet"), key=lambda r: r["length"])
+    out = {}
+
+    def verdict(value, ok_):
+        return "n/a" if value is None else ("PASS" if ok_ else "FAIL")
+
+    # linearity
+    t = {"target": f"comet prefill time per token, longest / shortest length <= {LINEAR_MAX}"}
+    if len(comet) >= 2:
+        lo, hi = comet[0], comet[-1]
+        ratio = (hi["prefill_s"] / hi["length"]) / (lo["prefill_s"] / lo["length"])
+        t.update(value=ratio, lengths=[lo["length"], hi["length"]],
+                 loglog_slope=loglog_slope([r["length"] for r in comet], [r["prefill_s"] for r in comet]),
+                 verdict=verdict(ratio, ratio <= LINEAR_MAX))
+    else:
+        t.update(value=None, verdict="n/a", why="needs two comet lengths")
+    out["comet_linear_time"] = t
+    # memory
+    t = {"target": f"comet peak memory, longest length (1M) / 32k <= {MEMORY_MAX}"}
+    base, hi = ok.get(("comet", 32 * 1024)), comet[-1] if comet else None
+    if base and hi and hi["length"] > base["length"]:
+        ratio = hi["peak_rss_mb"] / base["peak_rss_mb"]
+        t.update(value=ratio, lengths=[base["length"], hi["length"]], verdict=verdict(ratio, ratio <= MEMORY_MAX))
+        if "peak_device_mb" in hi and "peak_device_mb" in base:
+            t["device_value"] = hi["peak_device_mb"] / base["peak_device_mb"]
+    else:
+        t.update(value=None, verdict="n/a", why="needs comet at 32k and a longer length")
+    out["comet_flat_memory"] = t
+    # speed-up
+    t = {"target": f"full / comet prefill time at 64k >= {SPEEDUP_MIN}"}
+    c, f = ok.get(("comet", 64 * 1024)), ok.get(("full", 64 * 1024))
+    if c and f:
+        ratio = f["prefill_s"] / c["prefill_s"]
+        t.update(value=ratio, verdict=verdict(ratio, ratio >= SPEEDUP_MIN))
+    else:
+        t.update(value=None, verdict="n/a", why="needs comet and full at 64k")
+    out["comet_speedup_64k"] = t
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    head = (f"{'length':>8} {'mode':>6} {'prefill s':>10} {'tok/s':>10} {'peak MB':>9} {'+MB':>7} {'state MB':>9} "
+            f"{'decode ms/tok':>13} {'compile s':>9}")
+    lines = [head, "-" * len(head)]
+    for r in sorted(rows, key=lambda r: (r["length"], MODES.index(r["mode"]))):
+        if r["status"] != "ok":
+            lines.append(f"{fmt_len(r['length']):>8} {r['mode']:>6} {r['status']}: {r.get('reason', '')}")
+            continue
+        dev = f" (device peak {r['peak_device_mb']:.0f} MB)" if "peak_device_mb" in r else ""
+        lines.append(f"{fmt_len(r['length']):>8} {r['mode']:>6} {r['prefill_s']:10.2f} {r['tokens_per_s']:10,.0f} "
+                     f"{r['peak_rss_mb']:9.0f} {r['rss_growth_mb']:7.0f} {r['state_mb']:9.2f} {r['decode_ms_per_token']:13.2f} "
+                     f"{r['compile_s']:9.1f}{dev}")
+    return "\n".join(lines)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for mode, style in (("comet", "o-"), ("full", "s--")):
+        pts = sorted((r for r in rows if r["mode"] == mode and r["status"] == "ok"), key=lambda r: r["length"])
+        if not pts:
+            continue
+        x = [r["length"] for r in pts]
+        ax_t.plot(x, [r["prefill_s"] for r in pts], style, label=mode)
+        mem_key = "peak_device_mb" if all("peak_device_mb" in r for r in pts) else "peak_rss_mb"
+        ax_m.plot(x, [r[mem_key] for r in pts], style, label=f"{mode} ({'device' if mem_key != 'peak_rss_mb' else 'RSS'})")
+    comet = sorted((r for r in rows if r["mode"] == "comet" and r["status"] == "ok"), key=lambda r: r["length"])
+    if len(comet) >= 2:  # slope-1 reference through the first comet point
+        x0, y0, x1 = comet[0]["length"], comet[0]["prefill_s"], comet[-1]["length"]
+        ax_t.plot([x0, x1], [y0, y0 * x1 / x0], ":", color="gray", label="linear")
+    for ax, ylabel in ((ax_t, "prefill time (s)"), (ax_m, "peak memory (MB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("prompt length (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.child is not None:
+        return child_main(args.child)
+    if args.checkpoint and not Path(args.checkpoint).is_dir():
+        ap.error(f"--checkpoint {args.checkpoint} is not a directory")
+    if args.stride is not None and (args.stride == 0 or args.stride < -1):
+        ap.error(f"--stride must be > 0 or -1, got {args.stride}")
+    for key in ("global_size", "budget"):
+        if getattr(args, key) is not None and getattr(args, key) < 0:
+            ap.error(f"--{key.replace('_', '-')} must be >= 0")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    overrides = {k: getattr(args, k) for k in ("chunk_size", "global_size", "stride", "budget", "block_chunks",
+                                               "full_block")}
+    common = {"preset": args.preset, "checkpoint": args.checkpoint, "dtype": args.dtype, "batch": args.batch,
+              "decode_tokens": args.decode_tokens, "overrides": overrides}
+    src = args.checkpoint or f"preset {args.preset}"
+    print(f"bench_long: {src}, lengths {','.join(fmt_len(n) for n in args.lengths)}, modes {','.join(args.modes)}, "
+          f"batch {args.batch}, {args.decode_tokens} decode tokens; one child process per measurement", flush=True)
+    rows: list[dict] = []
+    t_start = time.perf_counter()
+    for mode in args.modes:
+        prev, stop = None, None
+        for length in args.lengths:
+            if stop is None and mode == "full":
+                why = full_skip_reason(length, prev, args.full_limit_s)
+                stop = why
+            if stop is not None:
+                rows.append({"mode": mode, "length": length, "status": "skipped", "reason": stop})
+                print(f"{mode:>5} {fmt_len(length):>5}: skipped ({stop})", flush=True)
+                continue
+            timeout = args.child_timeout_s
+            if mode == "full":
+                timeout = min(timeout, 3 * args.full_limit_s + 300)
+            res = spawn({**common, "mode": mode, "length": length}, timeout)
+            rows.append(res)
+            if res["status"] == "ok":
+                print(f"{mode:>5} {fmt_len(length):>5}: prefill {res['prefill_s']:.2f}s "
+                      f"({res['tokens_per_s']:,.0f} tok/s), peak {res['peak_rss_mb']:.0f} MB, decode "
+                      f"{res['decode_ms_per_token']:.2f} ms/tok  [{time.perf_counter() - t_start:.0f}s elapsed]",
+                      flush=True)
+                prev = res
+            else:
+                print(f"{mode:>5} {fmt_len(length):>5}: {res['status']} ({res.get('reason')})", flush=True)
+                if mode == "full":
+                    stop = f"full mode failed at {fmt_len(length)}: {res.get('reason')}"
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    info = ok[0]["info"] if ok else {}
+    device = ok[0]["device"] if ok else None
+    if ok and ok[0]["platform"] == "cpu":
+        device = f"{device} ({cpu_name()}, {os.cpu_count()} cores)"
+    tg = targets(rows)
+    results = {
+        "date": date.today().isoformat(), "device": device, "host": platform.node(),
+        "command": "python -m eval.bench_long " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "config": {"preset": args.preset, "checkpoint": args.checkpoint, "batch": args.batch,
+                   "decode_tokens": args.decode_tokens, "full_limit_s": args.full_limit_s,
+                   "lengths": args.lengths, "modes": args.modes, **info},
+        "timing": {"prefill": "Generator.prefill after a warm-up compile run, block_until_ready",
+                   "decode": "comet_jax.generate.decode_loop timed separately, greedy, ms per step",
+                   "memory": "peak RSS (VmHWM) of a fresh child process per measurement"},
+        "measurements": [{k: v for k, v in r.items() if k != "info"} for r in rows],
+        "targets": tg,
+        "wall_s": time.perf_counter() - t_start,
+    }
+    print()
+    print(f"device: {device}; model: {info.get('source')}, {info.get('n_params', 0) / 1e6:.2f}M parameters, "
+          f"{info.get('dtype')}")
+    print(table(rows))
+    print()
+    for name, t in tg.items():
+        val = "-" if t["value"] is None else f"{t['value']:.2f}"
+        extra = f", log-log slope {t['loglog_slope']:.2f}" if t.get("loglog_slope") is not None else ""
+        lens = f" ({fmt_len(t['lengths'][1])} vs {fmt_len(t['lengths'][0])})" if t.get("lengths") else ""
+        print(f"{t['verdict']:>4}  {name}: {val}{lens}{extra}  [{t['target']}]{' - ' + t['why'] if 'why' in t else ''}")
+    atomic_write(out / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+    title = (f"CoMeT vs full prefill, {info.get('source')}, {info.get('n_params', 0) / 1e6:.1f}M params, "
+             f"{info.get('dtype')}, batch {args.batch}; {device}")
+    plot(rows, out / "bench_long.png", title)
+    print(f"wrote {out / 'results.json'} and {out / 'bench_long.png'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,304 @@
+"""python -m eval.passkey --checkpoint DIR [--lengths 4k,16k,64k,256k,1M] [--depths 0,0.25,0.5,0.75,1]
+                        [--samples N] [--seed S] [--mode comet|full] [--out DIR]
+
+Passkey retrieval: for every (length, depth) cell, `samples` prompts of `length` tokens
+(task line, repeated filler, the needle "The pass key is {key}. Remember it. {key} is the
+pass key." after `depth` of the filler, then "What is the pass key? The pass key is"), a
+random 5-digit key each; greedy generation; a sample is correct when the first run of
+digits in the generated text is exactly the key. Lengths take k (x1024) and M (x1024^2).
+
+comet mode runs CoMeT's constant-memory generation; full mode is the plain backbone with a
+KV cache over the whole prompt (the baseline; memory and time grow with the length).
+
+Writes OUT/results.json (per cell: accuracy, samples, prompt tokens, seconds, peak memory)
+and OUT/heatmap.png (depths x lengths, accuracy colour scale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+
+DEFAULT_LENGTHS = "4k,16k,64k,256k,1M"
+DEFAULT_DEPTHS = "0,0.25,0.5,0.75,1"
+EXIT_USAGE = 2
+
+
+def parse_length(text: str) -> int:
+    """'4096', '4k' (4096), '1M' (1048576)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", text)
+    if not m:
+        raise ValueError(f"bad length {text!r}: use a number of tokens, optionally with k (x1024) or M (x1024^2)")
+    scale = {"": 1, "k": 1024, "m": 1024 ** 2}[m.group(2).lower()]
+    value = int(round(float(m.group(1)) * scale))
+    if value <= 0:
+        raise ValueError(f"bad length {text!r}: must be > 0")
+    return value
+
+
+def parse_list(text: str, parse, name: str) -> list:
+    items = [s for s in text.split(",") if s.strip()]
+    if not items:
+        raise ValueError(f"--{name} is empty")
+    return [parse(s) for s in items]
+
+
+def parse_depth(text: str) -> float:
+    try:
+        d = float(text)
+    except ValueError:
+        raise ValueError(f"bad depth {text!r}: use numbers in [0, 1]") from None
+    if not 0 <= d <= 1:
+        raise ValueError(f"bad depth {text!r}: must be in [0, 1]")
+    return d
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m eval.passkey", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="converted or exported checkpoint directory")
+    ap.add_argument("--lengths", default=DEFAULT_LENGTHS, help=f"prompt lengths in tokens (default {DEFAULT_LENGTHS})")
+    ap.add_argument("--depths", default=DEFAULT_DEPTHS, help=f"needle depths in [0, 1] (default {DEFAULT_DEPTHS})")
+    ap.add_argument("--samples", type=int, default=5, help="prompts per (length, depth) cell (default 5)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the keys (default 0)")
+    ap.add_argument("--mode", choices=("comet", "full"), default="comet",
+                    help="comet: constant-memory CoMeT generation; full: plain backbone, KV cache over everything")
+    ap.add_argument("--out", default="runs/passkey", help="output directory (default runs/passkey)")
+    ap.add_argument("--tokenizer", help="byte, passkey or a tokenizer.json path (default: the checkpoint's)")
+    ap.add_argument("--batch-size", type=int, default=8, help="prompts per compiled batch (default 8)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the checkpoint's)")
+    ap.add_argument("--chunk-size", type=int, help="comet mode: override the checkpoint's chunk size")
+    ap.add_argument("--block-chunks", type=int, default=8, help="closed chunks per compiled prefill step")
+    ap.add_argument("--official-layout", action="store_true",
+                    help="lay closed chunks out as the official generation code (DESIGN.md 1.7)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    return ap
+
+
+class PeakMemory:
+    """Peak resident memory of this process while inside the `with` block (sampled), in MB."""
+
+    def __init__(self, every: float = 0.05):
+        self.every, self.peak, self._stop = every, 0.0, threading.Event()
+
+    @staticmethod
+    def rss_mb() -> float:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+        except OSError:  # not Linux: the lifetime peak
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, self.rss_mb())
+
+    def __enter__(self):
+        self.peak = self.rss_mb()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss_mb())
+
+
+def device_peak_mb() -> float | None:
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2 ** 20
+
+
+def first_number(text: str) -> str | None:
+    m = re.search(r"\d+", text)
+    return m.group(0) if m else None
+
+
+def prefix_ids(tokenizer) -> list[int]:
+    """The ids the tokenizer puts before any text (a BOS token), if it adds any."""
+    try:
+        return list(tokenizer.encode("", add_special_tokens=True).ids)
+    except TypeError:
+        return []
+
+
+def evaluate(gen, tokenizer, lengths, depths, samples, seed, batch_size, progress=None):
+    """Run every cell; returns the list of cell dicts (see module docstring)."""
+    import numpy as np
+
+    from comet_jax.data.passkey import build_prompt, random_key
+    from comet_jax.generate import Sampling
+
+    prefix = prefix_ids(tokenizer)
+    batch_size = min(batch_size, samples)  # padded rows would cost as much as real ones
+    cells = []
+    for li, length in enumerate(lengths):
+        for di, depth in enumerate(depths):
+            rng = np.random.default_rng([seed, li, di])
+            keys = [random_key(rng) for _ in range(samples)]
+            built = [build_prompt(tokenizer, length, depth, k, prefix_ids=prefix) for k in keys]
+            max_new = max(len(a) for _, a, _ in built) + 2
+            correct, outputs, t0 = 0, [], time.perf_counter()
+            with PeakMemory() as mem:
+                for i in range(0, samples, batch_size):
+                    part = built[i: i + batch_size]
+                    seen = [0]
+
+                    def report(n, rows=len(part)):  # the generator counts padded rows too
+                        n = min(n * rows // batch_size, sum(len(p) for p, _, _ in part) - seen[0])
+                        seen[0] += n
+                        if progress is not None:
+                            progress(n)
+
+                    out = gen.generate([p for p, _, _ in part], Sampling(max_new_tokens=max_new),
+                                       batch_size=batch_size, progress=report)
+                    report(10 ** 12)  # the open chunks' tokens
+                    for (_, _, info), toks in zip(part, out.tokens):
+                        text = tokenizer.decode([int(t) for t in toks])
+                        ok = first_number(text) == info["key"]
+                        correct += ok
+                        outputs.append({"key": info["key"], "output": text, "correct": bool(ok)})
+            cells.append({"length": length, "depth": depth, "accuracy": correct / samples, "correct": correct,
+                          "samples": samples,
+                          "prompt_tokens": int(round(np.mean([len(p) for p, _, _ in built]))),
+                          "seconds": round(time.perf_counter() - t0, 3), "peak_memory_mb": round(mem.peak, 1),
+                          "device_peak_memory_mb": device_peak_mb(), "examples": outputs[:3]})
+    return cells
+
+
+def write_heatmap(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    lengths, depths = results["lengths"], results["depths"]
+    acc = np.full((len(depths), len(lengths)), np.nan)
+    for c in results["cells"]:
+        acc[depths.index(c["depth"]), lengths.index(c["length"])] = c["accuracy"]
+    fig, ax = plt.subplots(figsize=(1.2 * len(lengths) + 2.5, 0.6 * len(depths) + 1.8))
+    im = ax.imshow(acc, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+    for (i, j), v in np.ndenumerate(acc):
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(lengths)), [format_length(n) for n in lengths])
+    ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
+    ax.set_xlabel("prompt length (tokens)")
+    ax.set_ylabel("needle depth")
+    ax.set_title(results.get("title") or f"passkey accuracy ({results['mode']})")
+    fig.colorbar(im, ax=ax, label="accuracy")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def format_length(n: int) -> str:
+    if n % 1024 ** 2 == 0:
+        return f"{n // 1024 ** 2}M"
+    if n % 1024 == 0:
+        return f"{n // 1024}k"
+    return str(n)
+
+
+def write_json(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        lengths = parse_list(args.lengths, parse_length, "lengths")
+        depths = parse_list(args.depths, parse_depth, "depths")
+        for name in ("samples", "batch_size", "block_chunks"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    except ValueError as e:
+        ap.error(str(e))
+
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from comet_jax import checkpoint
+    from comet_jax.config import ConfigError
+    from comet_jax.data.passkey import build_prompt
+    from comet_jax.generate import Generator
+    from comet_jax.tokenizer import load_tokenizer, tokenizer_by_name
+
+    try:
+        model, comet, meta = checkpoint.read_meta(args.checkpoint)
+        if args.tokenizer:
+            tokenizer = tokenizer_by_name(args.tokenizer)
+        else:
+            tokenizer = load_tokenizer(args.checkpoint, meta)
+            if tokenizer is None:
+                raise ValueError(f"{args.checkpoint} has no tokenizer.json: pass --tokenizer (byte, passkey or a "
+                                 "tokenizer.json path)")
+        if args.dtype:
+            model = dataclasses.replace(model, dtype=args.dtype)
+        if args.chunk_size:
+            comet = dataclasses.replace(comet, chunk_size=args.chunk_size)
+            comet.validate(model.real_vocab)
+        if tokenizer.get_vocab_size() > model.vocab_size:
+            raise ValueError(f"the tokenizer has {tokenizer.get_vocab_size()} ids but the model only "
+                             f"{model.vocab_size} embedding rows: wrong --tokenizer?")
+        prefix = prefix_ids(tokenizer)
+        for n in lengths:  # fail before any work when a length cannot hold the prompt
+            build_prompt(tokenizer, n, 0.5, "00000", prefix_ids=prefix)
+        params = checkpoint.load_params(args.checkpoint)
+    except (checkpoint.CheckpointError, ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+    gen = Generator(params, model, comet, mode=args.mode, block_chunks=args.block_chunks,
+                    official=args.official_layout)
+    total = sum(len(build_prompt(tokenizer, n, 0.5, "00000", prefix_ids=prefix)[0]) for n in lengths) \
+        * len(depths) * args.samples
+    print(f"passkey ({args.mode}): lengths {[format_length(n) for n in lengths]}, depths {depths}, "
+          f"{args.samples} samples per cell, {total:,} prompt tokens", file=sys.stderr, flush=True)
+    t0 = time.time()
+    with tqdm(total=total, unit="tok", unit_scale=True, disable=args.quiet, file=sys.stderr,
+              desc=f"passkey {args.mode}") as bar:
+        cells = evaluate(gen, tokenizer, lengths, depths, args.samples, args.seed, args.batch_size,
+                         progress=bar.update)
+    results = {"checkpoint": str(args.checkpoint), "mode": args.mode, "seed": args.seed, "samples": args.samples,
+               "lengths": lengths, "depths": depths, "train": meta.get("train"),
+               "chunk_size": comet.chunk_size if args.mode == "comet" else None,
+               "accuracy_by_length": {str(n): sum(c["accuracy"] for c in cells if c["length"] == n) / len(depths)
+                                      for n in lengths},
+               "accuracy": sum(c["accuracy"] for c in cells) / len(cells), "seconds": round(time.time() - t0, 1),
+               "cells": cells}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(results, out / "results.json")
+    write_heatmap(results, out / "heatmap.png")
+    for n in lengths:
+        row = [c for c in cells if c["length"] == n]
+        print(f"{format_length(n):>6}: " + "  ".join(f"d{c['depth']:g}={c['accuracy']:.2f}" for c in row)
+              + f"  ({sum(c['seconds'] for c in row):.1f}s, peak {max(c['peak_memory_mb'] for c in row):.0f} MB)",
+              file=sys.stderr)
+    print(f"wrote {out / 'results.json'} and {out / 'heatmap.png'}", file=sys.stderr)
+    print(json.dumps({k: results[k] for k in ("mode", "accuracy", "accuracy_by_length", "seconds")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""python -m eval.passkey on a tiny random checkpoint: artefacts, schema, errors."""
+
+import json
+
+import jax
+import pytest
+
+from comet_jax import checkpoint
+from comet_jax.config import ModelConfig
+from comet_jax.convert.hf_import import added_tokens, comet_for_vocab, padded_vocab
+from comet_jax.data.byte_tokenizer import BYTE_VOCAB
+from comet_jax.model.init import init_params
+from eval.passkey import first_number, main, parse_length
+
+COMET = comet_for_vocab(BYTE_VOCAB, 64, 4, 8, 8)
+MODEL = ModelConfig(vocab_size=padded_vocab(BYTE_VOCAB + added_tokens(COMET)),
+                    num_real_tokens=BYTE_VOCAB + added_tokens(COMET), hidden_size=32, intermediate_size=64,
+                    num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt") / "tiny"
+    checkpoint.save(d, init_params(MODEL, COMET, jax.random.key(0)), MODEL, COMET)
+    return d
+
+
+def test_parse_length():
+    assert parse_length("4k") == 4096 and parse_length("1M") == 2 ** 20 and parse_length("300") == 300
+    with pytest.raises(ValueError, match="bad length"):
+        parse_length("4x")
+    assert first_number(" 01234. The") == "01234" and first_number("none") is None
+
+
+@pytest.mark.parametrize("mode", ["comet", "full"])
+def test_writes_results_and_heatmap(ckpt, tmp_path, mode, capsys):
+    out = tmp_path / "out"
+    rc = main(["--checkpoint", str(ckpt), "--tokenizer", "byte", "--lengths", "300,1k", "--depths", "0,1",
+               "--samples", "3", "--batch-size", "2", "--mode", mode, "--out", str(out), "--quiet"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["mode"] == mode and res["lengths"] == [300, 1024] and res["depths"] == [0.0, 1.0]
+    assert len(res["cells"]) == 4
+    for c in res["cells"]:
+        assert set(c) >= {"length", "depth", "accuracy", "samples", "prompt_tokens", "seconds", "peak_memory_mb"}
+        assert c["samples"] == 3 and 0 <= c["accuracy"] <= 1
+        assert c["length"] - 40 < c["prompt_tokens"] <= c["length"]  # whole filler sentences
+        assert c["peak_memory_mb"] > 0
+    assert set(res["accuracy_by_length"]) == {"300", "1024"}
+    assert (out / "heatmap.png").stat().st_size > 1000
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mode"] == mode
+
+
+def test_errors(ckpt, tmp_path, capsys):
+    base = ["--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--quiet"]
+    assert main(base + ["--tokenizer", "byte", "--lengths", "100"]) == 2  # shorter than task + needle + question
+    assert "minimum" in capsys.readouterr().err
+    assert main(base) == 2  # no tokenizer in the checkpoint
+    assert "--tokenizer" in capsys.readouterr().err
+    assert main(base + ["--tokenizer", "nope.json"]) == 2
+    for bad in (["--depths", "0,1.5"], ["--lengths", "4q"], ["--samples", "0"]):
+        with pytest.raises(SystemExit) as e:
+            main(base + ["--tokenizer", "byte"] + bad)
+        assert e.value.code == 2
+    assert not (tmp_path / "o").exists()  # nothing written on errors
