@@ -8,7 +8,7 @@ CoMeT mode keeps constant state whatever the prompt length (DESIGN.md §1.5, see
 comet_jax.model.decode): closed chunks are prefilled in blocks of `block_chunks` chunks
 (then single chunks for the tail), so there are exactly two compiled prefill functions per
 (chunk size, batch), however long the prompts. Full mode (the baseline) keeps a KV cache
-over the whole prompt and continuation, its length rounded up to a power of two.
+over the whole prompt and continuation, its length rounded up to a multiple of `full_block`.
 
 Decoding is one jit-compiled `lax.while_loop` per (batch, max_new_tokens); it stops early
 when every row has produced a stop token.
@@ -109,8 +109,10 @@ def _full_logits(params, last, model: ModelConfig):
     return decode.logits_of(params, last, model)
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
+def full_cache_size(prompt_len: int, extra: int, block: int) -> int:
+    """Slots of the full-mode KV cache: prompt + room for generated tokens, rounded up to a
+    whole prefill block (one compile per distinct size)."""
+    return -(-(prompt_len + extra) // block) * block
 
 
 class Generator:
@@ -172,7 +174,7 @@ class Generator:
     def _prefill_full(self, prompts, extra, progress):
         b, blk = len(prompts), self.full_block
         lengths = np.array([len(p) for p in prompts], np.int32)
-        size = _pow2(-(-(int(lengths.max()) + extra) // blk)) * blk
+        size = full_cache_size(int(lengths.max()), extra, blk)
         state = {"cache": decode.empty_cache(b, size, self.model), "length": jnp.asarray(lengths),
                  "last": jnp.zeros((b, self.model.hidden_size), jnp.dtype(self.model.dtype))}
         for start in range(0, int(lengths.max()), blk):

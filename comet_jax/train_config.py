@@ -81,6 +81,7 @@ class DataSection:
     num_workers: int = 0
     passkey_min_len: int = 0  # 0 = seq_len
     passkey_digits: int = 5
+    passkey_loss: str = "answer"  # "answer": loss on the answer only; "all": on every token
     curriculum: list[dict] = field(default_factory=list)  # [{until_step, seq_len}, ...]
 
 
@@ -382,6 +383,8 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     # data
     if d.source not in SOURCES:
         raise ConfigError(f"data.source must be one of {', '.join(SOURCES)}, got {d.source!r}")
+    if d.passkey_loss not in ("answer", "all"):
+        raise ConfigError(f"data.passkey_loss must be answer or all, got {d.passkey_loss!r}")
     if d.source != "passkey" and not d.path:
         raise ConfigError(f"data.source={d.source} needs data.path (the {d.source} file or directory)")
     if d.tokenizer == "checkpoint" and m.init == "scratch":

@@ -169,7 +169,8 @@ class Trainer:
         src = make_source({"source": cfg.data.source, "path": cfg.data.path, "seq_len": seq_len,
                            "skip_bad": cfg.data.skip_bad,
                            "passkey_min_len": min(cfg.data.passkey_min_len or seq_len, seq_len),
-                           "passkey_digits": cfg.data.passkey_digits, "seed": cfg.run.seed + stage,
+                           "passkey_digits": cfg.data.passkey_digits,
+                           "passkey_loss": cfg.data.passkey_loss, "seed": cfg.run.seed + stage,
                            "vocab_size": self.model.real_vocab}, self.tokenizer)
         num_chunks = None
         if self.mode == "comet" and self.stages > 1:

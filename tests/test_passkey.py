@@ -145,3 +145,11 @@ def test_source_min_len_checked(tok):
         PasskeySource(tok, min_len=src.shortest - 1, max_len=400)
     with pytest.raises(ValueError, match="max_len"):
         PasskeySource(tok, min_len=src.shortest, max_len=src.shortest - 1)
+
+
+def test_source_loss_on_all_tokens(tok):
+    src = PasskeySource(tok, max_len=400, loss_on="all", seed=3)
+    rec = src[0]
+    assert rec["loss_mask"][1:].all() and not rec["loss_mask"][0]
+    with pytest.raises(ValueError, match="loss_on"):
+        PasskeySource(tok, max_len=400, loss_on="needle")

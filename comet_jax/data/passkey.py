@@ -119,19 +119,26 @@ def random_key(rng: np.random.Generator, digits: int = 5) -> str:
     return "".join(str(d) for d in rng.integers(0, 10, size=digits))
 
 
+LOSS_ON = ("answer", "all")
+
+
 class PasskeySource:
     """Random-access (grain-compatible) source of passkey examples.
 
     Record `index` is a pure function of (seed, index): a key of `digits` digits, a depth
     uniform in [0, 1), and a total length (prompt + answer) uniform in [min_len, max_len]
     tokens. Returns {"input_ids": int32 prompt + answer, "loss_mask": bool, True only on the
-    answer tokens}. `min_len=None` uses the shortest length every key fits in.
+    answer tokens, or with loss_on="all" on every token but the first (language modelling of
+    the whole prompt: the needle repeats its key, so copying is learned from it too)}. `min_len=None` uses the shortest length every key fits in.
     """
 
     def __init__(self, tokenizer: Any, *, max_len: int, min_len: int | None = None, digits: int = 5,
-                 seed: int = 0, num_records: int = 10**9, prefix_ids: Sequence[int] = ()):
+                 seed: int = 0, num_records: int = 10**9, prefix_ids: Sequence[int] = (), loss_on: str = "answer"):
         if digits < 1:
             raise ValueError(f"digits must be >= 1, got {digits}")
+        if loss_on not in LOSS_ON:
+            raise ValueError(f"passkey loss_on must be one of {LOSS_ON}, got {loss_on!r}")
+        self.loss_on = loss_on
         self._parts = _Parts(tokenizer, prefix_ids)
         self.digits, self.seed, self.num_records = int(digits), int(seed), int(num_records)
         # Keys can tokenize to different lengths (BPE); take the longest of a few probes.
@@ -171,5 +178,5 @@ class PasskeySource:
         prompt, answer, _ = self.example(int(index))
         ids = np.concatenate([prompt, answer]).astype(np.int32)
         mask = np.zeros(len(ids), bool)
-        mask[len(prompt):] = True
+        mask[len(prompt) if self.loss_on == "answer" else 1:] = True
         return {"input_ids": ids, "loss_mask": mask}

@@ -194,7 +194,8 @@ def make_source(cfg: Any = None, tokenizer: Any = None, **overrides):
     """Build a source from a data config (a mapping or an object with these attributes) and/or
     keyword overrides: source ("passkey" | "jsonl" | "arrayrecord"), path (a file, or for
     arrayrecord a list of files / a comma-separated string), seq_len, skip_bad (False),
-    passkey_min_len (None: the shortest possible prompt), passkey_digits (5), seed (0),
+    passkey_min_len (None: the shortest possible prompt), passkey_digits (5), passkey_loss
+    ("answer" or "all"), seed (0),
     vocab_size (None: no range check). The passkey source uses the byte tokenizer when
     `tokenizer` is None; its examples are at most seq_len tokens long."""
     def get(key, default=None):
@@ -210,7 +211,8 @@ def make_source(cfg: Any = None, tokenizer: Any = None, **overrides):
         if seq_len is None:
             raise ValueError("make_source: the passkey source needs seq_len")
         return PasskeySource(tokenizer, max_len=int(seq_len), min_len=get("passkey_min_len"),
-                             digits=int(get("passkey_digits", 5)), seed=int(get("seed", 0)))
+                             digits=int(get("passkey_digits", 5)), seed=int(get("seed", 0)),
+                             loss_on=get("passkey_loss", "answer"))
     path = get("path")
     if not path:
         raise ValueError(f"make_source: source {kind!r} needs a path")

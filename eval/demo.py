@@ -1,0 +1,222 @@
+"""python -m eval.demo [--out docs/demo] [--work runs/demo] [--samples 20] [--quick]
+
+The passkey demo in one command, on CPU: train three small models from scratch with the
+same budget (configs/demo_passkey.yaml) and evaluate each with `python -m eval.passkey` at
+1x, 4x, 16x, 32x and 128x the training length, 5 needle depths:
+
+  comet   CoMeT with its memory (global memory + temp memory)
+  full    the same backbone trained and evaluated with full attention (no chunks)
+  nomem   CoMeT chunks with the memory switched off (G = 0, stride = -1)
+
+Full attention costs O(length^2): it is evaluated up to --full-max-mult x the training length
+(default 16x) and reported as not run beyond. Writes to --out: results.json, heatmap_{model}.png,
+accuracy_vs_length.png, train_loss.png. Training runs and raw eval outputs go to --work.
+Any training key can be changed for all three models with --set section.key=value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODELS = {
+    "comet": [],
+    "full": ["comet.mode=full"],
+    "nomem": ["comet.global_size=0", "comet.stride=-1"],
+}
+LABELS = {"comet": "CoMeT (memory)", "full": "full attention", "nomem": "CoMeT, memory off"}
+DEPTHS = "0,0.25,0.5,0.75,1"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m eval.demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/demo_passkey.yaml", help="training config of all three models")
+    ap.add_argument("--out", default="docs/demo", help="artefacts directory (default docs/demo)")
+    ap.add_argument("--work", default="runs/demo", help="training runs and raw eval outputs (default runs/demo)")
+    ap.add_argument("--samples", type=int, default=20, help="prompts per (length, depth) cell (default 20)")
+    ap.add_argument("--multipliers", default="1,4,16,32,128", help="eval lengths as multiples of the training length")
+    ap.add_argument("--depths", default=DEPTHS, help=f"needle depths (default {DEPTHS})")
+    ap.add_argument("--full-max-mult", type=float, default=16,
+                    help="evaluate full attention only up to this multiple of the training length (default 16)")
+    ap.add_argument("--models", default="comet,full,nomem", help="which models (default comet,full,nomem)")
+    ap.add_argument("--set", action="append", default=[], metavar="section.key=value",
+                    help="training override for every model (repeatable)")
+    ap.add_argument("--retrain", action="store_true", help="train again even if a finished run exists in --work")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run: a tiny model, 4 steps, 2 samples, lengths 1x and 2x, depths 0 and 1")
+    return ap
+
+
+def log(msg: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd: list[str]) -> None:
+    """Run a child python process, streaming its output; raise on failure."""
+    log("$ python " + " ".join(cmd))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, *cmd], env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"command failed with exit code {proc.returncode}: python {' '.join(cmd)}")
+
+
+def train_seq_len(config: str, overrides: list[str]) -> int:
+    from comet_jax.train_config import load_config
+
+    return int(load_config(config, overrides).data.seq_len)
+
+
+def loss_curve(run_dir: Path) -> tuple[list[int], list[float]]:
+    steps, losses = [], []
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            steps.append(rec["step"])
+            losses.append(rec["loss"])
+    return steps, losses
+
+
+def plot(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, res in results["models"].items():
+        xs = [int(n) for n in res["accuracy_by_length"]]
+        ax.plot(xs, list(res["accuracy_by_length"].values()), "o-", label=LABELS.get(name, name))
+    ax.axvline(results["train_seq_len"], color="grey", ls=":", label="training length")
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("prompt length (tokens)")
+    ax.set_ylabel("passkey accuracy (mean over depths)")
+    ax.set_title("passkey retrieval beyond the training length")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_length.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, res in results["models"].items():
+        steps, losses = res["train_loss"]["steps"], res["train_loss"]["loss"]
+        if steps:
+            k = max(1, len(losses) // 50)  # running mean for a readable curve
+            smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1:], smooth, label=LABELS.get(name, name))
+    ax.axhline(5 * np.log(10) / 6, color="grey", ls=":", label="chance (digits unknown)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("answer-token loss")
+    ax.set_yscale("log")
+    ax.set_title("training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "train_loss.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    if not models or any(m not in MODELS for m in models):
+        ap.error(f"--models: choose from {','.join(MODELS)}")
+    try:
+        mults = [float(x) for x in args.multipliers.split(",") if x]
+    except ValueError:
+        ap.error(f"--multipliers: comma-separated numbers, got {args.multipliers!r}")
+    if not mults or min(mults) <= 0 or args.samples < 1:
+        ap.error("--multipliers must be positive and --samples >= 1")
+    sets = list(args.set)
+    samples, depths = args.samples, args.depths
+    if args.quick:
+        sets = ["train.steps=4", "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
+                "model.num_heads=2", "model.num_kv_heads=1", "model.head_dim=16", "data.seq_len=128",
+                "data.curriculum=[]", "train.log_every=2", "checkpoint.every=100"] + sets
+        samples, depths, mults = 2, "0,1", [1, 2]
+
+    from comet_jax.config import ConfigError
+
+    try:
+        seq_len = train_seq_len(args.config, sets)
+    except (ConfigError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    results: dict = {"config": args.config, "overrides": sets, "train_seq_len": seq_len, "samples": samples,
+                     "multipliers": mults, "models": {}}
+    try:
+        for i, name in enumerate(models):
+            run_dir = work / name
+            if args.retrain:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            t0 = time.time()
+            if not (run_dir / "model" / "comet_jax.json").is_file():
+                log(f"[{i + 1}/{len(models)}] training {name} ({LABELS[name]})")
+                run(["-m", "train", "--config", args.config, f"run.dir={run_dir}", f"run.name=demo_{name}",
+                     *sets, *MODELS[name]])
+            else:
+                log(f"[{i + 1}/{len(models)}] {name}: reusing the finished run in {run_dir} (--retrain to redo)")
+            train_s = time.time() - t0
+            limit = args.full_max_mult if name == "full" else float("inf")
+            lengths = [int(round(m * seq_len)) for m in mults if m <= limit]
+            skipped = [int(round(m * seq_len)) for m in mults if m > limit]
+            t1 = time.time()
+            log(f"[{i + 1}/{len(models)}] evaluating {name} at {lengths}"
+                + (f" (not run: {skipped}, full attention is quadratic)" if skipped else ""))
+            run(["-m", "eval.passkey", "--checkpoint", str(run_dir / "model"), "--lengths",
+                 ",".join(map(str, lengths)), "--depths", depths, "--samples", str(samples), "--batch-size",
+                 str(min(samples, 20)), "--mode", "full" if name == "full" else "comet",
+                 "--out", str(work / f"passkey_{name}")])
+            res = json.loads((work / f"passkey_{name}" / "results.json").read_text())
+            steps, losses = loss_curve(run_dir)
+            res.update(train_seconds=round(train_s, 1), eval_seconds=round(time.time() - t1, 1),
+                       not_run_lengths=skipped, train_loss={"steps": steps, "loss": losses},
+                       final_train_loss=losses[-1] if losses else None)
+            results["models"][name] = res
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+    results["wall_seconds"] = round(time.time() - t_start, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    from eval.passkey import write_heatmap, write_json
+
+    for name, res in results["models"].items():
+        write_heatmap({**res, "title": f"passkey accuracy: {LABELS[name]} (trained on {seq_len} tokens)"},
+                      out / f"heatmap_{name}.png")
+    plot(results, out)
+    write_json(results, out / "results.json")
+    log(f"done in {results['wall_seconds']:.0f}s; wrote {out}")
+    print(summary_table(results))
+    return 0
+
+
+def summary_table(results: dict) -> str:
+    """Markdown table: model x length, mean accuracy over depths."""
+    seq = results["train_seq_len"]
+    lengths = sorted({int(n) for r in results["models"].values() for n in r["accuracy_by_length"]}
+                     | {int(n) for r in results["models"].values() for n in r.get("not_run_lengths", [])})
+    head = "| model | " + " | ".join(f"{n} ({n / seq:g}x)" for n in lengths) + " |"
+    rows = [head, "|" + " --- |" * (len(lengths) + 1)]
+    for name, r in results["models"].items():
+        acc = {int(k): v for k, v in r["accuracy_by_length"].items()}
+        rows.append(f"| {LABELS.get(name, name)} | " + " | ".join(
+            f"{acc[n]:.2f}" if n in acc else "not run" for n in lengths) + " |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

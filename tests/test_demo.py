@@ -1,0 +1,33 @@
+"""python -m eval.demo --quick: three tiny models trained and evaluated end to end, every
+artefact written (the full demo is the accuracy check; see docs/demo/)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+
+
+def test_quick_demo_writes_every_artefact(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    proc = subprocess.run([sys.executable, "-m", "eval.demo", "--quick", "--out", str(out), "--work", str(work)],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = {"results.json", "accuracy_vs_length.png", "train_loss.png", "heatmap_comet.png", "heatmap_full.png",
+             "heatmap_nomem.png"}
+    assert names <= {p.name for p in out.iterdir()}
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["models"]) == {"comet", "full", "nomem"}
+    for name, r in res["models"].items():
+        assert len(r["cells"]) == 2 * 2 and r["train_loss"]["steps"] == [1, 2, 3, 4]
+        assert r["train"]["mode"] == ("full" if name == "full" else "comet")
+    assert "| CoMeT (memory) |" in proc.stdout  # the summary table
+
+
+def test_bad_arguments():
+    proc = subprocess.run([sys.executable, "-m", "eval.demo", "--models", "comet,bogus"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--models" in proc.stderr
