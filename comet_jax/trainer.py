@@ -39,28 +39,18 @@ class TrainingStopped(RuntimeError):
 
 
 def load_tokenizer(cfg) -> Any:
+    from comet_jax.tokenizer import load_tokenizer as from_ckpt, tokenizer_by_name
+
     name = cfg.data.tokenizer
-    if name == "byte":
-        from comet_jax.data.byte_tokenizer import byte_tokenizer
-
-        return byte_tokenizer()
-    if name == "passkey":
-        from comet_jax.data.passkey_tokenizer import passkey_tokenizer
-
-        return passkey_tokenizer()
     if name == "checkpoint":
-        from comet_jax.tokenizer import load_tokenizer as from_ckpt
-
         tok = from_ckpt(cfg.model.init)
         if tok is None:
             raise ConfigError(f"data.tokenizer=checkpoint but {cfg.model.init} has no tokenizer.json")
         return tok
-    from tokenizers import Tokenizer
-
-    if not Path(name).is_file():
-        raise ConfigError(f"data.tokenizer: {name} is not a file "
-                          "(use byte, passkey, checkpoint or a tokenizer.json path)")
-    return Tokenizer.from_file(name)
+    try:
+        return tokenizer_by_name(name)
+    except ValueError as e:
+        raise ConfigError(f"data.tokenizer: {e} (use byte, passkey, checkpoint or a tokenizer.json path)") from None
 
 
 def save_tokenizer(tokenizer, directory: Path, comet: CometConfig, log=print) -> str | None:

@@ -4,8 +4,8 @@
 Passkey retrieval: for every (length, depth) cell, `samples` prompts of `length` tokens
 (task line, repeated filler, the needle "The pass key is {key}. Remember it. {key} is the
 pass key." after `depth` of the filler, then "What is the pass key? The pass key is"), a
-random 5-digit key each; greedy generation; a sample is correct when the first run of
-digits in the generated text is exactly the key. Lengths take k (x1024) and M (x1024^2).
+random 5-digit key each; greedy generation; a sample is correct when the first number in
+the generated text starts with exactly the key's digits. Lengths take k (x1024) and M (x1024^2).
 
 comet mode runs CoMeT's constant-memory generation; full mode is the plain backbone with a
 KV cache over the whole prompt (the baseline; memory and time grow with the length).
@@ -126,6 +126,13 @@ def first_number(text: str) -> str | None:
     return m.group(0) if m else None
 
 
+def is_correct(generated: str, key: str) -> bool:
+    """The first number generated starts with the key's digits, exactly. (A model trained on the
+    answer alone never learned where to stop, so digits after the key are not counted.)"""
+    number = first_number(generated)
+    return number is not None and number[: len(key)] == key
+
+
 def prefix_ids(tokenizer) -> list[int]:
     """The ids the tokenizer puts before any text (a BOS token), if it adds any."""
     try:
@@ -167,7 +174,7 @@ def evaluate(gen, tokenizer, lengths, depths, samples, seed, batch_size, progres
                     report(10 ** 12)  # the open chunks' tokens
                     for (_, _, info), toks in zip(part, out.tokens):
                         text = tokenizer.decode([int(t) for t in toks])
-                        ok = first_number(text) == info["key"]
+                        ok = is_correct(text, info["key"])
                         correct += ok
                         outputs.append({"key": info["key"], "output": text, "correct": bool(ok)})
             cells.append({"length": length, "depth": depth, "accuracy": correct / samples, "correct": correct,

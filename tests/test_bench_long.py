@@ -1,11 +1,11 @@
-"""eval/bench_long.py: a tiny end-to-end run writes results.json and the plot; bad
-arguments exit non-zero with a message."""
+"""eval/bench_long.py (and its child side, eval/bench_long_child.py): a tiny end-to-end run
+writes results.json and the plot; bad arguments exit non-zero with a message."""
 
 import json
 
 import pytest
 
-from eval import bench_long
+from eval import bench_long, bench_long_child
 
 
 def test_tiny_run_writes_results_and_plot(tmp_path, capsys):
@@ -52,4 +52,4 @@ def test_bad_arguments_exit_nonzero(args, message, capsys):
 
 def test_length_suffixes():
     assert bench_long.parse_lengths("8k,1M,512,32K,1m") == [512, 8192, 32768, 1 << 20]
-    assert bench_long.fmt_len(1 << 20) == "1M" and bench_long.fmt_len(65536) == "64k"
+    assert bench_long_child.fmt_len(1 << 20) == "1M" and bench_long_child.fmt_len(65536) == "64k"

@@ -10,7 +10,7 @@ from comet_jax.config import ModelConfig
 from comet_jax.convert.hf_import import added_tokens, comet_for_vocab, padded_vocab
 from comet_jax.data.byte_tokenizer import BYTE_VOCAB
 from comet_jax.model.init import init_params
-from eval.passkey import first_number, main, parse_length
+from eval.passkey import first_number, is_correct, main, parse_length
 
 COMET = comet_for_vocab(BYTE_VOCAB, 64, 4, 8, 8)
 MODEL = ModelConfig(vocab_size=padded_vocab(BYTE_VOCAB + added_tokens(COMET)),
@@ -30,6 +30,8 @@ def test_parse_length():
     with pytest.raises(ValueError, match="bad length"):
         parse_length("4x")
     assert first_number(" 01234. The") == "01234" and first_number("none") is None
+    assert is_correct(" 012345", "01234") and is_correct(" 01234.", "01234")
+    assert not is_correct(" 0123", "01234") and not is_correct(" 1 01234", "01234") and not is_correct("x", "01234")
 
 
 @pytest.mark.parametrize("mode", ["comet", "full"])
