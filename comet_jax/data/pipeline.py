@@ -42,6 +42,7 @@ import dataclasses
 import gc
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -110,6 +111,7 @@ class JsonlSource:
         self._size = len(data)
         self._file = None
         self._pid = None
+        self._lock = threading.Lock()
         self.num_bad = 0
         if len(self._starts) == 0:
             raise DataError(f"{self.path}: the file is empty")
@@ -124,15 +126,24 @@ class JsonlSource:
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_file"], state["_pid"] = None, None
+        del state["_lock"]
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def _read(self, index: int) -> bytes:
         # grain reads records from several threads: a positional read (pread) is atomic,
-        # where seek + read on a shared handle races and returns another record's bytes
-        if self._file is None or self._pid != os.getpid():
-            self._file, self._pid = open(self.path, "rb"), os.getpid()
+        # where seek + read on a shared handle races and returns another record's bytes.
+        # The handle is opened once per process under a lock: two threads opening at once
+        # would drop (and close) one handle while the other thread reads from it.
+        with self._lock:
+            if self._file is None or self._pid != os.getpid():
+                self._file, self._pid = open(self.path, "rb"), os.getpid()
+            f = self._file
         start, end = int(self._starts[index]), int(self._ends[index])
-        return os.pread(self._file.fileno(), end - start, start)
+        return os.pread(f.fileno(), end - start, start)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
