@@ -26,6 +26,7 @@ import numpy as np
 
 from comet_jax.config import CometConfig, ModelConfig
 from comet_jax.model import backbone, decode
+from comet_jax.model.comet import stacked_memory
 
 MODES = ("comet", "full")
 
@@ -149,7 +150,7 @@ class Generator:
         model, comet, c = self.model, self.comet, self.comet.chunk_size
         b = len(prompts)
         n_closed = np.array([(len(p) - 1) // c for p in prompts], np.int32)
-        mems = decode.empty_memories(b, model, comet)
+        mems = stacked_memory(b, model, comet)
         start, total = 0, int(n_closed.max())
         while start < total:
             k = self.block_chunks if total - start >= self.block_chunks else 1

@@ -148,12 +148,18 @@ def full_hidden(params: Params, tokens: jnp.ndarray, lengths: jnp.ndarray, cfg: 
     return final_norm(params, h, cfg)
 
 
+def head_logits(params: Params, h: jnp.ndarray, cfg: ModelConfig) -> jnp.ndarray:
+    """Logits [..., V] (at least float32) of final-normed hidden states h [..., D]; padded
+    vocabulary rows masked."""
+    logits = jnp.einsum("...d,dv->...v", h, lm_head_weight(params),
+                        preferred_element_type=jnp.promote_types(h.dtype, jnp.float32))
+    return mask_padded_vocab(logits, cfg)
+
+
 def full_logits(params: Params, tokens: jnp.ndarray, lengths: jnp.ndarray, cfg: ModelConfig) -> jnp.ndarray:
     """[B, T, V] logits of the plain backbone (for tests and short inputs only)."""
     h = full_hidden(params, tokens, lengths, cfg)
-    logits = jnp.einsum("btd,dv->btv", h, lm_head_weight(cast_params(params, cfg.dtype)),
-                        preferred_element_type=jnp.promote_types(h.dtype, jnp.float32))
-    return mask_padded_vocab(logits, cfg)
+    return head_logits(cast_params(params, cfg.dtype), h, cfg)
 
 
 def full_token_losses(params: Params, tokens: jnp.ndarray, lengths: jnp.ndarray, labels: jnp.ndarray,

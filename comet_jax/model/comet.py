@@ -42,6 +42,12 @@ def init_memory(batch: int, model: ModelConfig, comet: CometConfig) -> Memory:
     return mem
 
 
+def stacked_memory(batch: int, model: ModelConfig, comet: CometConfig) -> Memory:
+    """Empty memories of every layer, stacked on a leading layer axis."""
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (model.num_layers, *x.shape)),
+                        init_memory(batch, model, comet))
+
+
 def chunk_mask(valid: jnp.ndarray) -> jnp.ndarray:
     """[B, S, S]: causal over slots, only valid keys; no attention across chunks."""
     idx = jnp.arange(valid.shape[-1])
@@ -123,23 +129,28 @@ def chunk_major(params: dict, batch: dict[str, jnp.ndarray], model: ModelConfig,
     """Per-token loss [N, B, C]: for each chunk (scan), run every layer (scan); only the
     per-layer memories are carried from one chunk to the next."""
     n, b = batch["tokens"].shape[:2]
-    mem0 = jax.tree.map(lambda x: jnp.broadcast_to(x, (model.num_layers, *x.shape)), init_memory(b, model, comet))
 
     def chunk_step(mems, c):
-        h = backbone.embed(params, c["tokens"], model)
-        inputs = chunk_inputs(c)
-
-        def layer_step(h, pm):
-            p, mem = pm
-            h, mem = comet_layer(p, h, mem, inputs, model, comet)
-            return h, mem
-
-        h, mems = jax.lax.scan(layer_step, h, (params["layers"], mems))
+        h, mems, _ = chunk_layers(params, mems, c["tokens"], chunk_inputs(c), model, comet)
         return mems, text_nll(params, h, c["labels"], model, comet)
 
     step = jax.checkpoint(chunk_step) if remat else chunk_step
-    _, nll = jax.lax.scan(step, mem0, batch)
+    _, nll = jax.lax.scan(step, stacked_memory(b, model, comet), batch)
     return nll
+
+
+def chunk_layers(params: dict, mems: Memory, tokens: jnp.ndarray, inputs: dict[str, jnp.ndarray],
+                 model: ModelConfig, comet: CometConfig, with_kv: bool = False):
+    """One chunk (tokens [B, S]) through every layer, memories stacked [L, ...]: returns
+    (last hidden [B, S, D], new memories, the layers' keys and values [L, B, S, K, hd] or None)."""
+
+    def layer_step(h, pm):
+        p, mem = pm
+        h, mem, kv = comet_layer_kv(p, h, mem, inputs, model, comet)
+        return h, (mem, kv if with_kv else None)
+
+    h, (mems, kv) = jax.lax.scan(layer_step, backbone.embed(params, tokens, model), (params["layers"], mems))
+    return h, mems, kv
 
 
 def token_losses(params: dict, batch: dict[str, Any], model: ModelConfig, comet: CometConfig,
@@ -169,5 +180,4 @@ def text_logits(params: dict, batch: dict[str, Any], model: ModelConfig, comet: 
     batch = {k: jnp.asarray(batch[k]) for k in ("tokens", "valid", "positions", "first", "live")}
     h = layer_major_hidden(params, batch, model, comet, remat=False)
     h = backbone.final_norm(params, h[..., Slots.of(comet).text_slots, :], model)
-    logits = jnp.einsum("...d,dv->...v", h, backbone.lm_head_weight(params), preferred_element_type=jnp.float32)
-    return backbone.mask_padded_vocab(logits, model)
+    return backbone.head_logits(params, h, model)

@@ -23,12 +23,11 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from comet_jax.config import CometConfig, ModelConfig
 from comet_jax.layout import Slots
 from comet_jax.model import backbone
-from comet_jax.model.comet import chunk_mask, comet_layer_kv, init_memory
+from comet_jax.model.comet import chunk_inputs, chunk_layers
 
 State = dict
 
@@ -38,10 +37,8 @@ def _rows(b: int) -> jnp.ndarray:
 
 
 def logits_of(params: dict, h: jnp.ndarray, model: ModelConfig) -> jnp.ndarray:
-    """Float32 next-token logits of last-layer hidden states h [..., D]."""
-    h = backbone.final_norm(params, h, model)
-    logits = jnp.einsum("...d,dv->...v", h, backbone.lm_head_weight(params), preferred_element_type=jnp.float32)
-    return backbone.mask_padded_vocab(logits, model)
+    """Next-token logits of last-layer hidden states h [..., D] (final norm, then the head)."""
+    return backbone.head_logits(params, backbone.final_norm(params, h, model), model)
 
 
 def extend(params: dict, cache: State, tokens: jnp.ndarray, slots: jnp.ndarray, valid: jnp.ndarray,
@@ -118,23 +115,9 @@ def _q_valid(mems: State, b: int, comet: CometConfig):
 
 def chunk_forward(params: dict, mems: State, lay: dict, first: jnp.ndarray, live: jnp.ndarray,
                   model: ModelConfig, comet: CometConfig, with_kv: bool = False):
-    """One chunk through every layer (comet_layer): (last hidden [B, S, D], memories, kv or None)."""
-    h = backbone.embed(params, lay["tokens"], model)
-    inputs = {"positions": lay["positions"], "mask": chunk_mask(lay["valid"]), "valid": lay["valid"],
-              "first": first, "live": live}
-
-    def layer(h, pm):
-        p, mem = pm
-        h, mem, kv = comet_layer_kv(p, h, mem, inputs, model, comet)
-        return h, (mem, kv if with_kv else None)
-
-    h, (mems, kv) = jax.lax.scan(layer, h, (params["layers"], mems))
-    return h, mems, kv
-
-
-def empty_memories(batch: int, model: ModelConfig, comet: CometConfig) -> State:
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (model.num_layers, *x.shape)),
-                        init_memory(batch, model, comet))
+    """One laid-out chunk through every layer: (last hidden [B, S, D], memories, kv or None)."""
+    inputs = chunk_inputs({**lay, "first": first, "live": live})
+    return chunk_layers(params, mems, lay["tokens"], inputs, model, comet, with_kv)
 
 
 def _select(mask: jnp.ndarray, new, old, axis: int):
@@ -180,8 +163,7 @@ def open_prompt(params: dict, mems: State, text: jnp.ndarray, n_text: jnp.ndarra
     """The open last chunk of the prompts (text [B, C], 1 <= n_text <= C): the decode state
     and the logits [B, V] of the next token."""
     cache, h = _open(params, mems, text, n_text, first, n_text > 0, model, comet, official)
-    last = Slots.of(comet).text_slots[np.arange(comet.chunk_size)]
-    idx = jnp.asarray(last)[jnp.maximum(n_text - 1, 0)]
+    idx = jnp.asarray(Slots.of(comet).text_slots)[jnp.maximum(n_text - 1, 0)]
     logits = logits_of(params, h[jnp.arange(text.shape[0]), idx], model)
     state = {"mems": mems, "cache": cache, "text": text, "n_text": n_text, "first": first}
     return state, logits
@@ -211,9 +193,10 @@ def comet_feed(params: dict, s: State, token: jnp.ndarray, active: jnp.ndarray, 
     sl = Slots.of(comet)
     full = active & (s["n_text"] >= comet.chunk_size)
     s = jax.lax.cond(jnp.any(full), lambda s: _roll(params, s, full, model, comet, official), lambda s: s, s)
-    b = token.shape[0]
+    rows = jnp.arange(token.shape[0])
     n = s["n_text"]
-    slot = jnp.asarray(sl.text_slots)[jnp.minimum(n, comet.chunk_size - 1)]
+    k = jnp.minimum(n, comet.chunk_size - 1)  # inactive rows may sit on a full chunk
+    slot = jnp.asarray(sl.text_slots)[k]
     pos = jnp.sum(s["cache"]["valid"], axis=1).astype(jnp.int32)
     if sl.num_beacons:
         beacon = active & ((n + 1) % sl.stride == 0)
@@ -223,8 +206,7 @@ def comet_feed(params: dict, s: State, token: jnp.ndarray, active: jnp.ndarray, 
     else:
         toks, slots, valid, positions = token[:, None], slot[:, None], active[:, None], pos[:, None]
     h, cache = extend(params, s["cache"], toks, slots, valid, positions, model)
-    text = s["text"].at[jnp.arange(b), jnp.minimum(n, comet.chunk_size - 1)].set(
-        jnp.where(active, token, s["text"][jnp.arange(b), jnp.minimum(n, comet.chunk_size - 1)]))
+    text = s["text"].at[rows, k].set(jnp.where(active, token, s["text"][rows, k]))
     s = {**s, "cache": cache, "text": text, "n_text": n + active.astype(n.dtype)}
     return s, logits_of(params, h[:, 0], model)
 
