@@ -47,16 +47,15 @@ import json
 import math
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
 from datetime import date
 from pathlib import Path
 
-# the child side (what runs in each measurement process); fmt_len is shared by both sides
-from eval.bench_long_child import (PRESETS, RESULT_TAG, build_configs, child_main, fmt_len,
-                                  mem_available_bytes)
+# the child side (what runs in each measurement process)
+from eval.bench_long_child import PRESETS, RESULT_TAG, build_configs, child_main
+from eval.common import atomic_write, format_length, mem_available_bytes, parse_length
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("comet", "full")
@@ -70,23 +69,14 @@ SPEEDUP_MIN = 5.0   # full / comet prefill time at 64k
 
 # ----------------------------------------------------------------------------- arguments
 
-def parse_length(text: str) -> int:
-    """'8k' -> 8192, '1M' -> 1048576, '512' -> 512 (k = 1024, M = 1024*1024)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(
-            f"bad length {text!r}: use a positive integer with an optional k (x1024) or M (x1024*1024) suffix")
-    n = int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 ** 2}[m.group(2).lower()]
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"bad length {text!r}: must be >= 1 token")
-    return n
-
-
 def parse_lengths(text: str) -> list[int]:
     parts = [p for p in text.split(",") if p.strip()]
     if not parts:
         raise argparse.ArgumentTypeError("--lengths is empty")
-    return sorted({parse_length(p) for p in parts})
+    try:
+        return sorted({parse_length(p) for p in parts})
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_modes(text: str) -> list[str]:
@@ -175,14 +165,14 @@ def full_skip_reason(length: int, prev: dict | None, limit_s: float) -> str | No
     scale = length / prev["length"]
     t = prev["prefill_s"] * scale ** 2
     if t > limit_s:
-        return f"predicted prefill {t:.0f}s > --full-limit-s {limit_s:.0f} (quadratic from {fmt_len(prev['length'])})"
+        return f"predicted prefill {t:.0f}s > --full-limit-s {limit_s:.0f} (quadratic from {format_length(prev['length'])})"
     avail = mem_available_bytes()
     if avail is not None and prev.get("platform") == "cpu":
         grow = max(prev["peak_rss_mb"] - prev.get("rss_after_warmup_mb", 0), 0) * 2**20
         mem = prev.get("rss_after_warmup_mb", 0) * 2**20 + grow * scale
         if mem > 0.8 * avail:
             return (f"predicted peak memory {mem / 2**30:.1f} GiB > 80% of the {avail / 2**30:.1f} GiB free "
-                    f"(linear from {fmt_len(prev['length'])})")
+                    f"(linear from {format_length(prev['length'])})")
     return None
 
 
@@ -257,13 +247,13 @@ def targets(rows: list[dict]) -> dict:
         scale = 64 * 1024 / r["length"]
         lower, est = r["prefill_s"] * scale / c["prefill_s"], r["prefill_s"] * scale ** 2 / c["prefill_s"]
         t.update(value=lower, estimate=est, verdict="PASS (lower bound)" if lower >= SPEEDUP_MIN else "n/a",
-                 why=f"full not measured at 64k: lower bound = full {fmt_len(r['length'])} time x "
+                 why=f"full not measured at 64k: lower bound = full {format_length(r['length'])} time x "
                      f"{scale:g} (linear), estimate x {scale ** 2:g} (quadratic) = {est:.0f}x")
     else:
         t.update(value=None, verdict="n/a", why="needs comet and full at 64k")
     common = sorted(L for (m, L) in ok if m == "full" and ("comet", L) in ok)
     if common:
-        t["measured_ratios"] = {fmt_len(L): ok["full", L]["prefill_s"] / ok["comet", L]["prefill_s"] for L in common}
+        t["measured_ratios"] = {format_length(L): ok["full", L]["prefill_s"] / ok["comet", L]["prefill_s"] for L in common}
     out["comet_speedup_64k"] = t
     return out
 
@@ -274,20 +264,14 @@ def table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in sorted(rows, key=lambda r: (r["length"], MODES.index(r["mode"]))):
         if r["status"] != "ok":
-            lines.append(f"{fmt_len(r['length']):>8} {r['mode']:>6} {r['status']}: {r.get('reason', '')}")
+            lines.append(f"{format_length(r['length']):>8} {r['mode']:>6} {r['status']}: {r.get('reason', '')}")
             continue
         dev = f" (device peak {r['peak_device_mb']:.0f} MB)" if "peak_device_mb" in r else ""
-        lines.append(f"{fmt_len(r['length']):>8} {r['mode']:>6} {r['prefill_s']:10.2f} {r['tokens_per_s']:10,.0f} "
+        lines.append(f"{format_length(r['length']):>8} {r['mode']:>6} {r['prefill_s']:10.2f} {r['tokens_per_s']:10,.0f} "
                      f"{r['peak_rss_mb']:9.0f} {r['rss_growth_mb']:7.0f} {r['state_mb']:9.2f} "
                      f"{r['decode_ms_per_token']:13.2f} "
                      f"{r['compile_s']:9.1f}{dev}")
     return "\n".join(lines)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -322,7 +306,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1, 2, 5)))
         ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
         ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: fmt_len(int(x)) if x >= 1 else f"{x:g}"))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: format_length(int(x)) if x >= 1 else f"{x:g}"))
         ax.set_xlabel("prompt length (tokens)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
@@ -359,7 +343,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     src = args.checkpoint or f"preset {args.preset}"
-    print(f"bench_long: {src}, lengths {','.join(fmt_len(n) for n in args.lengths)}, modes {','.join(args.modes)}, "
+    print(f"bench_long: {src}, lengths {','.join(format_length(n) for n in args.lengths)}, modes {','.join(args.modes)}, "
           f"batch {args.batch}, {args.decode_tokens} decode tokens; one child process per measurement", flush=True)
     rows: list[dict] = []
     t_start = time.perf_counter()
@@ -371,7 +355,7 @@ def main(argv=None) -> int:
                 stop = why
             if stop is not None:
                 rows.append({"mode": mode, "length": length, "status": "skipped", "reason": stop})
-                print(f"{mode:>5} {fmt_len(length):>5}: skipped ({stop})", flush=True)
+                print(f"{mode:>5} {format_length(length):>5}: skipped ({stop})", flush=True)
                 continue
             timeout = args.child_timeout_s
             if mode == "full":
@@ -379,15 +363,15 @@ def main(argv=None) -> int:
             res = spawn({**common, "mode": mode, "length": length}, timeout)
             rows.append(res)
             if res["status"] == "ok":
-                print(f"{mode:>5} {fmt_len(length):>5}: prefill {res['prefill_s']:.2f}s "
+                print(f"{mode:>5} {format_length(length):>5}: prefill {res['prefill_s']:.2f}s "
                       f"({res['tokens_per_s']:,.0f} tok/s), peak {res['peak_rss_mb']:.0f} MB, decode "
                       f"{res['decode_ms_per_token']:.2f} ms/tok  [{time.perf_counter() - t_start:.0f}s elapsed]",
                       flush=True)
                 prev = res
             else:
-                print(f"{mode:>5} {fmt_len(length):>5}: {res['status']} ({res.get('reason')})", flush=True)
+                print(f"{mode:>5} {format_length(length):>5}: {res['status']} ({res.get('reason')})", flush=True)
                 if mode == "full":
-                    stop = f"full mode failed at {fmt_len(length)}: {res.get('reason')}"
+                    stop = f"full mode failed at {format_length(length)}: {res.get('reason')}"
 
     ok = [r for r in rows if r["status"] == "ok"]
     info = ok[0]["info"] if ok else {}
@@ -416,7 +400,7 @@ def main(argv=None) -> int:
     for name, t in tg.items():
         val = "-" if t["value"] is None else f"{t['value']:.2f}"
         extra = f", log-log slope {t['loglog_slope']:.2f}" if t.get("loglog_slope") is not None else ""
-        lens = f" ({fmt_len(t['lengths'][1])} vs {fmt_len(t['lengths'][0])})" if t.get("lengths") else ""
+        lens = f" ({format_length(t['lengths'][1])} vs {format_length(t['lengths'][0])})" if t.get("lengths") else ""
         print(f"{t['verdict']:>4}  {name}: {val}{lens}{extra}  [{t['target']}]{' - ' + t['why'] if 'why' in t else ''}")
         if t.get("measured_ratios"):
             print("      full / comet prefill time measured at " +

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import resource
 import sys
 import time
+
+from eval.common import format_length, mem_available_bytes, peak_rss_bytes, rss_bytes
 
 RESULT_TAG = "@@BENCH_LONG_RESULT "
 
@@ -33,48 +34,6 @@ PRESETS = {
         "dtype": "bfloat16", "block_chunks": 4, "full_block": 1024,
     },
 }
-
-
-def fmt_len(n: int) -> str:
-    if n % (1024 ** 2) == 0:
-        return f"{n // 1024 ** 2}M"
-    if n % 1024 == 0:
-        return f"{n // 1024}k"
-    return str(n)
-
-
-def peak_rss_bytes() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return ru if sys.platform == "darwin" else ru * 1024
-
-
-def rss_bytes() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def mem_available_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def random_params(model, comet) -> dict:
@@ -172,7 +131,7 @@ def run_child(spec: dict) -> dict:
     full_block = spec["overrides"].get("full_block") or preset["full_block"]
     gen = Generator(params, model, comet, mode=mode, block_chunks=block_chunks, full_block=full_block)
     dev = jax.devices()[0]
-    say = lambda msg: print(f"  [{mode} {fmt_len(length)}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    say = lambda msg: print(f"  [{mode} {format_length(length)}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
 
     cache_len = None
     if mode == "full":

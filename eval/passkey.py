@@ -17,29 +17,19 @@ and OUT/heatmap.png (depths x lengths, accuracy colour scale).
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
 import re
 import sys
 import threading
 import time
 from pathlib import Path
 
+from eval.common import atomic_write, format_length, parse_length, rss_bytes
+
 DEFAULT_LENGTHS = "4k,16k,64k,256k,1M"
 DEFAULT_DEPTHS = "0,0.25,0.5,0.75,1"
 EXIT_USAGE = 2
-
-
-def parse_length(text: str) -> int:
-    """'4096', '4k' (4096), '1M' (1048576)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", text)
-    if not m:
-        raise ValueError(f"bad length {text!r}: use a number of tokens, optionally with k (x1024) or M (x1024^2)")
-    scale = {"": 1, "k": 1024, "m": 1024 ** 2}[m.group(2).lower()]
-    value = int(round(float(m.group(1)) * scale))
-    if value <= 0:
-        raise ValueError(f"bad length {text!r}: must be > 0")
-    return value
 
 
 def parse_list(text: str, parse, name: str) -> list:
@@ -89,13 +79,7 @@ class PeakMemory:
 
     @staticmethod
     def rss_mb() -> float:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-        except OSError:  # not Linux: the lifetime peak
-            import resource
-
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return rss_bytes() / 2 ** 20
 
     def _run(self):
         while not self._stop.wait(self.every):
@@ -208,24 +192,14 @@ def write_heatmap(results: dict, path: Path) -> None:
     ax.set_title(results.get("title") or f"passkey accuracy ({results['mode']})")
     fig.colorbar(im, ax=ax, label="accuracy")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def format_length(n: int) -> str:
-    if n % 1024 ** 2 == 0:
-        return f"{n // 1024 ** 2}M"
-    if n % 1024 == 0:
-        return f"{n // 1024}k"
-    return str(n)
+    atomic_write(path, buf.getvalue())
 
 
 def write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from eval import bench_long, bench_long_child
+from eval import bench_long, common
 
 
 def test_tiny_run_writes_results_and_plot(tmp_path, capsys):
@@ -52,4 +52,4 @@ def test_bad_arguments_exit_nonzero(args, message, capsys):
 
 def test_length_suffixes():
     assert bench_long.parse_lengths("8k,1M,512,32K,1m") == [512, 8192, 32768, 1 << 20]
-    assert bench_long_child.fmt_len(1 << 20) == "1M" and bench_long_child.fmt_len(65536) == "64k"
+    assert common.format_length(1 << 20) == "1M" and common.format_length(65536) == "64k"

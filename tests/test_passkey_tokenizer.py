@@ -8,16 +8,12 @@ from tokenizers import Tokenizer
 from comet_jax.data.passkey import (FILLER_SENTENCES, QUESTION, TASK, PasskeySource, _Parts, build_prompt,
                                     needle, random_key)
 from comet_jax.data.passkey_tokenizer import passkey_tokenizer
+from test_passkey import expected_text
 
 
 @pytest.fixture(scope="module")
 def tok():
     return passkey_tokenizer()
-
-
-def expected_text(key, before, total):
-    sents = [FILLER_SENTENCES[i % len(FILLER_SENTENCES)] + " " for i in range(total)]
-    return TASK + "".join(sents[:before]) + needle(key) + "".join(sents[before:]) + QUESTION
 
 
 def test_small_vocab_with_all_bytes(tok):

@@ -1,0 +1,71 @@
+"""What the evaluation commands share: token lengths with k/M suffixes (parse and print),
+process memory read from /proc, and writing a file atomically (temp file, then rename)."""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import sys
+from pathlib import Path
+
+
+def parse_length(text: str) -> int:
+    """'8k' -> 8192, '1M' -> 1048576, '512' -> 512 (k = 1024, M = 1024*1024). ValueError if bad."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)\s*", text)
+    if not m:
+        raise ValueError(f"bad length {text!r}: use a positive integer with an optional k (x1024) or "
+                         "M (x1024*1024) suffix")
+    n = int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 ** 2}[m.group(2).lower()]
+    if n < 1:
+        raise ValueError(f"bad length {text!r}: must be >= 1 token")
+    return n
+
+
+def format_length(n: int) -> str:
+    """1048576 -> '1M', 65536 -> '64k', 300 -> '300'."""
+    if n % 1024 ** 2 == 0:
+        return f"{n // 1024 ** 2}M"
+    if n % 1024 == 0:
+        return f"{n // 1024}k"
+    return str(n)
+
+
+def _proc_kb(path: str, field: str) -> int | None:
+    """A `field:  N kB` line of a /proc file, in bytes (None where there is no /proc)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _lifetime_peak_bytes() -> int:
+    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return ru if sys.platform == "darwin" else ru * 1024
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now (without /proc: the lifetime peak)."""
+    rss = _proc_kb("/proc/self/status", "VmRSS")
+    return _lifetime_peak_bytes() if rss is None else rss
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process over its life."""
+    peak = _proc_kb("/proc/self/status", "VmHWM")
+    return _lifetime_peak_bytes() if peak is None else peak
+
+
+def mem_available_bytes() -> int | None:
+    return _proc_kb("/proc/meminfo", "MemAvailable")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary sibling of `path`, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
