@@ -67,6 +67,9 @@ class CometSection:
     boundary_ids: list[int] = field(default_factory=list)
 
 
+STAGE_KEYS = ("until_step", "seq_len", "chunk_size", "passkey_min_len")
+
+
 @dataclass(frozen=True)
 class DataSection:
     source: str = "passkey"  # or "jsonl", "arrayrecord"
@@ -82,7 +85,10 @@ class DataSection:
     passkey_min_len: int = 0  # 0 = seq_len
     passkey_digits: int = 5
     passkey_loss: str = "answer"  # "answer": loss on the answer only; "all": on every token
-    curriculum: list[dict] = field(default_factory=list)  # [{until_step, seq_len}, ...]
+    # [{until_step, seq_len, chunk_size?, passkey_min_len?}, ...]: until until_step, train on
+    # sequences of seq_len (and, if given, this chunk size / shortest passkey example;
+    # chunk_size is ignored by comet.mode=full, so one curriculum serves both modes)
+    curriculum: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -393,18 +399,20 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     last = 0
     for i, item in enumerate(d.curriculum):
         key = f"data.curriculum[{i}]"
-        if not isinstance(item, dict) or set(item) != {"until_step", "seq_len"}:
-            raise ConfigError(f"{key} must be a mapping {{until_step: int, seq_len: int}}, got {item!r}")
-        for k in ("until_step", "seq_len"):
-            v = item[k]
+        if not isinstance(item, dict) or not {"until_step", "seq_len"} <= set(item) <= set(STAGE_KEYS):
+            raise ConfigError(f"{key} must be a mapping {{until_step: int, seq_len: int}} with optional "
+                              f"chunk_size and passkey_min_len, got {item!r}")
+        for k, v in item.items():
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ConfigError(f"{key}.{k} must be a positive int, got {v!r}")
         if item["until_step"] <= last:
             raise ConfigError(f"{key}.until_step ({item['until_step']}) must be larger than the previous "
                               f"stage's ({last}); list the stages in order")
         last = item["until_step"]
-        if chunked and c.chunk_size > item["seq_len"]:
-            raise ConfigError(f"comet.chunk_size ({c.chunk_size}) is larger than {key}.seq_len "
+        stage_chunk = item.get("chunk_size", c.chunk_size)
+        if chunked and stage_chunk > item["seq_len"]:
+            name = f"{key}.chunk_size" if "chunk_size" in item else "comet.chunk_size"
+            raise ConfigError(f"{name} ({stage_chunk}) is larger than {key}.seq_len "
                               f"({item['seq_len']}); raise that stage's seq_len")
 
     # batch and mesh

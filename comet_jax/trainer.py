@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -103,12 +103,24 @@ def build_model(cfg, tokenizer) -> tuple[ModelConfig, CometConfig]:
     return model, comet
 
 
-def curriculum_stage(cfg, step: int) -> tuple[int, int]:
-    """(stage index, sequence length) at an optimizer step."""
-    for i, item in enumerate(cfg.data.curriculum):
+class Stage(NamedTuple):
+    """What the data curriculum asks for at one optimizer step."""
+
+    index: int
+    seq_len: int
+    chunk_size: int
+    min_len: int  # shortest passkey example (0: seq_len)
+
+
+def curriculum_stage(cfg, step: int) -> Stage:
+    """The curriculum stage at an optimizer step (after the last listed stage: the data and
+    comet sections themselves)."""
+    d, c = cfg.data, cfg.comet
+    for i, item in enumerate(d.curriculum):
         if step < int(item["until_step"]):
-            return i, int(item["seq_len"])
-    return len(cfg.data.curriculum), cfg.data.seq_len
+            return Stage(i, int(item["seq_len"]), int(item.get("chunk_size", c.chunk_size)),
+                         int(item.get("passkey_min_len", d.passkey_min_len)))
+    return Stage(len(d.curriculum), d.seq_len, c.chunk_size, d.passkey_min_len)
 
 
 class Trainer:
@@ -153,22 +165,27 @@ class Trainer:
         return {"params": params, "opt_state": opt_state, "step": step}
 
     # -- data ----------------------------------------------------------------------------
-    def loader(self, stage: int, seq_len: int):
+    def stage_comet(self, stage: Stage):
+        """The comet config of a curriculum stage (its chunk size may differ from the final one)."""
+        return dataclasses.replace(self.comet, chunk_size=stage.chunk_size)
+
+    def loader(self, stage: Stage):
         cfg = self.cfg
+        seq_len, comet = stage.seq_len, self.stage_comet(stage)
         local_batch = cfg.train.batch_size // self.n_processes
         src = make_source({"source": cfg.data.source, "path": cfg.data.path, "seq_len": seq_len,
                            "skip_bad": cfg.data.skip_bad,
-                           "passkey_min_len": min(cfg.data.passkey_min_len or seq_len, seq_len),
+                           "passkey_min_len": min(stage.min_len or seq_len, seq_len),
                            "passkey_digits": cfg.data.passkey_digits,
-                           "passkey_loss": cfg.data.passkey_loss, "seed": cfg.run.seed + stage,
+                           "passkey_loss": cfg.data.passkey_loss, "seed": cfg.run.seed + stage.index,
                            "vocab_size": self.model.real_vocab}, self.tokenizer)
         num_chunks = None
         if self.mode == "comet" and self.stages > 1:
             # every stage gets the same number of chunks: pad with fully masked ones
-            n = num_chunks_for(seq_len, self.comet, self.planners)
+            n = num_chunks_for(seq_len, comet, self.planners)
             num_chunks = -(-n // self.stages) * self.stages
-        return make_loader(src, seq_len=seq_len, batch_size=local_batch, comet_cfg=self.comet,
-                           planner_mix=self.planners, mode=self.mode, seed=cfg.run.seed + 1000 * stage,
+        return make_loader(src, seq_len=seq_len, batch_size=local_batch, comet_cfg=comet,
+                           planner_mix=self.planners, mode=self.mode, seed=cfg.run.seed + 1000 * stage.index,
                            shuffle=cfg.data.shuffle, shard_index=self.process, shard_count=self.n_processes,
                            num_workers=cfg.data.num_workers, num_chunks=num_chunks)
 
@@ -183,9 +200,9 @@ class Trainer:
             out[k] = jax.make_array_from_process_local_data(NamedSharding(self.mesh, spec), v)
         return out
 
-    def text_tokens(self, local: dict[str, np.ndarray]) -> int:
+    def text_tokens(self, local: dict[str, np.ndarray], comet) -> int:
         if self.mode == "comet":
-            return int(local["valid"][:, :, Slots.of(self.comet).text_slots].sum()) * self.n_processes
+            return int(local["valid"][:, :, Slots.of(comet).text_slots].sum()) * self.n_processes
         return int(local["lengths"].sum()) * self.n_processes
 
     # -- loop ----------------------------------------------------------------------------
@@ -203,15 +220,22 @@ class Trainer:
         restored = ckpt.restore_latest(abstract_like(state), log=self.log)
         if restored is not None:
             start, state, data_state, meta = restored
-            stage, seq_len = curriculum_stage(cfg, start)
-            if meta.get("stage") == stage:
-                loader = self.loader(stage, seq_len)
+            stage = curriculum_stage(cfg, start)
+            if meta.get("stage") == stage.index:
+                loader = self.loader(stage)
                 loader.set_state(data_state)
             self.log(f"resumed from {self.run_dir / 'checkpoints'} at step {start}")
         shardings = jax.tree.map(lambda x: x.sharding, state)
-        step_fn = make_train_step(self.tx, self.schedule, model=self.model, comet=self.comet, mode=self.mode,
-                                  schedule=cfg.model.schedule, remat=cfg.model.remat, grad_accum=cfg.optim.grad_accum,
-                                  state_shardings=shardings, pipeline_mesh=self.mesh if self.stages > 1 else None)
+        step_fns = {}
+
+        def step_fn_for(comet):
+            # one jitted step per chunk size (the layout's slot count is static)
+            if comet.chunk_size not in step_fns:
+                step_fns[comet.chunk_size] = make_train_step(
+                    self.tx, self.schedule, model=self.model, comet=comet, mode=self.mode,
+                    schedule=cfg.model.schedule, remat=cfg.model.remat, grad_accum=cfg.optim.grad_accum,
+                    state_shardings=shardings, pipeline_mesh=self.mesh if self.stages > 1 else None)
+            return step_fns[comet.chunk_size]
         writer = MetricsWriter(self.run_dir, jsonl=cfg.logging.jsonl, tensorboard=cfg.logging.tensorboard,
                                enabled=self.process == 0)
         stop = {"signal": None}
@@ -224,22 +248,25 @@ class Trainer:
         last: dict[str, Any] = {}
         try:
             for step in range(start, cfg.train.steps):
-                want_stage, seq_len = curriculum_stage(cfg, step)
-                if loader is None or want_stage != stage:
+                want = curriculum_stage(cfg, step)
+                if loader is None or want.index != stage.index:
                     if loader is not None:
                         loader.close()
-                    stage, loader = want_stage, self.loader(want_stage, seq_len)
-                    self.log(f"data stage {stage}: sequences of {seq_len} tokens")
+                    stage, loader = want, self.loader(want)
+                    chunks = f", chunks of {stage.chunk_size}" if self.mode == "comet" else ""
+                    self.log(f"data stage {stage.index}: sequences of {stage.seq_len} tokens{chunks}")
+                comet = self.stage_comet(stage)
+                seq_len = stage.seq_len
                 local = next(loader)
                 t0 = time.perf_counter()
-                state, metrics = step_fn(state, self.global_batch(local))
+                state, metrics = step_fn_for(comet)(state, self.global_batch(local))
                 metrics = jax.device_get(metrics)
                 dt = time.perf_counter() - t0
                 loss = float(metrics["loss"])
                 if not math.isfinite(loss):
                     raise TrainingStopped(f"loss is {loss} at step {step + 1}; stopping. The last good checkpoint "
                                           f"(step {max(ckpt.steps(), default=0)}) is kept in {ckpt.directory}")
-                tps = self.text_tokens(local) / dt
+                tps = self.text_tokens(local, comet) / dt
                 last = {"loss": loss, "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
                         "tokens_per_s": tps, "step_time": dt, "seq_len": seq_len,
                         "mfu": self.flops_per_token * tps / peak if peak > 0 else None,
@@ -248,7 +275,7 @@ class Trainer:
                 if (step + 1) % cfg.train.log_every == 0 or step == start or step + 1 == cfg.train.steps:
                     if self.process == 0:
                         self.log(format_line(step + 1, cfg.train.steps, last))
-                meta = {"stage": stage, "seq_len": seq_len}
+                meta = {"stage": stage.index, "seq_len": seq_len}
                 done = step + 1 == cfg.train.steps
                 if done or (step + 1) % cfg.checkpoint.every == 0 or stop["signal"] is not None:
                     ckpt.save(step + 1, state, loader.get_state(), meta, force=True)

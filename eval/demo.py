@@ -8,6 +8,11 @@ same budget (configs/demo_passkey.yaml) and evaluate each with `python -m eval.p
   full    the same backbone trained and evaluated with full attention (no chunks)
   nomem   CoMeT chunks with the memory switched off (G = 0, stride = -1)
 
+The models train and evaluate side by side, --jobs at a time (default: one per CPU core, at
+most 3), each process pinned to its own share of the cores: on a 2-core CPU two
+single-core processes get ~1.3x the work done of one process using both cores. Child output
+is prefixed with the model's name.
+
 Full attention costs O(length^2): it is evaluated up to --full-max-mult x the training length
 (default 4x: at 16x one prompt costs ~10 s here, 100 prompts a cell) and reported as not run
 beyond. Writes to --out: results.json, heatmap_{model}.png,
@@ -18,12 +23,16 @@ Any training key can be changed for all three models with --set section.key=valu
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 MODELS = {
@@ -49,24 +58,96 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--models", default="comet,full,nomem", help="which models (default comet,full,nomem)")
     ap.add_argument("--set", action="append", default=[], metavar="section.key=value",
                     help="training override for every model (repeatable)")
+    ap.add_argument("--jobs", type=int, default=0,
+                    help="models trained at once, each pinned to its share of the CPU cores "
+                         "(default 0: one per core, at most 3; 1: one after another)")
     ap.add_argument("--retrain", action="store_true", help="train again even if a finished run exists in --work")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: a tiny model, 4 steps, 2 samples, lengths 1x and 2x, depths 0 and 1")
     return ap
 
 
-def log(msg: str) -> None:
-    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+_print_lock = threading.Lock()
+_live: set = set()  # child processes running now (killed when another job fails)
+_abort = threading.Event()
 
 
-def run(cmd: list[str]) -> None:
-    """Run a child python process, streaming its output; raise on failure."""
-    log("$ python " + " ".join(cmd))
+def log(msg: str, tag: str = "demo") -> None:
+    with _print_lock:
+        print(f"[{tag} {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def available_cores() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux: no pinning
+        return list(range(os.cpu_count() or 1))
+
+
+def core_groups(jobs: int) -> list[list[int]]:
+    """The available cores split into `jobs` contiguous groups (some may share a core when
+    there are fewer cores than jobs)."""
+    cores = available_cores()
+    if jobs >= len(cores):
+        return [[cores[i % len(cores)]] for i in range(jobs)]
+    return [cores[len(cores) * k // jobs: len(cores) * (k + 1) // jobs] for k in range(jobs)]
+
+
+def run(cmd: list[str], tag: str = "demo", cores: list[int] | None = None) -> None:
+    """Run a child python process, its output prefixed with `tag`, pinned to `cores`; raise
+    on failure."""
+    if _abort.is_set():
+        raise RuntimeError(f"{tag}: not started, another model failed")
+    log("$ python " + " ".join(cmd), tag)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, *cmd], env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"command failed with exit code {proc.returncode}: python {' '.join(cmd)}")
+    pin = None
+    if cores is not None and hasattr(os, "sched_setaffinity"):
+        pin = lambda: os.sched_setaffinity(0, cores)  # noqa: E731
+    proc = subprocess.Popen([sys.executable, *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=pin)
+    _live.add(proc)
+    # tqdm redraws with \r: split on it too so a progress bar shows up line by line
+    for line in io.TextIOWrapper(proc.stdout, errors="replace", newline=""):
+        for part in line.replace("\r", "\n").splitlines():
+            if part.strip():
+                with _print_lock:
+                    print(f"[{tag}] {part}", file=sys.stderr, flush=True)
+    _live.discard(proc)
+    if proc.wait() != 0:
+        raise RuntimeError(f"{tag}: command failed with exit code {proc.returncode}: python {' '.join(cmd)}")
+
+
+def train_and_eval(name: str, cores, args, sets, seq_len, samples, depths, mults, work: Path) -> dict:
+    """Train one model (unless a finished run is reused) and evaluate it; its results record."""
+    run_dir = work / name
+    if args.retrain:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    t0 = time.time()
+    if not (run_dir / "model" / "comet_jax.json").is_file():
+        log(f"training {name} ({LABELS[name]})" + (f" on cores {cores}" if cores else ""), name)
+        run(["-m", "train", "--config", args.config, f"run.dir={run_dir}", f"run.name=demo_{name}",
+             *sets, *MODELS[name]], name, cores)
+    else:
+        log(f"reusing the finished run in {run_dir} (--retrain to redo)", name)
+    train_s = time.time() - t0
+    limit = args.full_max_mult if name == "full" else float("inf")
+    lengths = [int(round(m * seq_len)) for m in mults if m <= limit]
+    skipped = [int(round(m * seq_len)) for m in mults if m > limit]
+    t1 = time.time()
+    log(f"evaluating at {lengths}" + (f" (not run: {skipped}, full attention is quadratic)" if skipped else ""),
+        name)
+    run(["-m", "eval.passkey", "--checkpoint", str(run_dir / "model"), "--lengths", ",".join(map(str, lengths)),
+         "--depths", depths, "--samples", str(samples), "--batch-size", str(min(samples, 20)),
+         "--mode", "full" if name == "full" else "comet", "--out", str(work / f"passkey_{name}")], name, cores)
+    res = json.loads((work / f"passkey_{name}" / "results.json").read_text())
+    steps, losses = loss_curve(run_dir)
+    res.update(train_seconds=round(train_s, 1), eval_seconds=round(time.time() - t1, 1), cores=cores,
+               not_run_lengths=skipped, train_loss={"steps": steps, "loss": losses},
+               final_train_loss=losses[-1] if losses else None)
+    log(f"done: trained in {train_s / 60:.1f} min, evaluated in {(time.time() - t1) / 60:.1f} min, "
+        f"accuracy by length {res['accuracy_by_length']}", name)
+    return res
 
 
 def train_seq_len(config: str, overrides: list[str]) -> int:
@@ -84,6 +165,14 @@ def loss_curve(run_dir: Path) -> tuple[list[int], list[float]]:
             steps.append(rec["step"])
             losses.append(rec["loss"])
     return steps, losses
+
+
+def save_png(fig, path: Path) -> None:
+    from eval.common import atomic_write
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write(path, buf.getvalue())
 
 
 def plot(results: dict, out: Path) -> None:
@@ -105,7 +194,7 @@ def plot(results: dict, out: Path) -> None:
     ax.set_title("passkey retrieval beyond the training length")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_length.png", dpi=110)
+    save_png(fig, out / "accuracy_vs_length.png")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -122,7 +211,7 @@ def plot(results: dict, out: Path) -> None:
     ax.set_title("training loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "train_loss.png", dpi=110)
+    save_png(fig, out / "train_loss.png")
     plt.close(fig)
 
 
@@ -138,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--multipliers: comma-separated numbers, got {args.multipliers!r}")
     if not mults or min(mults) <= 0 or args.samples < 1:
         ap.error("--multipliers must be positive and --samples >= 1")
+    if args.jobs < 0:
+        ap.error("--jobs must be >= 0 (0: one per CPU core)")
     sets = list(args.set)
     samples, depths = args.samples, args.depths
     if args.quick:
@@ -158,38 +249,37 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     results: dict = {"config": args.config, "overrides": sets, "train_seq_len": seq_len, "samples": samples,
                      "multipliers": mults, "models": {}}
+    jobs = args.jobs or min(len(available_cores()), 3)
+    jobs = max(1, min(jobs, len(models)))
+    free: queue.Queue = queue.Queue()
+    for group in core_groups(jobs):
+        free.put(group if jobs > 1 else None)  # one job alone keeps every core
+    log(f"{len(models)} models, {jobs} at a time" + (f", cores {core_groups(jobs)}" if jobs > 1 else ""))
+
+    first_error: list[RuntimeError] = []
+
+    def one_model(name: str) -> dict:
+        cores = free.get()
+        try:
+            return train_and_eval(name, cores, args, sets, seq_len, samples, depths, mults, work)
+        except RuntimeError as e:
+            if not _abort.is_set():
+                log(f"error: {e}; stopping the other models", name)
+                first_error.append(e)
+                _abort.set()
+                for proc in list(_live):
+                    proc.terminate()
+            raise
+        finally:
+            free.put(cores)
+
     try:
-        for i, name in enumerate(models):
-            run_dir = work / name
-            if args.retrain:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            t0 = time.time()
-            if not (run_dir / "model" / "comet_jax.json").is_file():
-                log(f"[{i + 1}/{len(models)}] training {name} ({LABELS[name]})")
-                run(["-m", "train", "--config", args.config, f"run.dir={run_dir}", f"run.name=demo_{name}",
-                     *sets, *MODELS[name]])
-            else:
-                log(f"[{i + 1}/{len(models)}] {name}: reusing the finished run in {run_dir} (--retrain to redo)")
-            train_s = time.time() - t0
-            limit = args.full_max_mult if name == "full" else float("inf")
-            lengths = [int(round(m * seq_len)) for m in mults if m <= limit]
-            skipped = [int(round(m * seq_len)) for m in mults if m > limit]
-            t1 = time.time()
-            log(f"[{i + 1}/{len(models)}] evaluating {name} at {lengths}"
-                + (f" (not run: {skipped}, full attention is quadratic)" if skipped else ""))
-            run(["-m", "eval.passkey", "--checkpoint", str(run_dir / "model"), "--lengths",
-                 ",".join(map(str, lengths)), "--depths", depths, "--samples", str(samples), "--batch-size",
-                 str(min(samples, 20)), "--mode", "full" if name == "full" else "comet",
-                 "--out", str(work / f"passkey_{name}")])
-            res = json.loads((work / f"passkey_{name}" / "results.json").read_text())
-            steps, losses = loss_curve(run_dir)
-            res.update(train_seconds=round(train_s, 1), eval_seconds=round(time.time() - t1, 1),
-                       not_run_lengths=skipped, train_loss={"steps": steps, "loss": losses},
-                       final_train_loss=losses[-1] if losses else None)
-            results["models"][name] = res
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            done = list(pool.map(one_model, models))  # first error re-raised here, in model order
     except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {(first_error or [e])[0]}", file=sys.stderr)
         return 1
+    results["models"] = dict(zip(models, done))
 
     results["wall_seconds"] = round(time.time() - t_start, 1)
     out.mkdir(parents=True, exist_ok=True)

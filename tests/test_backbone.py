@@ -67,3 +67,22 @@ def test_explicit_positions_and_mask(converted):
     logits = backbone.final_norm(p, h, model) @ backbone.lm_head_weight(p)
     ref = hf_models.hf_logits(hf, toks[None])[0]
     assert np.abs(np.asarray(logits)[0, 5:, :v] - ref).max() <= 1e-4
+
+
+def test_causal_blocks_equal_one_masked_softmax(converted):
+    """full_hidden's blockwise causal attention (queries in blocks, keys only up to the
+    block's end; ragged last block) == attention over the whole causal mask."""
+    import jax
+
+    arch, hf, params, model = converted
+    rng = np.random.default_rng(1)
+    q = jnp.asarray(rng.normal(size=(2, 37, 4, 8)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(2, 37, 2, 8)), jnp.float32) for _ in range(2))
+    lengths = jnp.asarray([37, 20])
+    ref = backbone.attend(q, k, v, backbone.causal_mask(lengths, 37))
+    got = backbone.causal_attend(q, k, v, lengths, block=8)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-6)
+    tokens = jnp.asarray(rng.integers(0, hf.config.vocab_size, (2, 37)))
+    whole = backbone.full_hidden(params, tokens, lengths, model, block=37)
+    blocks = jax.jit(lambda p, t: backbone.full_hidden(p, t, lengths, model, block=8))(params, tokens)
+    np.testing.assert_allclose(np.asarray(blocks), np.asarray(whole), rtol=1e-5, atol=1e-5)

@@ -25,9 +25,24 @@ def test_quick_demo_writes_every_artefact(tmp_path):
         assert len(r["cells"]) == 2 * 2 and r["train_loss"]["steps"] == [1, 2, 3, 4]
         assert r["train"]["mode"] == ("full" if name == "full" else "comet")
     assert "| CoMeT (memory) |" in proc.stdout  # the summary table
+    assert "[comet] " in proc.stderr and "[nomem] " in proc.stderr  # child output, prefixed
 
 
 def test_bad_arguments():
     proc = subprocess.run([sys.executable, "-m", "eval.demo", "--models", "comet,bogus"], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--models" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "eval.demo", "--jobs", "-1"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--jobs" in proc.stderr
+
+
+def test_core_groups_split_the_cores(monkeypatch):
+    from eval import demo
+
+    monkeypatch.setattr(demo, "available_cores", lambda: [0, 1, 2, 3, 4, 5, 6, 7])
+    assert demo.core_groups(3) == [[0, 1], [2, 3, 4], [5, 6, 7]]
+    assert demo.core_groups(1) == [[0, 1, 2, 3, 4, 5, 6, 7]]
+    monkeypatch.setattr(demo, "available_cores", lambda: [0, 1])
+    assert demo.core_groups(2) == [[0], [1]]
+    assert demo.core_groups(3) == [[0], [1], [0]]

@@ -116,6 +116,19 @@ def test_loss_falls(tmp_path):
     assert last < 0.8 * first, (first, last)
 
 
+def test_curriculum_stage_sets_chunk_size_and_min_len(tmp_path):
+    """A stage's chunk_size / passkey_min_len are used for that stage (its steps equal a run
+    configured with them throughout) and the run goes back to the comet section's after it."""
+    a = run(tmp_path / "staged", "train.steps=3", "checkpoint.every=100",
+            "data.curriculum=[{until_step: 2, seq_len: 320, chunk_size: 128, passkey_min_len: 300}]")
+    run(tmp_path / "plain", "train.steps=2", "checkpoint.every=100", "comet.chunk_size=128",
+        "data.passkey_min_len=300")
+    assert "chunks of 128" in a.stderr and "chunks of 64" in a.stderr
+    staged, plain = losses(tmp_path / "staged"), losses(tmp_path / "plain")
+    assert [staged[1], staged[2]] == [plain[1], plain[2]]
+    assert sorted(staged) == [1, 2, 3]
+
+
 def test_one_and_eight_devices_agree(tmp_path):
     steps = ["train.steps=3", "checkpoint.every=100", "train.batch_size=8", "model.num_kv_heads=2"]
     run(tmp_path / "one", *steps, devices=1)

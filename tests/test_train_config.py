@@ -143,6 +143,11 @@ def test_validate_mesh_and_batch():
     (["data.curriculum=[{until_step: 10, seq_len: 32}]"], r"comet\.chunk_size \(64\).*data\.curriculum\[0\]"),
     (["data.curriculum=[{until_step: 10, seq_len: 64}, {until_step: 5, seq_len: 128}]"],
      r"data\.curriculum\[1\]\.until_step"),
+    (["data.curriculum=[{until_step: 10, seq_len: 64, chunk_size: 128}]"],
+     r"data\.curriculum\[0\]\.chunk_size \(128\) is larger than data\.curriculum\[0\]\.seq_len"),
+    (["data.curriculum=[{until_step: 10, seq_len: 64, chunks: 2}]"], r"data\.curriculum\[0\] must be a mapping"),
+    (["data.curriculum=[{until_step: 10, seq_len: 64, passkey_min_len: -1}]"],
+     r"data\.curriculum\[0\]\.passkey_min_len must be a positive"),
 ])
 def test_validate_errors(overrides, match):
     raises(match, validate, load_config(None, overrides))
