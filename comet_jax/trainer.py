@@ -226,16 +226,17 @@ class Trainer:
                 loader.set_state(data_state)
             self.log(f"resumed from {self.run_dir / 'checkpoints'} at step {start}")
         shardings = jax.tree.map(lambda x: x.sharding, state)
-        step_fns = {}
+        step_fns = {}  # one jitted step per chunk size (the layout's slot count is static)
 
         def step_fn_for(comet):
-            # one jitted step per chunk size (the layout's slot count is static)
             if comet.chunk_size not in step_fns:
                 step_fns[comet.chunk_size] = make_train_step(
                     self.tx, self.schedule, model=self.model, comet=comet, mode=self.mode,
                     schedule=cfg.model.schedule, remat=cfg.model.remat, grad_accum=cfg.optim.grad_accum,
                     state_shardings=shardings, pipeline_mesh=self.mesh if self.stages > 1 else None)
             return step_fns[comet.chunk_size]
+
+        comet = step_fn = None
         writer = MetricsWriter(self.run_dir, jsonl=cfg.logging.jsonl, tensorboard=cfg.logging.tensorboard,
                                enabled=self.process == 0)
         stop = {"signal": None}
@@ -255,11 +256,13 @@ class Trainer:
                     stage, loader = want, self.loader(want)
                     chunks = f", chunks of {stage.chunk_size}" if self.mode == "comet" else ""
                     self.log(f"data stage {stage.index}: sequences of {stage.seq_len} tokens{chunks}")
-                comet = self.stage_comet(stage)
+                if step_fn is None or comet.chunk_size != stage.chunk_size:
+                    comet = self.stage_comet(stage)
+                    step_fn = step_fn_for(comet)
                 seq_len = stage.seq_len
                 local = next(loader)
                 t0 = time.perf_counter()
-                state, metrics = step_fn_for(comet)(state, self.global_batch(local))
+                state, metrics = step_fn(state, self.global_batch(local))
                 metrics = jax.device_get(metrics)
                 dt = time.perf_counter() - t0
                 loss = float(metrics["loss"])

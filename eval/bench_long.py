@@ -55,7 +55,7 @@ from pathlib import Path
 
 # the child side (what runs in each measurement process)
 from eval.bench_long_child import PRESETS, RESULT_TAG, build_configs, child_main
-from eval.common import atomic_write, format_length, mem_available_bytes, parse_length
+from eval.common import atomic_write, format_length, mem_available_bytes, parse_length, save_png
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("comet", "full")
@@ -275,8 +275,6 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
-    import io
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -314,10 +312,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
             ax.legend()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    save_png(fig, path)
 
 
 def main(argv=None) -> int:

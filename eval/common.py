@@ -3,6 +3,7 @@ process memory read from /proc, and writing a file atomically (temp file, then r
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import resource
@@ -69,3 +70,13 @@ def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def save_png(fig, path: Path) -> None:
+    """Render a matplotlib figure to PNG (110 dpi), write it atomically, close the figure."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())

@@ -68,8 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _print_lock = threading.Lock()
-_live: set = set()  # child processes running now (killed when another job fails)
-_abort = threading.Event()
+# Child processes running now, and whether a failed job stopped them; one lock for both so
+# that no child starts after the others were stopped.
+_procs_lock = threading.Lock()
+_live: set = set()
+_aborted = False
 
 
 def log(msg: str, tag: str = "demo") -> None:
@@ -84,6 +87,18 @@ def available_cores() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
+def stop_children() -> bool:
+    """Stop every running child and refuse new ones; False if that was already done."""
+    global _aborted
+    with _procs_lock:
+        if _aborted:
+            return False
+        _aborted = True
+        for proc in _live:
+            proc.terminate()
+        return True
+
+
 def core_groups(jobs: int) -> list[list[int]]:
     """The available cores split into `jobs` contiguous groups (some may share a core when
     there are fewer cores than jobs)."""
@@ -96,24 +111,26 @@ def core_groups(jobs: int) -> list[list[int]]:
 def run(cmd: list[str], tag: str = "demo", cores: list[int] | None = None) -> None:
     """Run a child python process, its output prefixed with `tag`, pinned to `cores`; raise
     on failure."""
-    if _abort.is_set():
-        raise RuntimeError(f"{tag}: not started, another model failed")
     log("$ python " + " ".join(cmd), tag)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
     pin = None
     if cores is not None and hasattr(os, "sched_setaffinity"):
         pin = lambda: os.sched_setaffinity(0, cores)  # noqa: E731
-    proc = subprocess.Popen([sys.executable, *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=pin)
-    _live.add(proc)
+    with _procs_lock:
+        if _aborted:
+            raise RuntimeError(f"{tag}: not started, another model failed")
+        proc = subprocess.Popen([sys.executable, *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                preexec_fn=pin)
+        _live.add(proc)
     # tqdm redraws with \r: split on it too so a progress bar shows up line by line
     for line in io.TextIOWrapper(proc.stdout, errors="replace", newline=""):
         for part in line.replace("\r", "\n").splitlines():
             if part.strip():
                 with _print_lock:
                     print(f"[{tag}] {part}", file=sys.stderr, flush=True)
-    _live.discard(proc)
+    with _procs_lock:
+        _live.discard(proc)
     if proc.wait() != 0:
         raise RuntimeError(f"{tag}: command failed with exit code {proc.returncode}: python {' '.join(cmd)}")
 
@@ -167,20 +184,14 @@ def loss_curve(run_dir: Path) -> tuple[list[int], list[float]]:
     return steps, losses
 
 
-def save_png(fig, path: Path) -> None:
-    from eval.common import atomic_write
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    atomic_write(path, buf.getvalue())
-
-
 def plot(results: dict, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
+    from eval.common import save_png
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, res in results["models"].items():
@@ -195,7 +206,6 @@ def plot(results: dict, out: Path) -> None:
     ax.legend()
     fig.tight_layout()
     save_png(fig, out / "accuracy_vs_length.png")
-    plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, res in results["models"].items():
@@ -212,7 +222,6 @@ def plot(results: dict, out: Path) -> None:
     ax.legend()
     fig.tight_layout()
     save_png(fig, out / "train_loss.png")
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,10 +260,11 @@ def main(argv: list[str] | None = None) -> int:
                      "multipliers": mults, "models": {}}
     jobs = args.jobs or min(len(available_cores()), 3)
     jobs = max(1, min(jobs, len(models)))
+    groups = core_groups(jobs) if jobs > 1 else [None]  # one job alone keeps every core
     free: queue.Queue = queue.Queue()
-    for group in core_groups(jobs):
-        free.put(group if jobs > 1 else None)  # one job alone keeps every core
-    log(f"{len(models)} models, {jobs} at a time" + (f", cores {core_groups(jobs)}" if jobs > 1 else ""))
+    for group in groups:
+        free.put(group)
+    log(f"{len(models)} models, {jobs} at a time" + (f", cores {groups}" if jobs > 1 else ""))
 
     first_error: list[RuntimeError] = []
 
@@ -263,12 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return train_and_eval(name, cores, args, sets, seq_len, samples, depths, mults, work)
         except RuntimeError as e:
-            if not _abort.is_set():
+            if stop_children():
                 log(f"error: {e}; stopping the other models", name)
                 first_error.append(e)
-                _abort.set()
-                for proc in list(_live):
-                    proc.terminate()
             raise
         finally:
             free.put(cores)

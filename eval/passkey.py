@@ -17,7 +17,6 @@ and OUT/heatmap.png (depths x lengths, accuracy colour scale).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import re
 import sys
@@ -25,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from eval.common import atomic_write, format_length, parse_length, rss_bytes
+from eval.common import atomic_write, format_length, parse_length, rss_bytes, save_png
 
 DEFAULT_LENGTHS = "4k,16k,64k,256k,1M"
 DEFAULT_DEPTHS = "0,0.25,0.5,0.75,1"
@@ -192,10 +191,7 @@ def write_heatmap(results: dict, path: Path) -> None:
     ax.set_title(results.get("title") or f"passkey accuracy ({results['mode']})")
     fig.colorbar(im, ax=ax, label="accuracy")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    save_png(fig, path)
 
 
 def write_json(obj: dict, path: Path) -> None:
