@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+from pathlib import Path
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,6 +127,8 @@ class CheckpointSection:
     every: int = 100
     keep: int = 3
     async_save: bool = True
+    # when checkpoints exist but none can be read: false = stop (exit 2), true = start over
+    restart_if_unreadable: bool = False
 
 
 @dataclass(frozen=True)
@@ -308,6 +312,23 @@ def run_dir(cfg: TrainConfig) -> str:
     return cfg.run.dir or os.path.join("runs", cfg.run.name)
 
 
+def validate_paths(cfg: TrainConfig) -> None:
+    """The files the run reads exist: checked before anything is imported, compiled or written."""
+    d, m = cfg.data, cfg.model
+    if d.source != "passkey":
+        for p in [s for s in d.path.split(",") if s] if d.source == "arrayrecord" else [d.path]:
+            if not Path(p).is_file():
+                raise ConfigError(f"data.path: {p} does not exist or is not a file")
+    if m.init != "scratch" and not (Path(m.init) / "comet_jax.json").is_file():
+        what = "does not exist" if not Path(m.init).exists() else "is not a converted checkpoint (no comet_jax.json)"
+        raise ConfigError(f"model.init: {m.init} {what}; convert an HF model first with "
+                          "`python -m comet_jax.convert SRC DST`, or use model.init=scratch")
+    tok = Path(d.tokenizer)
+    if d.tokenizer not in ("byte", "passkey", "checkpoint") and not (tok.is_file() or (tok / "tokenizer.json").is_file()):
+        raise ConfigError(f"data.tokenizer: {d.tokenizer} is not byte, passkey, checkpoint or an existing "
+                          "tokenizer.json file")
+
+
 # ---------------------------------------------------------------------------------------
 # values
 
@@ -333,6 +354,11 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
                    "optim.warmup_steps optim.weight_decay optim.clip_norm optim.memory_lr_mult "
                    "optim.min_lr_ratio logging.peak_tflops_per_device distributed.num_processes",
               minimum=0, what=">= 0")
+    for section, types in FIELD_TYPES.items():
+        for key, tp in types.items():
+            value = getattr(getattr(cfg, section), key)
+            if tp is float and not math.isfinite(value):
+                raise ConfigError(f"{section}.{key} must be a finite number, got {value}")
     for dotted in ("model.rope_theta", "model.rms_eps", "optim.lr", "optim.eps"):
         value = getattr(getattr(cfg, dotted.split(".")[0]), dotted.split(".")[1])
         if not value > 0:

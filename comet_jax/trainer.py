@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import signal
 import sys
 import time
@@ -20,6 +21,7 @@ from comet_jax import checkpoint
 from comet_jax.chunking import PlannerMix
 from comet_jax.config import CometConfig, ConfigError, ModelConfig, RopeConfig
 from comet_jax.convert.hf_import import added_tokens, comet_for_vocab, padded_vocab
+from comet_jax.data.jsonl import comet_token_names
 from comet_jax.data.pipeline import make_loader, make_source, num_chunks_for
 from comet_jax.flops import train_flops_per_token
 from comet_jax.layout import Slots
@@ -27,15 +29,35 @@ from comet_jax.metrics import MetricsWriter, device_memory_mb, format_line
 from comet_jax.model.init import init_params
 from comet_jax.optim import make_optimizer
 from comet_jax.parallel import sharding
-from comet_jax.train_checkpoint import TrainCheckpointer, abstract_like
+from comet_jax.run_lock import RunDirLocked, RunLock
+from comet_jax.train_checkpoint import (CheckpointSaveError, NoReadableCheckpoint, NonFiniteState, TrainCheckpointer,
+                                        abstract_like, root_cause)
+from comet_jax.train_config import run_dir
 from comet_jax.train_step import batch_axis, make_train_step
 
 EXIT_NAN = 3
+EXIT_SAVE = 4  # a checkpoint could not be written (disk full, permissions)
+# A non-finite loss this soon after a resume may come from the checkpoint resumed from.
+RESUME_SUSPECT_STEPS = 10
+STATE_SETTINGS = ("model.", "comet.", "optim.clip_norm", "optim.weight_decay", "optim.memory_lr_mult",
+                  "optim.grad_accum")
 MODEL_DIR = "model"  # RUN_DIR/model: the inference checkpoint a finished run exports
 
 
 class TrainingStopped(RuntimeError):
-    """The run stopped early (NaN/Inf loss); the last good checkpoint is kept."""
+    """The run stopped early (NaN/Inf loss or state); the last good checkpoint is kept."""
+
+
+def new_metrics_file(run_dir: Path) -> Path | None:
+    """Move RUN_DIR/metrics.jsonl of an earlier run to metrics.N.jsonl (the first free N), so a
+    run that starts over does not mix its steps with the old ones. Returns the new name."""
+    old = run_dir / "metrics.jsonl"
+    if not old.is_file() or old.stat().st_size == 0:
+        return None
+    n = 1
+    while (run_dir / f"metrics.{n}.jsonl").exists():
+        n += 1
+    return old.rename(run_dir / f"metrics.{n}.jsonl")
 
 
 def load_tokenizer(cfg) -> Any:
@@ -126,7 +148,7 @@ def curriculum_stage(cfg, step: int) -> Stage:
 class Trainer:
     def __init__(self, cfg, log=print):
         self.cfg, self.log = cfg, log
-        self.run_dir = Path(cfg.run.dir or f"runs/{cfg.run.name}")
+        self.run_dir = Path(run_dir(cfg))
         self.process, self.n_processes = jax.process_index(), jax.process_count()
         self.tokenizer = load_tokenizer(cfg)
         self.model, self.comet = build_model(cfg, self.tokenizer)
@@ -178,7 +200,8 @@ class Trainer:
                            "passkey_min_len": min(stage.min_len or seq_len, seq_len),
                            "passkey_digits": cfg.data.passkey_digits,
                            "passkey_loss": cfg.data.passkey_loss, "seed": cfg.run.seed + stage.index,
-                           "vocab_size": self.model.real_vocab}, self.tokenizer)
+                           "vocab_size": self.model.real_vocab, "reserved": comet_token_names(self.comet)},
+                          self.tokenizer)
         num_chunks = None
         if self.mode == "comet" and self.stages > 1:
             # every stage gets the same number of chunks: pad with fully masked ones
@@ -205,6 +228,25 @@ class Trainer:
             return int(local["valid"][:, :, Slots.of(comet).text_slots].sum()) * self.n_processes
         return int(local["lengths"].sum()) * self.n_processes
 
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint of this run must have been written with: the settings that define
+        the parameters or the meaning of the token ids. The rest (learning rate, steps, mesh,
+        chunk size, compute dtype) may change when resuming."""
+        model = {k: v for k, v in checkpoint.flatten({"model": dataclasses.asdict(self.model)}).items()
+                 if k not in ("model.dtype", "model.initializer_range")}
+        return {**model, "comet.mode": self.mode, "comet.global_size": self.comet.global_size,
+                "comet.temp_memory": self.comet.has_temp, "data.tokenizer": self.cfg.data.tokenizer}
+
+    def non_finite(self, step: int, what: str, start: int, resumed: bool, ckpt: TrainCheckpointer) -> TrainingStopped:
+        msg = f"{what} at step {step}; stopping; {ckpt.last_good()}"
+        if resumed and step - start <= RESUME_SUSPECT_STEPS:
+            earlier = [s for s in ckpt.steps() if s < start]
+            instead = (f"move {ckpt.directory / str(start)} aside (e.g. into {self.run_dir / 'corrupt_checkpoints'}) "
+                       f"and rerun to resume from step {earlier[-1]}" if earlier else "no earlier checkpoint is left")
+            msg += (f". This is {step - start} step(s) after resuming from step {start}: if that checkpoint is at "
+                    f"fault, {instead}")
+        return TrainingStopped(msg)
+
     # -- loop ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -217,7 +259,23 @@ class Trainer:
         ckpt = TrainCheckpointer(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep,
                                  async_save=cfg.checkpoint.async_save)
         start, stage, loader = 0, None, None
-        restored = ckpt.restore_latest(abstract_like(state), log=self.log)
+        identity = self.identity()
+        from comet_jax.train_config import to_dict
+
+        # the settings that may change the state's structure, named when it differs on resume
+        settings = {k: v for k, v in checkpoint.flatten(to_dict(cfg)).items()
+                    if k.startswith(STATE_SETTINGS) and not isinstance(v, (list, dict))}
+        try:
+            restored = ckpt.restore_latest(abstract_like(state), identity=identity, config=settings,
+                                           restart_if_unreadable=cfg.checkpoint.restart_if_unreadable, log=self.log)
+        except BaseException:
+            ckpt.close(raise_errors=False)
+            raise
+        if restored is None and self.process == 0:
+            moved = new_metrics_file(self.run_dir)
+            if moved is not None:
+                self.log(f"no checkpoint to resume from in {ckpt.directory}: starting at step 0; the earlier "
+                         f"run's metrics were moved to {moved}")
         if restored is not None:
             start, state, data_state, meta = restored
             stage = curriculum_stage(cfg, start)
@@ -247,6 +305,8 @@ class Trainer:
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         peak = cfg.logging.peak_tflops_per_device * 1e12 * jax.device_count()
         last: dict[str, Any] = {}
+        reported_skips = (0, 0)
+        finished = False
         try:
             for step in range(start, cfg.train.steps):
                 want = curriculum_stage(cfg, step)
@@ -265,31 +325,43 @@ class Trainer:
                 state, metrics = step_fn(state, self.global_batch(local))
                 metrics = jax.device_get(metrics)
                 dt = time.perf_counter() - t0
-                loss = float(metrics["loss"])
-                if not math.isfinite(loss):
-                    raise TrainingStopped(f"loss is {loss} at step {step + 1}; stopping. The last good checkpoint "
-                                          f"(step {max(ckpt.steps(), default=0)}) is kept in {ckpt.directory}")
+                loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
+                if not math.isfinite(loss) or not math.isfinite(gnorm):
+                    what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {gnorm}"
+                    raise self.non_finite(step + 1, what, start, restored is not None, ckpt)
                 tps = self.text_tokens(local, comet) / dt
                 last = {"loss": loss, "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
                         "tokens_per_s": tps, "step_time": dt, "seq_len": seq_len,
                         "mfu": self.flops_per_token * tps / peak if peak > 0 else None,
-                        "memory_mb": device_memory_mb()}
+                        "memory_mb": device_memory_mb(),
+                        "data_bad": loader.stats["bad"], "data_short": loader.stats["short"]}
                 writer.write(step + 1, last)
                 if (step + 1) % cfg.train.log_every == 0 or step == start or step + 1 == cfg.train.steps:
                     if self.process == 0:
                         self.log(format_line(step + 1, cfg.train.steps, last))
-                meta = {"stage": stage.index, "seq_len": seq_len}
+                        skips = (loader.stats["bad"], loader.stats["short"])
+                        if skips != reported_skips:
+                            reported_skips = skips
+                            self.log(f"data stage {stage.index}: {skips[0]} bad record(s) skipped, {skips[1]} "
+                                     "document(s) of < 2 tokens dropped so far")
+                meta = {"stage": stage.index, "seq_len": seq_len, "identity": identity, "config": settings}
                 done = step + 1 == cfg.train.steps
                 if done or (step + 1) % cfg.checkpoint.every == 0 or stop["signal"] is not None:
-                    ckpt.save(step + 1, state, loader.get_state(), meta, force=True)
+                    try:
+                        ckpt.save(step + 1, state, loader.get_state(), meta, force=True)
+                    except NonFiniteState as e:
+                        raise self.non_finite(step + 1, str(e).split(";")[0], start, restored is not None,
+                                              ckpt) from None
                 if stop["signal"] is not None:
                     ckpt.wait()
                     self.log(f"received signal {stop['signal']}: saved step {step + 1}, exiting")
                     raise SystemExit(128 + stop["signal"])
+            ckpt.wait()  # a failed final save is reported before the export
+            finished = True
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-            ckpt.close()
+            ckpt.close(raise_errors=finished)
             writer.close()
             if loader is not None:
                 loader.close()
@@ -315,14 +387,19 @@ class Trainer:
         extra = {"source": {"train_run": str(self.run_dir.absolute()), "step": cfg.train.steps},
                  "train": {"seq_len": cfg.data.seq_len, "mode": cfg.comet.mode, "steps": cfg.train.steps,
                            "tokenizer": cfg.data.tokenizer}}
-        with checkpoint.atomic_dir(dst, overwrite=True) as tmp:
-            # checkpoint.save's steps, inside one atomic directory together with the tokenizer
-            writer = checkpoint.StreamingWriter(tmp)
-            for path, value in checkpoint.flatten(host).items():
-                writer.write(path, value)
-            writer.finalize()
-            extra["tokenizer"] = save_tokenizer(self.tokenizer, tmp, self.comet, self.log)
-            checkpoint.write_meta(tmp, self.model, self.comet, extra)
+        try:
+            with checkpoint.atomic_dir(dst, overwrite=True) as tmp:
+                # checkpoint.save's steps, inside one atomic directory together with the tokenizer
+                writer = checkpoint.StreamingWriter(tmp)
+                for path, value in checkpoint.flatten(host).items():
+                    writer.write(path, value)
+                writer.finalize()
+                extra["tokenizer"] = save_tokenizer(self.tokenizer, tmp, self.comet, self.log)
+                checkpoint.write_meta(tmp, self.model, self.comet, extra)
+        except Exception as e:  # noqa: BLE001 - disk full, permissions: one line, the state is safe
+            raise CheckpointSaveError(f"exporting the inference checkpoint to {dst} failed: {root_cause(e)}; the "
+                                      f"final state is in {self.run_dir / 'checkpoints'} (step {cfg.train.steps}): "
+                                      "rerun the same command to retry the export") from None
         self.log(f"exported inference checkpoint to {dst}")
         return dst
 
@@ -331,13 +408,30 @@ def main_loop(cfg, log=None) -> int:
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     from comet_jax.data.jsonl import DataError
 
+    lock = None
     try:
+        if jax.process_index() == 0:  # hosts of one run share its directory; one lock for all
+            lock = RunLock(run_dir(cfg)).acquire()
         summary = Trainer(cfg, log).run()
+    except RunDirLocked as e:
+        log(f"error: {e}")
+        return 2
     except TrainingStopped as e:
         log(f"error: {e}")
         return EXIT_NAN
-    except DataError as e:
-        log(f"error: {e} (set data.skip_bad=true to skip and count bad records)")
+    except (NoReadableCheckpoint, ConfigError) as e:
+        log(f"error: {e}")
         return 2
+    except CheckpointSaveError as e:
+        log(f"error: {e}")
+        return EXIT_SAVE
+    except DataError as e:
+        # a bad record (file:line) can be skipped; a missing or empty file cannot
+        hint = " (set data.skip_bad=true to skip and count bad records)" if re.search(r":\d+: ", str(e)) else ""
+        log(f"error: {e}{hint}")
+        return 2
+    finally:
+        if lock is not None:
+            lock.release()
     log(f"done: {summary}")
     return 0

@@ -31,7 +31,9 @@ device peak bytes), comet >= 5x faster than full prefill at 64k (when full was s
 there: a lower bound, the longest measured full run scaled linearly in length, since full
 prefill time per token never falls with length; the quadratic estimate is printed too).
 Writes results.json and bench_long.png (log-log prefill time and peak memory vs length)
-to --out, each written to a temporary file and renamed.
+to --out, each written to a temporary file and renamed; results.json also after every
+measurement ("complete": false until the end), so a run cut short keeps what it measured.
+--out is checked before the first measurement.
 
 Lengths accept k and M suffixes: k = 1024 tokens, M = 1024*1024 tokens (8k = 8192, 1M = 1048576).
 Presets: tiny = configs/tiny_cpu.yaml's model (hidden 128, 4 layers, C 64, G 8, stride 8,
@@ -55,7 +57,7 @@ from pathlib import Path
 
 # the child side (what runs in each measurement process)
 from eval.bench_long_child import PRESETS, RESULT_TAG, build_configs, child_main
-from eval.common import atomic_write, format_length, mem_available_bytes, parse_length, save_png
+from eval.common import atomic_write, check_out_dir, format_length, mem_available_bytes, parse_length, save_png
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("comet", "full")
@@ -315,6 +317,33 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     save_png(fig, path)
 
 
+def build_results(rows: list[dict], args, argv, wall_s: float, complete: bool) -> dict:
+    ok = [r for r in rows if r["status"] == "ok"]
+    info = ok[0]["info"] if ok else {}
+    device = ok[0]["device"] if ok else None
+    if ok and ok[0]["platform"] == "cpu":
+        device = f"{device} ({cpu_name()}, {os.cpu_count()} cores)"
+    return {
+        "date": date.today().isoformat(), "device": device, "host": platform.node(),
+        "command": "python -m eval.bench_long " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "config": {"preset": args.preset, "checkpoint": args.checkpoint, "batch": args.batch,
+                   "decode_tokens": args.decode_tokens, "full_limit_s": args.full_limit_s,
+                   "lengths": args.lengths, "modes": args.modes, **info},
+        "timing": {"prefill": "Generator.prefill after a warm-up compile run, block_until_ready",
+                   "decode": "comet_jax.generate.decode_loop timed separately, greedy, ms per step",
+                   "memory": "peak RSS (VmHWM) of a fresh child process per measurement"},
+        "measurements": [{k: v for k, v in r.items() if k != "info"} for r in rows],
+        "targets": targets(rows),
+        "wall_s": wall_s,
+        "complete": complete,
+    }
+
+
+def write_results(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+
+
 def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -335,8 +364,11 @@ def main(argv=None) -> int:
         build_configs(common)
     except Exception as e:  # noqa: BLE001  (ConfigError, CheckpointError, a bad meta file)
         ap.error(f"{type(e).__name__}: {e}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out = check_out_dir(args.out)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     src = args.checkpoint or f"preset {args.preset}"
     print(f"bench_long: {src}, lengths {','.join(format_length(n) for n in args.lengths)}, modes {','.join(args.modes)}, "
           f"batch {args.batch}, {args.decode_tokens} decode tokens; one child process per measurement", flush=True)
@@ -357,6 +389,7 @@ def main(argv=None) -> int:
                 timeout = min(timeout, 3 * args.full_limit_s + 300)
             res = spawn({**common, "mode": mode, "length": length}, timeout)
             rows.append(res)
+            write_results(build_results(rows, args, argv, time.perf_counter() - t_start, False), out)
             if res["status"] == "ok":
                 print(f"{mode:>5} {format_length(length):>5}: prefill {res['prefill_s']:.2f}s "
                       f"({res['tokens_per_s']:,.0f} tok/s), peak {res['peak_rss_mb']:.0f} MB, decode "
@@ -368,25 +401,10 @@ def main(argv=None) -> int:
                 if mode == "full":
                     stop = f"full mode failed at {format_length(length)}: {res.get('reason')}"
 
+    results = build_results(rows, args, argv, time.perf_counter() - t_start, True)
     ok = [r for r in rows if r["status"] == "ok"]
     info = ok[0]["info"] if ok else {}
-    device = ok[0]["device"] if ok else None
-    if ok and ok[0]["platform"] == "cpu":
-        device = f"{device} ({cpu_name()}, {os.cpu_count()} cores)"
-    tg = targets(rows)
-    results = {
-        "date": date.today().isoformat(), "device": device, "host": platform.node(),
-        "command": "python -m eval.bench_long " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "config": {"preset": args.preset, "checkpoint": args.checkpoint, "batch": args.batch,
-                   "decode_tokens": args.decode_tokens, "full_limit_s": args.full_limit_s,
-                   "lengths": args.lengths, "modes": args.modes, **info},
-        "timing": {"prefill": "Generator.prefill after a warm-up compile run, block_until_ready",
-                   "decode": "comet_jax.generate.decode_loop timed separately, greedy, ms per step",
-                   "memory": "peak RSS (VmHWM) of a fresh child process per measurement"},
-        "measurements": [{k: v for k, v in r.items() if k != "info"} for r in rows],
-        "targets": tg,
-        "wall_s": time.perf_counter() - t_start,
-    }
+    device, tg = results["device"], results["targets"]
     print()
     print(f"device: {device}; model: {info.get('source')}, {info.get('n_params', 0) / 1e6:.2f}M parameters, "
           f"{info.get('dtype')}")
@@ -400,7 +418,7 @@ def main(argv=None) -> int:
         if t.get("measured_ratios"):
             print("      full / comet prefill time measured at " +
                   ", ".join(f"{k}: {v:.0f}x" for k, v in t["measured_ratios"].items()))
-    atomic_write(out / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+    write_results(results, out)
     title = (f"CoMeT vs full prefill, {info.get('source')}, {info.get('n_params', 0) / 1e6:.1f}M params, "
              f"{info.get('dtype')}, batch {args.batch}; {device}")
     plot(rows, out / "bench_long.png", title)

@@ -1,5 +1,6 @@
 """What the evaluation commands share: token lengths with k/M suffixes (parse and print),
-process memory read from /proc, and writing a file atomically (temp file, then rename)."""
+process memory read from /proc, checking an output directory before the work, and writing a
+file atomically (temp file, then rename)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import re
 import resource
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -65,11 +67,40 @@ def mem_available_bytes() -> int | None:
     return _proc_kb("/proc/meminfo", "MemAvailable")
 
 
+def check_out_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+    """`path` as a Path if it is a directory that exists, or could be created, and can be
+    written; else ValueError (one line). Creates nothing: a command checks this before hours of
+    work, and may still fail before it writes anything."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} exists and is not a directory")
+    probe = path.absolute()
+    while not probe.exists():  # the nearest existing ancestor is where a directory would be made
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{option} {path}: {probe} is not a directory")
+    what = "is not writable" if probe == path.absolute() else f"cannot be created ({probe} is not writable)"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path} {what}")
+    try:  # os.access says yes to root everywhere, even on a read-only file system or in /proc
+        fd, name = tempfile.mkstemp(prefix=".write-test-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise ValueError(f"{option} {path} {what}: {e.strerror}") from None
+    return path
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary sibling of `path`, then rename it into place."""
+    """Write `data` to a temporary sibling of `path`, then rename it into place (a failed
+    write leaves `path` as it was and no temporary file)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_png(fig, path: Path) -> None:

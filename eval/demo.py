@@ -154,6 +154,8 @@ def train_and_eval(name: str, cores, args, sets, seq_len, samples, depths, mults
     t1 = time.time()
     log(f"evaluating at {lengths}" + (f" (not run: {skipped}, full attention is quadratic)" if skipped else ""),
         name)
+    # a fresh evaluation every time (eval.passkey refuses to overwrite the results of an earlier one)
+    shutil.rmtree(work / f"passkey_{name}", ignore_errors=True)
     run(["-m", "eval.passkey", "--checkpoint", str(run_dir / "model"), "--lengths", ",".join(map(str, lengths)),
          "--depths", depths, "--samples", str(samples), "--batch-size", str(min(samples, 20)),
          "--mode", "full" if name == "full" else "comet", "--out", str(work / f"passkey_{name}")], name, cores)

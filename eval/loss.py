@@ -4,6 +4,12 @@ Mean next-token cross-entropy of a converted checkpoint over a JSONL file of
 `{"input_ids": [...]}` (or `{"text": ...}` when the checkpoint has a tokenizer).
 The last line of stdout is one JSON object:
   {"loss": float, "n_tokens": int, "per_sequence": [{"loss": float, "n_tokens": int}, ...]}
+
+A line that is not UTF-8 or JSON, or holds a CoMeT special token id (placeholder or beacon: rows
+the model inserts itself), is an error naming its file:line. Sequences whose positions reach
+beyond the checkpoint's max_position_embeddings (when its meta records it) get a warning: in
+full mode a sequence longer than it; in comet mode positions restart in every chunk, so only a
+chunk's span (text, beacons and memory slots) is compared, whatever the sequence length.
 """
 
 from __future__ import annotations
@@ -14,6 +20,31 @@ import sys
 import time
 
 from comet_jax.checkpoint import CheckpointError
+
+
+def position_warning(seqs, data: str, mode: str, comet, max_positions) -> str | None:
+    """One stderr line when positions go past what the checkpoint was trained on, else None."""
+    if not isinstance(max_positions, int) or max_positions < 1 or not seqs:
+        return None  # older checkpoints do not record it
+    if mode == "full":
+        long = [i for i, s in enumerate(seqs) if len(s) > max_positions]
+        if not long:
+            return None
+        return (f"warning: {len(long)} sequence(s) longer than the checkpoint's max_position_embeddings "
+                f"{max_positions} (the first {data}:{long[0] + 1}, {len(seqs[long[0]])} tokens); their positions "
+                "beyond it were never trained")
+    import dataclasses
+
+    from comet_jax.layout import Slots
+
+    # a chunk of c text tokens holds at most this many valid slots, numbered from 0 in every chunk
+    c = min(max(len(s) for s in seqs), comet.chunk_size)
+    span = dataclasses.replace(Slots.of(comet), chunk_size=c).size
+    if span <= max_positions:
+        return None
+    return (f"warning: CoMeT positions are per chunk and a chunk here spans up to {span} positions ({c} text, "
+            f"beacons and memory slots), more than the checkpoint's max_position_embeddings {max_positions}; "
+            "a smaller --chunk-size keeps them in range")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from comet_jax import checkpoint
     from comet_jax.config import ConfigError
-    from comet_jax.data.jsonl import DataError, read_jsonl
+    from comet_jax.data.jsonl import DataError, comet_token_names, read_jsonl
     from comet_jax.scoring import score_batch
     from comet_jax.tokenizer import load_tokenizer
 
@@ -55,13 +86,17 @@ def main(argv: list[str] | None = None) -> int:
         if overrides:
             comet = dataclasses.replace(comet, **overrides)
             comet.validate(model.real_vocab)
-        seqs = read_jsonl(args.data, load_tokenizer(args.checkpoint, meta), model.real_vocab)
+        seqs = read_jsonl(args.data, load_tokenizer(args.checkpoint, meta), model.real_vocab,
+                          reserved=comet_token_names(comet))
         if not seqs:
             raise DataError(f"{args.data}: no sequences")
         params = checkpoint.load_params(args.checkpoint)
-    except (CheckpointError, ConfigError, DataError) as e:
+    except (CheckpointError, ConfigError, DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    warning = position_warning(seqs, args.data, args.mode, comet, meta.get("max_position_embeddings"))
+    if warning:
+        print(warning, file=sys.stderr)
 
     start = time.time()
     results: list[tuple[float, int]] = []

@@ -49,6 +49,7 @@ def test_writes_results_and_heatmap(ckpt, tmp_path, mode, capsys):
         assert c["length"] - 40 < c["prompt_tokens"] <= c["length"]  # whole filler sentences
         assert c["peak_memory_mb"] > 0
     assert set(res["accuracy_by_length"]) == {"300", "1024"}
+    assert res["complete"] is True and res["settings"]["mode"] == mode  # what --resume checks
     assert (out / "heatmap.png").stat().st_size > 1000
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mode"] == mode
 
@@ -60,7 +61,7 @@ def test_errors(ckpt, tmp_path, capsys):
     assert main(base) == 2  # no tokenizer in the checkpoint
     assert "--tokenizer" in capsys.readouterr().err
     assert main(base + ["--tokenizer", "nope.json"]) == 2
-    for bad in (["--depths", "0,1.5"], ["--lengths", "4q"], ["--samples", "0"]):
+    for bad in (["--depths", "0,1.5"], ["--lengths", "4q"], ["--samples", "0"], ["--lengths", "300,300"]):
         with pytest.raises(SystemExit) as e:
             main(base + ["--tokenizer", "byte"] + bad)
         assert e.value.code == 2

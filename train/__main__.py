@@ -21,11 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from comet_jax.config import ConfigError
-    from comet_jax.train_config import dump_yaml, load_config, validate
+    from comet_jax.train_config import dump_yaml, load_config, validate, validate_paths
 
     try:
         cfg = load_config(args.config, args.overrides)
         validate(cfg)
+        if not args.print_config:
+            validate_paths(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,29 +1,88 @@
-"""JSONL token sequences: one `{"input_ids": [...]}` or `{"text": "..."}` object a line."""
+"""JSONL token sequences: one `{"input_ids": [...]}` or `{"text": "..."}` object a line.
+
+One parser for every reader (eval.loss, the training pipeline): `parse_bytes` takes a raw
+line or record, `parse_line` a decoded one, `parse_record` a decoded JSON object.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
+
+# A text record with max_tokens set tokenises a prefix of 4 * (max_tokens + margin) characters
+# first: a byte-level tokenizer gives at least one token per character (up to 4: UTF-8), and
+# BPE tokens average about 4 characters on prose, so one pass is usually enough; denser text
+# doubles the prefix (at most ~4x the characters really needed, in all).
+PREFIX_CHARS_PER_TOKEN = 4
+# Tokens kept beyond max_tokens before a prefix is trusted: the tokens next to the cut (a word
+# or whitespace run cut short, an end-of-text token the tokenizer appends) may differ from the
+# whole text's; everything before them does not.
+PREFIX_MARGIN_TOKENS = 16
 
 
 class DataError(ValueError):
     """A bad record; the message names the file and line."""
 
 
+def comet_token_names(comet: Any) -> dict[int, str]:
+    """The CoMeT special token ids of a CometConfig (-1 = absent), each with its name: rows the
+    model fills in itself (memory placeholders, beacons), never valid in data."""
+    names = {comet.placeholder_id: "placeholder", comet.temp_beacon_id: "temp beacon"}
+    names.update({i: "global beacon" for i in comet.global_beacon_ids})
+    return {i: n for i, n in names.items() if i >= 0}
+
+
+def _encode(tokenizer: Any, text: str, where: str) -> list[int]:
+    try:
+        return tokenizer.encode(text).ids
+    except TypeError:
+        # the Rust tokenizers refuse a str holding an unpaired surrogate ("\ud800" in the JSON)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"{where}: text is not valid Unicode (an unpaired surrogate escape)") from None
+        raise
+
+
+def tokenize_prefix(tokenizer: Any, text: str, max_tokens: int, where: str = "<text>") -> list[int]:
+    """encode(text).ids[:max_tokens] for ordinary text, tokenising only a prefix of it (a
+    multi-megabyte document would otherwise be tokenised whole, then cut)."""
+    n = PREFIX_CHARS_PER_TOKEN * (max_tokens + PREFIX_MARGIN_TOKENS)
+    while True:
+        if n >= len(text):
+            return _encode(tokenizer, text, where)[:max_tokens]
+        # cut before a space or newline in the prefix's second half, so that (for the usual
+        # pre-tokenizers) the last word is whole and only whitespace tokens sit at the cut
+        cut = max(text.rfind(" ", n // 2, n), text.rfind("\n", n // 2, n))
+        ids = _encode(tokenizer, text[: cut if cut > 0 else n], where)
+        if len(ids) >= max_tokens + PREFIX_MARGIN_TOKENS:
+            return ids[:max_tokens]
+        n *= 2
+
+
 def parse_record(obj: Any, where: str, tokenizer: Any = None, vocab_size: int | None = None,
-                 min_tokens: int = 2) -> np.ndarray:
+                 min_tokens: int = 2, *, max_tokens: int | None = None,
+                 reserved: Mapping[int, str] | None = None) -> np.ndarray:
     """Token ids of one decoded JSON record; raises DataError naming `where` (file:line).
 
     Fewer than `min_tokens` ids is an error (a sequence needs 2 tokens to have a label);
-    the training pipeline passes 0 and drops short documents itself, counting them."""
+    the training pipeline passes 0 and drops short documents itself, counting them.
+    max_tokens: return at most this many ids (the first ones); a text record then has only a
+    prefix tokenised, input_ids are cut before they are checked.
+    reserved: ids that must not occur in data, with their names (`comet_token_names`)."""
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     if "input_ids" in obj:
         ids = obj["input_ids"]
-        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        if not isinstance(ids, list):
+            raise DataError(f"{where}: input_ids must be a list of integers")
+        ids = ids[:max_tokens]
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise DataError(f"{where}: input_ids must be a list of integers")
     elif "text" in obj:
         if not isinstance(obj["text"], str):
@@ -31,7 +90,10 @@ def parse_record(obj: Any, where: str, tokenizer: Any = None, vocab_size: int | 
         if tokenizer is None:
             raise DataError(f"{where}: has 'text' but no tokenizer is available (the checkpoint has no "
                             "tokenizer.json); give 'input_ids' instead")
-        ids = tokenizer.encode(obj["text"]).ids
+        if max_tokens is None:
+            ids = _encode(tokenizer, obj["text"], where)
+        else:
+            ids = tokenize_prefix(tokenizer, obj["text"], max_tokens, where)
     else:
         raise DataError(f"{where}: needs an 'input_ids' or a 'text' key, found {sorted(obj)}")
     if len(ids) < min_tokens:
@@ -40,11 +102,18 @@ def parse_record(obj: Any, where: str, tokenizer: Any = None, vocab_size: int | 
     if arr.size and (arr.min() < 0 or (vocab_size is not None and arr.max() >= vocab_size)):
         bad = int(arr[(arr < 0) | (arr >= (vocab_size or np.iinfo(np.int64).max))][0])
         raise DataError(f"{where}: token id {bad} is outside the vocabulary [0, {vocab_size})")
+    if reserved and arr.size:
+        hit = np.isin(arr, np.fromiter(reserved, np.int64))
+        if hit.any():
+            bad = int(arr[hit][0])
+            raise DataError(f"{where}: token id {bad} is the CoMeT {reserved[bad]} token, which the model "
+                            "inserts itself; it cannot occur in data")
     return arr.astype(np.int32)
 
 
 def parse_line(text: str, where: str, tokenizer: Any = None, vocab_size: int | None = None,
-               min_tokens: int = 2) -> np.ndarray:
+               min_tokens: int = 2, *, max_tokens: int | None = None,
+               reserved: Mapping[int, str] | None = None) -> np.ndarray:
     """Token ids of one JSONL line (or ArrayRecord record); DataError names `where`."""
     if not text.strip():
         raise DataError(f"{where}: empty line")
@@ -52,18 +121,32 @@ def parse_line(text: str, where: str, tokenizer: Any = None, vocab_size: int | N
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-    return parse_record(obj, where, tokenizer, vocab_size, min_tokens)
+    return parse_record(obj, where, tokenizer, vocab_size, min_tokens, max_tokens=max_tokens, reserved=reserved)
 
 
-def iter_jsonl(path: str | Path, tokenizer: Any = None, vocab_size: int | None = None) -> Iterator[np.ndarray]:
+def parse_bytes(raw: bytes, where: str, tokenizer: Any = None, vocab_size: int | None = None,
+                min_tokens: int = 2, *, max_tokens: int | None = None,
+                reserved: Mapping[int, str] | None = None) -> np.ndarray:
+    """parse_line of an undecoded line or record: bytes that are not UTF-8 are a DataError."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{where}: not valid UTF-8") from None
+    return parse_line(text, where, tokenizer, vocab_size, min_tokens, max_tokens=max_tokens, reserved=reserved)
+
+
+def iter_jsonl(path: str | Path, tokenizer: Any = None, vocab_size: int | None = None, *,
+               reserved: Mapping[int, str] | None = None) -> Iterator[np.ndarray]:
     """Yield the token ids of every line, in file order."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    with path.open("r", encoding="utf-8") as f:
+    # binary, so that a line that is not UTF-8 is a DataError naming it, like any bad line
+    with path.open("rb") as f:
         for lineno, line in enumerate(f, start=1):
-            yield parse_line(line, f"{path}:{lineno}", tokenizer, vocab_size)
+            yield parse_bytes(line, f"{path}:{lineno}", tokenizer, vocab_size, reserved=reserved)
 
 
-def read_jsonl(path: str | Path, tokenizer: Any = None, vocab_size: int | None = None) -> list[np.ndarray]:
-    return list(iter_jsonl(path, tokenizer, vocab_size))
+def read_jsonl(path: str | Path, tokenizer: Any = None, vocab_size: int | None = None, *,
+               reserved: Mapping[int, str] | None = None) -> list[np.ndarray]:
+    return list(iter_jsonl(path, tokenizer, vocab_size, reserved=reserved))

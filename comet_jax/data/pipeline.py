@@ -9,7 +9,9 @@ Sources are random-access (`__len__`, `__getitem__`) and return records
 - `ArrayRecordSource`: ArrayRecord files whose records are the same JSON objects (bytes).
 
 A bad record raises `DataError` naming file:line (file:record for ArrayRecord), or with
-`skip_bad=True` is skipped and counted (`Loader.stats["bad"]`).
+`skip_bad=True` is skipped and counted (`Loader.stats["bad"]`); the first few skipped records
+of each process are named on stderr. With `max_tokens` (the training sequence length) a long
+text document has only a prefix tokenised; `reserved` token ids (CoMeT's own rows) are bad.
 
 Per record (`make_loader`): documents shorter than 2 tokens are dropped and counted
 (`stats["short"]`); each document is truncated to `seq_len` and becomes ONE sequence.
@@ -42,6 +44,7 @@ import dataclasses
 import gc
 import json
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -52,7 +55,7 @@ import numpy as np
 from comet_jax import layout
 from comet_jax.chunking import PlannerMix, fixed
 from comet_jax.config import CometConfig
-from comet_jax.data.jsonl import DataError, parse_line
+from comet_jax.data.jsonl import DataError, parse_bytes
 from comet_jax.data.passkey import PasskeySource
 from comet_jax.loss import IGNORE
 
@@ -69,19 +72,23 @@ def _bad_record(where: str) -> dict[str, Any]:
     return {"input_ids": np.zeros(0, np.int32), "bad": where}
 
 
-def _decode_record(raw: bytes, where: str, tokenizer: Any, vocab_size: int | None,
-                   skip_bad: bool) -> dict[str, Any]:
+_NAMED_SKIPS = 5  # skipped records named on stderr, per process
+_named = {"count": 0}
+
+
+def _decode_record(raw: bytes, where: str, tokenizer: Any, vocab_size: int | None, skip_bad: bool,
+                   max_tokens: int | None = None, reserved: Mapping[int, str] | None = None) -> dict[str, Any]:
     """JSON bytes -> {"input_ids"}; a bad record raises DataError or, with skip_bad, is marked."""
     try:
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DataError(f"{where}: not valid UTF-8") from None
         # documents shorter than 2 tokens are valid records: dropped and counted downstream
-        ids = parse_line(text, where, tokenizer, vocab_size, min_tokens=0)
-    except DataError:
+        ids = parse_bytes(raw, where, tokenizer, vocab_size, min_tokens=0, max_tokens=max_tokens, reserved=reserved)
+    except DataError as e:
         if not skip_bad:
             raise
+        if _named["count"] < _NAMED_SKIPS:
+            _named["count"] += 1
+            more = " (further skips are only counted)" if _named["count"] == _NAMED_SKIPS else ""
+            print(f"skipping bad record {e}{more}", file=sys.stderr, flush=True)
         return _bad_record(where)
     return {"input_ids": ids}
 
@@ -96,11 +103,12 @@ class JsonlSource:
     """
 
     def __init__(self, path: str | os.PathLike, tokenizer: Any = None, vocab_size: int | None = None,
-                 skip_bad: bool = False):
+                 skip_bad: bool = False, max_tokens: int | None = None, reserved: Mapping[int, str] | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(f"{self.path}: no such file")
         self.tokenizer, self.vocab_size, self.skip_bad = tokenizer, vocab_size, bool(skip_bad)
+        self.max_tokens, self.reserved = max_tokens, dict(reserved or {})
         data = np.fromfile(self.path, dtype=np.uint8)
         ends = np.flatnonzero(data == ord("\n")) + 1
         starts = np.concatenate([[0], ends])
@@ -150,7 +158,7 @@ class JsonlSource:
         if not 0 <= index < len(self):
             raise IndexError(f"record {index} outside [0, {len(self)})")
         rec = _decode_record(self._read(index), f"{self.path}:{index + 1}", self.tokenizer,
-                             self.vocab_size, self.skip_bad)
+                             self.vocab_size, self.skip_bad, self.max_tokens, self.reserved)
         self.num_bad += "bad" in rec
         return rec
 
@@ -162,7 +170,8 @@ class ArrayRecordSource:
     """
 
     def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], tokenizer: Any = None,
-                 vocab_size: int | None = None, skip_bad: bool = False):
+                 vocab_size: int | None = None, skip_bad: bool = False, max_tokens: int | None = None,
+                 reserved: Mapping[int, str] | None = None):
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self.paths = [str(p) for p in paths]
@@ -170,6 +179,7 @@ class ArrayRecordSource:
             if not Path(p).is_file():
                 raise DataError(f"{p}: no such file")
         self.tokenizer, self.vocab_size, self.skip_bad = tokenizer, vocab_size, bool(skip_bad)
+        self.max_tokens, self.reserved = max_tokens, dict(reserved or {})
         self._sources = [grain.sources.ArrayRecordDataSource([p]) for p in self.paths]
         self._offsets = np.cumsum([0] + [len(s) for s in self._sources]).astype(np.int64)
         self.num_bad = 0
@@ -188,7 +198,7 @@ class ArrayRecordSource:
         f = int(np.searchsorted(self._offsets, index, side="right")) - 1
         local = index - int(self._offsets[f])
         rec = _decode_record(self._sources[f][local], f"{self.paths[f]}:{local}", self.tokenizer,
-                             self.vocab_size, self.skip_bad)
+                             self.vocab_size, self.skip_bad, self.max_tokens, self.reserved)
         self.num_bad += "bad" in rec
         return rec
 
@@ -207,8 +217,9 @@ def make_source(cfg: Any = None, tokenizer: Any = None, **overrides):
     arrayrecord a list of files / a comma-separated string), seq_len, skip_bad (False),
     passkey_min_len (None: the shortest possible prompt), passkey_digits (5), passkey_loss
     ("answer" or "all"), seed (0),
-    vocab_size (None: no range check). The passkey source uses the byte tokenizer when
-    `tokenizer` is None; its examples are at most seq_len tokens long."""
+    vocab_size (None: no range check), reserved ({id: name} of ids refused in data). The passkey
+    source uses the byte tokenizer when `tokenizer` is None; its examples are at most seq_len
+    tokens long; file sources read at most seq_len tokens of a document."""
     def get(key, default=None):
         return overrides[key] if key in overrides else _get(cfg, key, default)
 
@@ -227,12 +238,13 @@ def make_source(cfg: Any = None, tokenizer: Any = None, **overrides):
     path = get("path")
     if not path:
         raise ValueError(f"make_source: source {kind!r} needs a path")
+    limits = {"max_tokens": get("seq_len"), "reserved": get("reserved")}
     if kind == "jsonl":
-        return JsonlSource(path, tokenizer, vocab_size, skip_bad)
+        return JsonlSource(path, tokenizer, vocab_size, skip_bad, **limits)
     if kind == "arrayrecord":
         if isinstance(path, str):
             path = [p for p in path.split(",") if p]
-        return ArrayRecordSource(path, tokenizer, vocab_size, skip_bad)
+        return ArrayRecordSource(path, tokenizer, vocab_size, skip_bad, **limits)
     raise ValueError(f"make_source: unknown source {kind!r}; expected one of {SOURCES}")
 
 
