@@ -1,6 +1,6 @@
 """Chunk plans: how a sequence of n text tokens is split into chunks of at most C tokens.
 
-A *plan* is a list of Python ints, each in [1, C], summing to n (DESIGN.md §1.2 item 2).
+A *plan* is a list of Python ints, each in [1, C], summing to n (docs/design.md §1.2 item 2).
 Training draws among several planners (`PlannerMix`); evaluation uses `fixed`, optionally
 `right_aligned` so that the last chunk is full-size and ends at the sequence end.
 
@@ -17,8 +17,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-PLANNERS = ("fixed", "right_aligned", "uniform", "random", "semantic")
-"""Planner names understood by `PlannerMix` and `plan_by_name`, in canonical order."""
+from comet_jax.config import PLANNERS  # the planner names, in canonical order
 
 
 # --------------------------------------------------------------------------- helpers

@@ -1,7 +1,7 @@
 """Typed configs: the single source of defaults.
 
 `ModelConfig` describes a Llama/Qwen3 backbone, `CometConfig` the CoMeT memory
-settings (DESIGN.md §1.1). Both are frozen dataclasses so they can be static
+settings (docs/design.md §1.1). Both are frozen dataclasses so they can be static
 arguments of jitted functions. `model_config_from_hf` reads an HF `config.json` in
 either the transformers-4 (`rope_theta`/`rope_scaling`) or the transformers-5
 (`rope_parameters`) spelling.
@@ -17,13 +17,19 @@ from typing import Any
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "Qwen3ForCausalLM": "qwen3",
-    "MemQwen3ForCausalLM": "qwen3",  # official CoMeT checkpoints (DESIGN.md §1.8)
+    "MemQwen3ForCausalLM": "qwen3",  # official CoMeT checkpoints (docs/design.md §1.8)
 }
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 # float64 is for verification against the reference only (needs jax_enable_x64).
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-# The rank of the memory nets' residual bottleneck (DESIGN.md §1.3).
+# The rank of the memory nets' residual bottleneck (docs/design.md §1.3).
 MEMORY_RANK = 8
+# Every enum-like setting of the project, defined here once.
+MODES = ("comet", "full")  # CoMeT chunks with memory, or the plain backbone (the baseline)
+SCHEDULES = ("layer_major", "chunk_major")
+PLANNERS = ("fixed", "right_aligned", "uniform", "random", "semantic")
+SOURCES = ("passkey", "jsonl", "arrayrecord")
+TRAIN_DTYPES = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -70,7 +76,7 @@ class ModelConfig:
     param_dtype: str = "float32"  # storage dtype
     initializer_range: float = 0.02
     # Rows of the embedding that are real tokens; rows beyond are vocabulary padding and
-    # are masked out of every softmax (DESIGN.md §1.4). None means all rows are real.
+    # are masked out of every softmax (docs/design.md §1.4). None means all rows are real.
     num_real_tokens: int | None = None
     family: str = "llama"
 
@@ -102,7 +108,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class CometConfig:
-    """CoMeT memory settings (DESIGN.md §1.1). G = 0 disables global memory, stride = -1 temp memory."""
+    """CoMeT memory settings (docs/design.md §1.1). G = 0 disables global memory, stride = -1 temp memory."""
 
     chunk_size: int = 64
     global_size: int = 0

@@ -4,7 +4,7 @@
     out = gen.generate(prompts, Sampling(max_new_tokens=8))
     out.tokens[i]                                          # generated ids of prompt i
 
-CoMeT mode keeps constant state whatever the prompt length (DESIGN.md §1.5, see
+CoMeT mode keeps constant state whatever the prompt length (docs/design.md §1.5, see
 comet_jax.model.decode): closed chunks are prefilled in blocks of `block_chunks` chunks
 (then single chunks for the tail), so there are exactly two compiled prefill functions per
 (chunk size, batch), however long the prompts. Full mode (the baseline) keeps a KV cache
@@ -24,11 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from comet_jax.config import CometConfig, ModelConfig
+from comet_jax.config import MODES, CometConfig, ModelConfig
 from comet_jax.model import backbone, decode
 from comet_jax.model.comet import stacked_memory
 
-MODES = ("comet", "full")
 
 
 @dataclass(frozen=True)
@@ -120,7 +119,7 @@ class Generator:
     """Prefill and decode for one model. mode: "comet" (constant memory) or "full" (the
     plain backbone with a KV cache over everything, the baseline). official: lay closed
     chunks out as the official generation code does (no temp beacon after a final partial
-    group, DESIGN.md §1.7); only differs when stride does not divide the chunk size."""
+    group, docs/design.md §1.7); only differs when stride does not divide the chunk size."""
 
     def __init__(self, params: dict, model: ModelConfig, comet: CometConfig | None = None, mode: str = "comet",
                  block_chunks: int = 8, full_block: int = 256, official: bool = False):

@@ -1,4 +1,4 @@
-"""Host-side (numpy) builder of the static chunk layout (DESIGN.md §1.2 and §2).
+"""Host-side (numpy) builder of the static chunk layout (docs/design.md §1.2 and §2).
 
 Every chunk has the same slots, in this order:
 
@@ -95,7 +95,7 @@ def build(seqs: Sequence[np.ndarray], plans: Sequence[Sequence[int]], comet: Com
 
     loss_masks: optional bool array per sequence (same length); token k+1 is a label
     (label[k] = seq[k+1]) only where loss_masks[k+1] is True, else label[k] = IGNORE.
-    open_last: lay the last chunk of every plan out as generation's open chunk (DESIGN.md
+    open_last: lay the last chunk of every plan out as generation's open chunk (docs/design.md
     §1.5): no global beacons, no temp beacon after a final partial group.
     """
     if loss_masks is not None and len(loss_masks) != len(seqs):

@@ -58,6 +58,6 @@ def token_nll(h: jnp.ndarray, head: jnp.ndarray, labels: jnp.ndarray, real_vocab
 
 
 def mean_loss(nll: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
-    """Sum of token losses / number of labeled tokens (DESIGN.md §1.3)."""
+    """Sum of token losses / number of labeled tokens (docs/design.md §1.3)."""
     count = jnp.sum(labels != IGNORE)
     return jnp.sum(nll) / jnp.maximum(count, 1)

@@ -1,6 +1,6 @@
 """The optimizer: AdamW with a warm-up + cosine schedule, gradient clipping, weight decay
 that skips norms and vectors, and a learning-rate multiplier for the memory nets
-(the official recipe trains them at 5x the base rate, DESIGN.md §1.4)."""
+(the official recipe trains them at 5x the base rate, docs/design.md §1.4)."""
 
 from __future__ import annotations
 

@@ -9,11 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from comet_jax import chunking, layout
-from comet_jax.config import CometConfig, ModelConfig
+from comet_jax.config import MODES, CometConfig, ModelConfig
 from comet_jax.loss import IGNORE, next_token_labels
 from comet_jax.model import backbone, comet as comet_model
 
-MODES = ("full", "comet")
 
 
 @partial(jax.jit, static_argnames=("cfg",))
@@ -61,7 +60,7 @@ def score_batch(params, seqs: list[np.ndarray], batch_size: int, model: ModelCon
         nll, labels = full_token_nll(params, jnp.asarray(tokens), jnp.asarray(lengths), model)
         nll, labels = np.asarray(nll, np.float64), np.asarray(labels)
     elif mode == "comet":
-        # evaluation splits with the fixed-size planner (DESIGN.md §1.2)
+        # evaluation splits with the fixed-size planner (docs/design.md §1.2)
         plans = [chunking.fixed(len(s), comet.chunk_size) for s in seqs]
         rows = list(seqs) + [np.zeros(1, np.int32)] * (batch_size - len(seqs))
         plans += [[1]] * (batch_size - len(seqs))

@@ -20,14 +20,8 @@ from typing import Any
 
 import yaml
 
-from comet_jax.config import ConfigError
+from comet_jax.config import MODES, PLANNERS, SCHEDULES, SOURCES, TRAIN_DTYPES, ConfigError
 
-# Kept in sync with comet_jax.chunking.PLANNERS (not imported: this module stays light).
-PLANNERS = ("fixed", "right_aligned", "uniform", "random", "semantic")
-SCHEDULES = ("layer_major", "chunk_major")
-MODES = ("comet", "full")
-SOURCES = ("passkey", "jsonl", "arrayrecord")
-TRAIN_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -69,7 +63,14 @@ class CometSection:
     boundary_ids: list[int] = field(default_factory=list)
 
 
-STAGE_KEYS = ("until_step", "seq_len", "chunk_size", "passkey_min_len")
+@dataclass(frozen=True)
+class StageSection:
+    """One curriculum stage: until optimizer step `until_step`, sequences of `seq_len` tokens."""
+
+    until_step: int
+    seq_len: int
+    chunk_size: int = 0  # 0 = comet.chunk_size (comet.mode=full ignores it)
+    passkey_min_len: int = 0  # 0 = data.passkey_min_len
 
 
 @dataclass(frozen=True)
@@ -80,17 +81,14 @@ class DataSection:
     # data/passkey_tokenizer.py), "checkpoint" (model.init's tokenizer.json), or a tokenizer.json path
     tokenizer: str = "byte"
     seq_len: int = 512
-    pack: bool = False
     shuffle: bool = True
     skip_bad: bool = False
     num_workers: int = 0
     passkey_min_len: int = 0  # 0 = seq_len
     passkey_digits: int = 5
     passkey_loss: str = "answer"  # "answer": loss on the answer only; "all": on every token
-    # [{until_step, seq_len, chunk_size?, passkey_min_len?}, ...]: until until_step, train on
-    # sequences of seq_len (and, if given, this chunk size / shortest passkey example;
-    # chunk_size is ignored by comet.mode=full, so one curriculum serves both modes)
-    curriculum: list[dict] = field(default_factory=list)
+    # stages in order; after the last one, the data and comet sections themselves apply
+    curriculum: list[StageSection] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -224,6 +222,18 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         if not isinstance(value, dict):
             raise bad("a mapping")
         return dict(value)
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        need = [f.name for f in dataclasses.fields(tp) if f.default is dataclasses.MISSING]
+        optional = [k for k in hints if k not in need]
+        shape = (f"a mapping {{{', '.join(f'{k}: {_type_name(hints[k])}' for k in need)}}}"
+                 + (f" with optional {', '.join(optional)}" if optional else ""))
+        if not isinstance(value, dict) or not set(need) <= set(value):
+            raise ConfigError(f"{key} must be {shape}, got {value!r}")
+        for k in value:
+            if k not in hints:
+                raise _unknown(f"{key}.{k}", list(hints), f"keys of {key}")
+        return tp(**{k: _coerce(f"{key}.{k}", hints[k], v) for k, v in value.items()})
     raise AssertionError(f"unhandled field type {tp!r} for {key}")  # pragma: no cover
 
 
@@ -425,21 +435,19 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     last = 0
     for i, item in enumerate(d.curriculum):
         key = f"data.curriculum[{i}]"
-        if not isinstance(item, dict) or not {"until_step", "seq_len"} <= set(item) <= set(STAGE_KEYS):
-            raise ConfigError(f"{key} must be a mapping {{until_step: int, seq_len: int}} with optional "
-                              f"chunk_size and passkey_min_len, got {item!r}")
-        for k, v in item.items():
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ConfigError(f"{key}.{k} must be a positive int, got {v!r}")
-        if item["until_step"] <= last:
-            raise ConfigError(f"{key}.until_step ({item['until_step']}) must be larger than the previous "
+        for k, minimum in (("until_step", 1), ("seq_len", 1), ("chunk_size", 0), ("passkey_min_len", 0)):
+            if getattr(item, k) < minimum:
+                what = "a positive int" if minimum else "a positive int (or 0: the section's value)"
+                raise ConfigError(f"{key}.{k} must be {what}, got {getattr(item, k)!r}")
+        if item.until_step <= last:
+            raise ConfigError(f"{key}.until_step ({item.until_step}) must be larger than the previous "
                               f"stage's ({last}); list the stages in order")
-        last = item["until_step"]
-        stage_chunk = item.get("chunk_size", c.chunk_size)
-        if chunked and stage_chunk > item["seq_len"]:
-            name = f"{key}.chunk_size" if "chunk_size" in item else "comet.chunk_size"
+        last = item.until_step
+        stage_chunk = item.chunk_size or c.chunk_size
+        if chunked and stage_chunk > item.seq_len:
+            name = f"{key}.chunk_size" if item.chunk_size else "comet.chunk_size"
             raise ConfigError(f"{name} ({stage_chunk}) is larger than {key}.seq_len "
-                              f"({item['seq_len']}); raise that stage's seq_len")
+                              f"({item.seq_len}); raise that stage's seq_len")
 
     # batch and mesh
     dp = mesh.data * mesh.fsdp

@@ -17,10 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
-from comet_jax import checkpoint
+from comet_jax import build, checkpoint
 from comet_jax.chunking import PlannerMix
-from comet_jax.config import CometConfig, ConfigError, ModelConfig, RopeConfig
-from comet_jax.convert.hf_import import added_tokens, comet_for_vocab, padded_vocab
+from comet_jax.config import CometConfig, ConfigError, ModelConfig
 from comet_jax.data.jsonl import comet_token_names
 from comet_jax.data.pipeline import make_loader, make_source, num_chunks_for
 from comet_jax.flops import train_flops_per_token
@@ -103,26 +102,15 @@ def build_model(cfg, tokenizer) -> tuple[ModelConfig, CometConfig]:
     """Model and CoMeT configs: from a converted checkpoint, or from scratch around the
     tokenizer's vocabulary plus the CoMeT tokens (padded to a multiple of 256)."""
     m, c = cfg.model, cfg.comet
+    settings = dict(chunk_size=c.chunk_size, global_size=c.global_size, stride=c.stride, budget=c.budget)
     if m.init != "scratch":
-        model, comet, _ = checkpoint.read_meta(m.init)
-        if c.global_size != comet.global_size or (c.stride > 0) != comet.has_temp:
-            raise ConfigError(f"comet.global_size={c.global_size}, comet.stride={c.stride} do not match the "
-                              f"checkpoint {m.init} (G={comet.global_size}, stride={comet.stride}); G and the "
-                              "presence of temp memory are baked into its weights")
-        comet = dataclasses.replace(comet, chunk_size=c.chunk_size, stride=c.stride,
-                                    budget=c.budget if c.stride > 0 else 0)
-        model = dataclasses.replace(model, dtype=m.dtype)
+        model, comet, _ = build.from_checkpoint(m.init, dtype=m.dtype, key="comet.", **settings)
         return model, comet
-    base = m.vocab_size or tokenizer.get_vocab_size()
-    comet = comet_for_vocab(base, c.chunk_size, c.global_size, c.stride, c.budget)
-    real = base + added_tokens(comet)
-    model = ModelConfig(vocab_size=padded_vocab(real), num_real_tokens=real,
-                        hidden_size=m.hidden_size, intermediate_size=m.intermediate_size, num_layers=m.num_layers,
-                        num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
-                        rope=RopeConfig(theta=m.rope_theta), rms_eps=m.rms_eps, tie_embeddings=m.tie_embeddings,
-                        qk_norm=m.qk_norm, dtype=m.dtype, param_dtype=m.param_dtype, family="llama")
-    model.validate()
-    return model, comet
+    return build.scratch(m.vocab_size or tokenizer.get_vocab_size(), **settings, rope_theta=m.rope_theta,
+                         hidden_size=m.hidden_size, intermediate_size=m.intermediate_size, num_layers=m.num_layers,
+                         num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, rms_eps=m.rms_eps,
+                         tie_embeddings=m.tie_embeddings, qk_norm=m.qk_norm, dtype=m.dtype,
+                         param_dtype=m.param_dtype, family="llama")
 
 
 class Stage(NamedTuple):
@@ -139,9 +127,8 @@ def curriculum_stage(cfg, step: int) -> Stage:
     comet sections themselves)."""
     d, c = cfg.data, cfg.comet
     for i, item in enumerate(d.curriculum):
-        if step < int(item["until_step"]):
-            return Stage(i, int(item["seq_len"]), int(item.get("chunk_size", c.chunk_size)),
-                         int(item.get("passkey_min_len", d.passkey_min_len)))
+        if step < item.until_step:
+            return Stage(i, item.seq_len, item.chunk_size or c.chunk_size, item.passkey_min_len or d.passkey_min_len)
     return Stage(len(d.curriculum), d.seq_len, c.chunk_size, d.passkey_min_len)
 
 
@@ -195,13 +182,9 @@ class Trainer:
         cfg = self.cfg
         seq_len, comet = stage.seq_len, self.stage_comet(stage)
         local_batch = cfg.train.batch_size // self.n_processes
-        src = make_source({"source": cfg.data.source, "path": cfg.data.path, "seq_len": seq_len,
-                           "skip_bad": cfg.data.skip_bad,
-                           "passkey_min_len": min(stage.min_len or seq_len, seq_len),
-                           "passkey_digits": cfg.data.passkey_digits,
-                           "passkey_loss": cfg.data.passkey_loss, "seed": cfg.run.seed + stage.index,
-                           "vocab_size": self.model.real_vocab, "reserved": comet_token_names(self.comet)},
-                          self.tokenizer)
+        src = make_source(cfg.data, self.tokenizer, seq_len=seq_len,
+                          passkey_min_len=min(stage.min_len or seq_len, seq_len), seed=cfg.run.seed + stage.index,
+                          vocab_size=self.model.real_vocab, reserved=comet_token_names(self.comet))
         num_chunks = None
         if self.mode == "comet" and self.stages > 1:
             # every stage gets the same number of chunks: pad with fully masked ones

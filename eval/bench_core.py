@@ -3,7 +3,7 @@
 Throughput of the CoMeT core on one device: forward and forward+backward tokens/s of
 the layer-major training schedule (and the chunk-major inference schedule), compile
 time reported separately, plus the compiled peak memory (`memory_analysis()`) at the
-given sequence lengths. Default configuration (issue 4): hidden 512, 4 layers, 8 heads,
+given sequence lengths. Default configuration: hidden 512, 4 layers, 8 heads,
 chunk 512, G 64, stride 8, budget 256, float32.
 """
 
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from comet_jax import chunking, layout
+from comet_jax import build, chunking, layout
 from comet_jax.config import CometConfig, ModelConfig
 from comet_jax.flops import forward_flops_per_token, train_flops_per_token
 from comet_jax.model import comet as cm
@@ -26,15 +26,10 @@ from comet_jax.model.init import init_params
 
 
 def configs(args) -> tuple[ModelConfig, CometConfig]:
-    v = args.vocab
-    model = ModelConfig(vocab_size=v + 256, num_real_tokens=v + 2 + args.global_size, hidden_size=args.hidden,
-                        intermediate_size=args.intermediate, num_layers=args.layers, num_heads=args.heads,
-                        num_kv_heads=args.heads, head_dim=args.hidden // args.heads, dtype=args.dtype,
-                        param_dtype=args.dtype)
-    comet = CometConfig(chunk_size=args.chunk, global_size=args.global_size, stride=args.stride, budget=args.budget,
-                        placeholder_id=v, temp_beacon_id=v + 1,
-                        global_beacon_ids=tuple(range(v + 2, v + 2 + args.global_size)))
-    return model, comet
+    return build.scratch(args.vocab, chunk_size=args.chunk, global_size=args.global_size, stride=args.stride,
+                         budget=args.budget, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                         num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.heads,
+                         head_dim=args.hidden // args.heads, dtype=args.dtype, param_dtype=args.dtype)
 
 
 def make_batch(tokens: int, batch: int, model: ModelConfig, comet: CometConfig) -> dict:

@@ -1,6 +1,6 @@
 """python -m eval.bench_long [--lengths 8k,32k,64k,128k,512k,1M] [--modes comet,full] [--preset tiny]
 
-Long-context generation benchmark (issue 7): prefill time, peak process memory and decode
+Long-context generation benchmark: prefill time, peak process memory and decode
 ms/token of CoMeT mode (constant state: memories plus one open chunk) against full mode
 (a KV cache over the whole prompt) at growing prompt lengths.
 
@@ -24,7 +24,7 @@ whose predicted prefill time (quadratic extrapolation from the previous length) 
 --full-limit-s, or whose predicted peak memory (linear in the cache) exceeds the free
 memory; the rest are recorded as skipped with the reason.
 
-Targets (the issue): comet prefill time linear in length (time per token at the longest
+Targets: comet prefill time linear in length (time per token at the longest
 vs the shortest length <= 1.25, the slack is for a noisy shared machine; the log-log slope
 is printed too), comet peak memory at the longest length (1M) <= 1.1x at 32k (on a GPU:
 device peak bytes), comet >= 5x faster than full prefill at 64k (when full was skipped
@@ -39,7 +39,7 @@ Lengths accept k and M suffixes: k = 1024 tokens, M = 1024*1024 tokens (8k = 819
 Presets: tiny = configs/tiny_cpu.yaml's model (hidden 128, 4 layers, C 64, G 8, stride 8,
 budget 16, float32); gpu-0.5b = a random Llama-style model of ~0.50B parameters (hidden
 1024, 24 layers, 16 heads, 8 kv heads, intermediate 4864, vocab 32000), bfloat16, with
-DESIGN.md's recipe C 2048, G 512, stride 8, budget 2048 and block_chunks 4.
+the official recipe (docs/design.md §1.4): C 2048, G 512, stride 8, budget 2048 and block_chunks 4.
 """
 
 from __future__ import annotations
@@ -55,12 +55,13 @@ import time
 from datetime import date
 from pathlib import Path
 
+from comet_jax.config import MODES
+
 # the child side (what runs in each measurement process)
 from eval.bench_long_child import PRESETS, RESULT_TAG, build_configs, child_main
 from eval.common import atomic_write, check_out_dir, format_length, mem_available_bytes, parse_length, save_png
 
 REPO = Path(__file__).resolve().parent.parent
-MODES = ("comet", "full")
 DEFAULT_LENGTHS = "8k,32k,64k,128k,512k,1M"
 
 # target thresholds

@@ -61,37 +61,17 @@ def random_params(model, comet) -> dict:
 def build_configs(spec: dict):
     """(ModelConfig, CometConfig, source) for a preset or a checkpoint, overrides applied and
     validated; raises ConfigError (a ValueError) or CheckpointError with a message."""
-    from comet_jax.config import ConfigError, ModelConfig
-    from comet_jax.convert.hf_import import added_tokens, comet_for_vocab, padded_vocab
+    from comet_jax import build
 
-    ov = spec["overrides"]
+    ov = {k: spec["overrides"][k] for k in ("chunk_size", "global_size", "stride", "budget")
+          if spec["overrides"].get(k) is not None}
     if spec["checkpoint"]:
-        from comet_jax import checkpoint
-        model, comet, _ = checkpoint.read_meta(spec["checkpoint"])
-        if ov.get("global_size") is not None and ov["global_size"] != comet.global_size:
-            raise ConfigError(f"--global-size {ov['global_size']} does not match the checkpoint's "
-                              f"G={comet.global_size} (it is baked into the weights)")
-        rep = {k: ov[k] for k in ("chunk_size", "stride", "budget") if ov.get(k) is not None}
-        if rep:
-            if (rep.get("stride", comet.stride) > 0) != comet.has_temp:
-                raise ConfigError("--stride cannot switch temp memory on or off for a checkpoint")
-            comet = dataclasses.replace(comet, **rep)
-        if spec["dtype"]:
-            model = dataclasses.replace(model, dtype=spec["dtype"])
-        source = f"checkpoint {spec['checkpoint']}"
-    else:
-        p = PRESETS[spec["preset"]]
-        c = dict(p["comet"])
-        c.update({k: ov[k] for k in c if ov.get(k) is not None})
-        comet = comet_for_vocab(p["vocab"], c["chunk_size"], c["global_size"], c["stride"], c["budget"])
-        real = p["vocab"] + added_tokens(comet)
-        dtype = spec["dtype"] or p["dtype"]
-        model = ModelConfig(vocab_size=padded_vocab(real), num_real_tokens=real, dtype=dtype, param_dtype=dtype,
-                            **p["model"])
-        source = f"preset {spec['preset']} (random weights)"
-    model.validate()
-    comet.validate(model.vocab_size)
-    return model, comet, source
+        model, comet, _ = build.from_checkpoint(spec["checkpoint"], dtype=spec["dtype"], **ov)
+        return model, comet, f"checkpoint {spec['checkpoint']}"
+    p = PRESETS[spec["preset"]]
+    dtype = spec["dtype"] or p["dtype"]
+    model, comet = build.scratch(p["vocab"], **{**p["comet"], **ov}, dtype=dtype, param_dtype=dtype, **p["model"])
+    return model, comet, f"preset {spec['preset']} (random weights)"
 
 
 def build_model(spec: dict):

@@ -23,8 +23,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import AxisType, Mesh  # noqa: E402
 
-from comet_jax import chunking, layout  # noqa: E402
-from comet_jax.config import CometConfig, ModelConfig  # noqa: E402
+from comet_jax import build, chunking, layout  # noqa: E402
 from comet_jax.loss import IGNORE  # noqa: E402
 from comet_jax.model import comet as cm  # noqa: E402
 from comet_jax.model.init import init_params  # noqa: E402
@@ -45,10 +44,9 @@ def main(argv=None) -> int:
         print(f"error: {max(stages)} devices needed, {len(jax.devices())} available (set XLA_FLAGS="
               "--xla_force_host_platform_device_count=8 on CPU)", file=sys.stderr)
         return 2
-    model = ModelConfig(vocab_size=512, hidden_size=args.hidden, intermediate_size=2 * args.hidden,
-                        num_layers=args.layers, num_heads=4, num_kv_heads=2, head_dim=args.hidden // 4)
-    comet = CometConfig(chunk_size=args.chunk, global_size=8, stride=8, budget=16, placeholder_id=256,
-                        temp_beacon_id=257, global_beacon_ids=tuple(range(258, 266)))
+    model, comet = build.scratch(256, chunk_size=args.chunk, global_size=8, stride=8, budget=16,
+                                 hidden_size=args.hidden, intermediate_size=2 * args.hidden, num_layers=args.layers,
+                                 num_heads=4, num_kv_heads=2, head_dim=args.hidden // 4)
     params = init_params(model, comet, jax.random.key(0))
 
     def temp_mb(p: int, chunks: int) -> float:

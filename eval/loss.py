@@ -68,24 +68,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --batch-size must be > 0, got {args.batch_size}", file=sys.stderr)
         return 2
     # Heavy imports after argument parsing, so --help and usage errors are instant.
-    import dataclasses
-
     from tqdm import tqdm
 
-    from comet_jax import checkpoint
+    from comet_jax import build, checkpoint
     from comet_jax.config import ConfigError
     from comet_jax.data.jsonl import DataError, comet_token_names, read_jsonl
     from comet_jax.scoring import score_batch
     from comet_jax.tokenizer import load_tokenizer
 
     try:
-        model, comet, meta = checkpoint.read_meta(args.checkpoint)
-        model = dataclasses.replace(model, dtype=args.dtype)
-        overrides = {k: v for k, v in (("chunk_size", args.chunk_size), ("stride", args.stride),
-                                       ("budget", args.budget)) if v is not None}
-        if overrides:
-            comet = dataclasses.replace(comet, **overrides)
-            comet.validate(model.real_vocab)
+        model, comet, meta = build.from_checkpoint(args.checkpoint, chunk_size=args.chunk_size, stride=args.stride,
+                                                   budget=args.budget, dtype=args.dtype)
         seqs = read_jsonl(args.data, load_tokenizer(args.checkpoint, meta), model.real_vocab,
                           reserved=comet_token_names(comet))
         if not seqs:

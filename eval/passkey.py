@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--chunk-size", type=int, help="comet mode: override the checkpoint's chunk size")
     ap.add_argument("--block-chunks", type=int, default=8, help="closed chunks per compiled prefill step")
     ap.add_argument("--official-layout", action="store_true",
-                    help="lay closed chunks out as the official generation code (DESIGN.md 1.7)")
+                    help="lay closed chunks out as the official generation code (docs/design.md §1.7)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
 
@@ -306,11 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         ap.error(str(e))
 
-    import dataclasses
-
     from tqdm import tqdm
 
-    from comet_jax import checkpoint
+    from comet_jax import build, checkpoint
     from comet_jax.config import ConfigError
     from comet_jax.data.passkey import build_prompt
     from comet_jax.generate import Generator
@@ -318,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out = check_out_dir(args.out)  # before hours of work, not after them
-        model, comet, meta = checkpoint.read_meta(args.checkpoint)
+        model, comet, meta = build.from_checkpoint(args.checkpoint, chunk_size=args.chunk_size, dtype=args.dtype)
         if args.tokenizer:
             tokenizer = tokenizer_by_name(args.tokenizer)
         else:
@@ -326,11 +324,6 @@ def main(argv: list[str] | None = None) -> int:
             if tokenizer is None:
                 raise ValueError(f"{args.checkpoint} has no tokenizer.json: pass --tokenizer (byte, passkey or a "
                                  "tokenizer.json path)")
-        if args.dtype:
-            model = dataclasses.replace(model, dtype=args.dtype)
-        if args.chunk_size:
-            comet = dataclasses.replace(comet, chunk_size=args.chunk_size)
-            comet.validate(model.real_vocab)
         if tokenizer.get_vocab_size() > model.vocab_size:
             raise ValueError(f"the tokenizer has {tokenizer.get_vocab_size()} ids but the model only "
                              f"{model.vocab_size} embedding rows: wrong --tokenizer?")

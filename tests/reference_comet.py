@@ -1,4 +1,4 @@
-"""A slow, obviously-correct CoMeT oracle, written straight from DESIGN.md §1.2-1.3.
+"""A slow, obviously-correct CoMeT oracle, written straight from docs/design.md §1.2-1.3.
 
 Independent of `comet_jax` on purpose: nothing here is shared with the library, so a
 bug there cannot hide behind the same bug here. Everything is float32 `jax.numpy`
@@ -175,7 +175,7 @@ def cross_entropy(logits, labels):
 
 
 def build_chunk(comet, text, chunk_index, beacons_before):
-    """Lay out chunk `chunk_index` token by token (DESIGN §1.2 step 3).
+    """Lay out chunk `chunk_index` token by token (docs/design.md §1.2 step 3).
 
     text: this chunk's raw text token ids; beacons_before: temp beacons produced by all
     earlier chunks. Returns a dict with the token ids and the positions of every kind of

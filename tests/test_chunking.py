@@ -1,4 +1,4 @@
-"""Chunk planners (DESIGN.md §1.2 item 2): every plan is valid, known outputs, mixtures."""
+"""Chunk planners (docs/design.md §1.2 item 2): every plan is valid, known outputs, mixtures."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The static slot layout holds exactly the variable layout of DESIGN.md §1.2."""
+"""The static slot layout holds exactly the variable layout of docs/design.md §1.2."""
 
 import numpy as np
 import pytest

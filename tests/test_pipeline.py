@@ -1,4 +1,4 @@
-"""Layer-level pipeline (DESIGN.md §1.6): values and gradients equal the single-device
+"""Layer-level pipeline (docs/design.md §1.6): values and gradients equal the single-device
 layer-major schedule; the stages talk only through collective-permutes."""
 
 import re

@@ -1,7 +1,7 @@
 """Tests of the independent CoMeT oracle (tests/reference_comet.py).
 
 The oracle's backbone is checked against HF transformers; its CoMeT behaviour is checked
-against properties that follow directly from DESIGN.md §1.2-1.3 (layout, chunk isolation
+against properties that follow directly from docs/design.md §1.2-1.3 (layout, chunk isolation
 without memory, information flow through memory, causality across chunks, gradients).
 """
 

@@ -6,6 +6,7 @@ import pytest
 
 from comet_jax.config import ConfigError
 from comet_jax.train_config import (
+    StageSection,
     TrainConfig,
     dump_yaml,
     load_config,
@@ -145,12 +146,13 @@ def test_validate_mesh_and_batch():
      r"data\.curriculum\[1\]\.until_step"),
     (["data.curriculum=[{until_step: 10, seq_len: 64, chunk_size: 128}]"],
      r"data\.curriculum\[0\]\.chunk_size \(128\) is larger than data\.curriculum\[0\]\.seq_len"),
-    (["data.curriculum=[{until_step: 10, seq_len: 64, chunks: 2}]"], r"data\.curriculum\[0\] must be a mapping"),
+    (["data.curriculum=[{until_step: 10, seq_len: 64, chunks: 2}]"],
+     r"unknown key data\.curriculum\[0\]\.chunks.*did you mean data\.curriculum\[0\]\.chunk_size"),
     (["data.curriculum=[{until_step: 10, seq_len: 64, passkey_min_len: -1}]"],
      r"data\.curriculum\[0\]\.passkey_min_len must be a positive"),
 ])
 def test_validate_errors(overrides, match):
-    raises(match, validate, load_config(None, overrides))
+    raises(match, lambda: validate(load_config(None, overrides)))
 
 
 def test_validate_allowed():
@@ -180,7 +182,7 @@ def test_shipped_configs(name, tmp_path):
 def test_shipped_recipes():
     tiny = load_config(str(CONFIGS / "tiny_cpu.yaml"), [])
     assert (tiny.model.hidden_size, tiny.comet.chunk_size, tiny.data.seq_len, tiny.train.steps) == (128, 64, 512, 300)
-    assert tiny.data.curriculum == [{"until_step": 150, "seq_len": 256}]
+    assert tiny.data.curriculum == [StageSection(until_step=150, seq_len=256)]
     validate(tiny, device_count=1)
     for name in ("qwen3_comet_32k.yaml", "llama3_8b_comet_32k.yaml"):
         cfg = load_config(str(CONFIGS / name), [])

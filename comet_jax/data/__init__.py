@@ -1,1 +1,1 @@
-"""Input data: JSONL token sequences (and later grain sources, synthetic passkeys)."""
+"""Input data: JSONL/ArrayRecord parsing, grain sources and the training pipeline, synthetic passkeys, tokenizers."""

@@ -54,13 +54,11 @@ import numpy as np
 
 from comet_jax import layout
 from comet_jax.chunking import PlannerMix, fixed
-from comet_jax.config import CometConfig
+from comet_jax.config import MODES, SOURCES, CometConfig
 from comet_jax.data.jsonl import DataError, parse_bytes
 from comet_jax.data.passkey import PasskeySource
 from comet_jax.loss import IGNORE
 
-MODES = ("comet", "full")
-SOURCES = ("passkey", "jsonl", "arrayrecord")
 
 __all__ = ["ArrayRecordSource", "DataError", "JsonlSource", "Loader", "MODES", "PasskeySource", "SOURCES",
            "make_loader", "make_source", "num_chunks_for"]
@@ -223,7 +221,9 @@ def make_source(cfg: Any = None, tokenizer: Any = None, **overrides):
     def get(key, default=None):
         return overrides[key] if key in overrides else _get(cfg, key, default)
 
-    kind = get("source", "jsonl")
+    kind = get("source")
+    if kind is None:
+        raise ValueError(f"make_source: no source given; expected one of {SOURCES}")
     skip_bad, vocab_size = bool(get("skip_bad", False)), get("vocab_size")
     if kind == "passkey":
         if tokenizer is None:

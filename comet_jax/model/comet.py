@@ -1,6 +1,6 @@
 """The CoMeT layer and the schedules that run it over chunks and layers.
 
-`comet_layer(p, h, memory, chunk)` is the unit (DESIGN.md §1.3): inject the layer's
+`comet_layer(p, h, memory, chunk)` is the unit (docs/design.md §1.3): inject the layer's
 memories into its input placeholders, run the unchanged decoder layer, read the new
 memories from its output. Schedules are short functions over it:
 
@@ -19,14 +19,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from comet_jax.config import CometConfig, ModelConfig
+from comet_jax.config import SCHEDULES, CometConfig, ModelConfig
 from comet_jax.layout import Slots
 from comet_jax.loss import IGNORE, token_nll
 from comet_jax.model import backbone
 from comet_jax.model.memory import fifo_push, global_update, temp_entries
 
 Memory = dict[str, jnp.ndarray]
-SCHEDULES = ("layer_major", "chunk_major")
 
 
 def init_memory(batch: int, model: ModelConfig, comet: CometConfig) -> Memory:
@@ -167,7 +166,7 @@ def token_losses(params: dict, batch: dict[str, Any], model: ModelConfig, comet:
 @partial(jax.jit, static_argnames=("model", "comet", "schedule", "remat"))
 def loss(params: dict, batch: dict[str, Any], model: ModelConfig, comet: CometConfig,
          schedule: str = "layer_major", remat: bool = True) -> jnp.ndarray:
-    """Sum of token losses / number of labeled tokens (DESIGN.md §1.3)."""
+    """Sum of token losses / number of labeled tokens (docs/design.md §1.3)."""
     nll = token_losses(params, batch, model, comet, schedule, remat)
     count = jnp.sum(jnp.asarray(batch["labels"]) != IGNORE)
     return jnp.sum(nll) / jnp.maximum(count, 1)

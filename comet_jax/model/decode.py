@@ -1,4 +1,4 @@
-"""Generation on device (DESIGN.md §1.5): pure functions over a decode state.
+"""Generation on device (docs/design.md §1.5): pure functions over a decode state.
 
 CoMeT mode. Closed chunks are laid out exactly as in training and run through the
 chunk-major forward keeping only the per-layer memories (`prefill_closed`, a scan over a
@@ -78,7 +78,7 @@ def chunk_layout(text: jnp.ndarray, n_text: jnp.ndarray, first: jnp.ndarray, q_v
 
     closed: the chunk ends with its global beacons and a temp beacon after a final partial
     group (training layout); open: neither. official: closed chunks also leave out the temp
-    beacon after a final partial group (the official generation code, DESIGN.md §1.7).
+    beacon after a final partial group (the official generation code, docs/design.md §1.7).
     Rows that are not live are fully masked (they leave the memories untouched)."""
     sl = Slots.of(comet)
     b = text.shape[0]

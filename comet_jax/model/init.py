@@ -9,7 +9,7 @@ from comet_jax.config import MEMORY_RANK, CometConfig, ModelConfig
 
 
 def init_params(model: ModelConfig, comet: CometConfig, key: jax.Array) -> dict:
-    """Linear weights and embeddings N(0, initializer_range), norm scales 1 (DESIGN.md §1.4)."""
+    """Linear weights and embeddings N(0, initializer_range), norm scales 1 (docs/design.md §1.4)."""
     d, f, L, r = model.hidden_size, model.intermediate_size, model.num_layers, MEMORY_RANK
     hq, hkv = model.num_heads * model.head_dim, model.num_kv_heads * model.head_dim
     dtype = jnp.dtype(model.param_dtype)

@@ -1,4 +1,4 @@
-"""The two memory nets of one layer (DESIGN.md §1.3 steps 3-4), as pure functions.
+"""The two memory nets of one layer (docs/design.md §1.3 steps 3-4), as pure functions.
 
 Global memory: x̂ = RMSNorm(x) with eps = machine epsilon of the compute dtype; the first
 chunk takes s = x̂, later chunks gate g = sigmoid(W_g [x̂; s_prev]) per slot and

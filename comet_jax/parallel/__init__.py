@@ -1,1 +1,1 @@
-"""Meshes, sharding rules and (later) the pipeline schedule."""
+"""Meshes, sharding rules, multi-host start-up and the shard_map pipeline over chunk groups."""

@@ -1,4 +1,4 @@
-"""Layer-level pipeline parallelism over chunk groups (DESIGN.md §1.6).
+"""Layer-level pipeline parallelism over chunk groups (docs/design.md §1.6).
 
 One sequence's N chunks are split into P contiguous groups along the mesh axis
 `stage` (device p holds chunks [p*N/P, (p+1)*N/P)); every device holds every layer.

@@ -2,7 +2,7 @@
 
 Axes: `data` (pure data parallel: parameters replicated), `fsdp` (data parallel with
 parameters and optimizer state sharded), `tensor` (heads and MLP width), `stage` (the
-pipeline of DESIGN.md §1.6: chunk groups of one sequence; parameters replicated). A
+pipeline of docs/design.md §1.6: chunk groups of one sequence; parameters replicated). A
 batch is split over data x fsdp, and its chunk axis over stage. A dimension that an axis does not divide stays replicated on
 that axis, so any small model runs on any mesh.
 """
