@@ -58,22 +58,44 @@ class RopeConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """A decoder-only Llama/Qwen3 backbone."""
+class BackboneShape:
+    """The shape of a decoder-only Llama/Qwen3 backbone: shared by `ModelConfig` and the training
+    config's model section (a model trained from scratch), with one set of rules."""
 
-    vocab_size: int = 256
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_layers: int = 2
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_layers: int = 4
     num_heads: int = 4
     num_kv_heads: int = 2
-    head_dim: int = 16
-    rope: RopeConfig = field(default_factory=RopeConfig)
+    head_dim: int = 32
     rms_eps: float = 1e-6
     tie_embeddings: bool = False
     qk_norm: bool = False  # Qwen3's per-head RMSNorm on q and k
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype
+
+    def validate_shape(self, dtypes: tuple[str, ...] = DTYPES) -> None:
+        for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"model.{key} must be > 0, got {getattr(self, key)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"model.num_heads ({self.num_heads}) must be a multiple of model.num_kv_heads "
+                f"({self.num_kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"model.head_dim must be even for RoPE, got {self.head_dim}")
+        for key in ("dtype", "param_dtype"):
+            if getattr(self, key) not in dtypes:
+                raise ConfigError(f"model.{key} must be one of {', '.join(dtypes)}, got {getattr(self, key)!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig(BackboneShape):
+    """A decoder-only Llama/Qwen3 backbone: its shape, vocabulary and RoPE."""
+
+    vocab_size: int = 256
+    rope: RopeConfig = field(default_factory=RopeConfig)
     initializer_range: float = 0.02
     # Rows of the embedding that are real tokens; rows beyond are vocabulary padding and
     # are masked out of every softmax (docs/design.md §1.4). None means all rows are real.
@@ -85,25 +107,26 @@ class ModelConfig:
         return self.vocab_size if self.num_real_tokens is None else self.num_real_tokens
 
     def validate(self) -> None:
-        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                    "num_kv_heads", "head_dim"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"model.{key} must be > 0, got {getattr(self, key)}")
-        if self.num_heads % self.num_kv_heads:
-            raise ConfigError(
-                f"model.num_heads ({self.num_heads}) must be a multiple of model.num_kv_heads "
-                f"({self.num_kv_heads})"
-            )
-        if self.head_dim % 2:
-            raise ConfigError(f"model.head_dim must be even for RoPE, got {self.head_dim}")
-        for key in ("dtype", "param_dtype"):
-            if getattr(self, key) not in DTYPES:
-                raise ConfigError(f"model.{key} must be one of {DTYPES}, got {getattr(self, key)!r}")
+        if self.vocab_size <= 0:
+            raise ConfigError(f"model.vocab_size must be > 0, got {self.vocab_size}")
+        self.validate_shape()
         if self.num_real_tokens is not None and not 0 < self.num_real_tokens <= self.vocab_size:
             raise ConfigError(
                 f"model.num_real_tokens ({self.num_real_tokens}) must be in [1, vocab_size={self.vocab_size}]"
             )
         self.rope.validate()
+
+
+def check_comet_settings(chunk_size: int, global_size: int, stride: int, budget: int) -> None:
+    """The rules of the four CoMeT settings, for a model's config and for a training config."""
+    if chunk_size <= 0:
+        raise ConfigError(f"comet.chunk_size must be > 0, got {chunk_size}")
+    if global_size < 0:
+        raise ConfigError(f"comet.global_size must be >= 0, got {global_size}")
+    if stride == 0 or stride < -1:
+        raise ConfigError(f"comet.stride must be > 0, or -1 to disable temp memory; got {stride}")
+    if stride > 0 and budget <= 0:
+        raise ConfigError(f"comet.budget must be > 0 when comet.stride > 0, got {budget}")
 
 
 @dataclass(frozen=True)
@@ -131,14 +154,7 @@ class CometConfig:
         return self.has_global or self.has_temp
 
     def validate(self, vocab_size: int | None = None) -> None:
-        if self.chunk_size <= 0:
-            raise ConfigError(f"comet.chunk_size must be > 0, got {self.chunk_size}")
-        if self.global_size < 0:
-            raise ConfigError(f"comet.global_size must be >= 0, got {self.global_size}")
-        if self.stride == 0 or self.stride < -1:
-            raise ConfigError(f"comet.stride must be > 0, or -1 to disable temp memory; got {self.stride}")
-        if self.has_temp and self.budget <= 0:
-            raise ConfigError(f"comet.budget must be > 0 when comet.stride > 0, got {self.budget}")
+        check_comet_settings(self.chunk_size, self.global_size, self.stride, self.budget)
         if len(self.global_beacon_ids) != self.global_size:
             raise ConfigError(
                 f"comet.global_beacon_ids has {len(self.global_beacon_ids)} ids but comet.global_size "

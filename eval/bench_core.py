@@ -20,7 +20,7 @@ import numpy as np
 
 from comet_jax import build, chunking, layout
 from comet_jax.config import CometConfig, ModelConfig
-from comet_jax.flops import forward_flops_per_token, train_flops_per_token
+from comet_jax.train.flops import forward_flops_per_token, train_flops_per_token
 from comet_jax.model import comet as cm
 from comet_jax.model.init import init_params
 

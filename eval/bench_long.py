@@ -10,7 +10,7 @@ short prompt, then times, all with jax.block_until_ready:
   prefill   Generator.prefill on `batch` random prompts of the length (compile excluded;
             the warm-up wall time is reported as compile_s). In full mode the warm-up is a
             1-token prompt with the same cache size, so the long shapes are compiled too.
-  decode    the jitted decode loop (comet_jax.generate.decode_loop, exactly what
+  decode    the jitted decode loop (comet_jax.infer.generate.decode_loop, exactly what
             Generator.generate runs after its prefill), greedy, --decode-tokens steps from the
             prefilled state, timed separately: decode_ms_per_token = loop time / steps.
   memory    peak RSS of the child (VmHWM of /proc/self/status, ru_maxrss as a fallback),
@@ -59,7 +59,8 @@ from comet_jax.config import MODES
 
 # the child side (what runs in each measurement process)
 from eval.bench_long_child import PRESETS, RESULT_TAG, build_configs, child_main
-from eval.common import atomic_write, check_out_dir, format_length, mem_available_bytes, parse_length, save_png
+from comet_jax.evals.common import atomic_write, check_out_dir, format_length, parse_length, save_png
+from comet_jax.resources import mem_available_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_LENGTHS = "8k,32k,64k,128k,512k,1M"
@@ -331,7 +332,7 @@ def build_results(rows: list[dict], args, argv, wall_s: float, complete: bool) -
                    "decode_tokens": args.decode_tokens, "full_limit_s": args.full_limit_s,
                    "lengths": args.lengths, "modes": args.modes, **info},
         "timing": {"prefill": "Generator.prefill after a warm-up compile run, block_until_ready",
-                   "decode": "comet_jax.generate.decode_loop timed separately, greedy, ms per step",
+                   "decode": "comet_jax.infer.generate.decode_loop timed separately, greedy, ms per step",
                    "memory": "peak RSS (VmHWM) of a fresh child process per measurement"},
         "measurements": [{k: v for k, v in r.items() if k != "info"} for r in rows],
         "targets": targets(rows),

@@ -15,7 +15,8 @@ import json
 import sys
 import time
 
-from eval.common import format_length, mem_available_bytes, peak_rss_bytes, rss_bytes
+from comet_jax.evals.common import format_length
+from comet_jax.resources import device_peak_mb, mem_available_bytes, peak_rss_bytes, rss_bytes
 
 RESULT_TAG = "@@BENCH_LONG_RESULT "
 
@@ -102,7 +103,7 @@ def run_child(spec: dict) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from comet_jax.generate import Generator, decode_loop, full_cache_size
+    from comet_jax.infer.generate import Generator, decode_loop, full_cache_size
 
     mode, length, batch, new = spec["mode"], spec["length"], spec["batch"], spec["decode_tokens"]
     params, model, comet, info = build_model(spec)
@@ -186,9 +187,9 @@ def run_child(spec: dict) -> dict:
         "full_block": full_block if mode == "full" else None,
         "device": dev.device_kind, "platform": dev.platform, "info": info,
     }
-    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
-    if stats and "peak_bytes_in_use" in stats:
-        res["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20
+    peak = device_peak_mb(dev)
+    if peak is not None:
+        res["peak_device_mb"] = peak
     say(f"decode {res['decode_ms_per_token']:.2f} ms/token, peak RSS {res['peak_rss_mb']:.0f} MB")
     return res
 

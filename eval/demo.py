@@ -170,7 +170,7 @@ def train_and_eval(name: str, cores, args, sets, seq_len, samples, depths, mults
 
 
 def train_seq_len(config: str, overrides: list[str]) -> int:
-    from comet_jax.train_config import load_config
+    from comet_jax.train.train_config import load_config
 
     return int(load_config(config, overrides).data.seq_len)
 
@@ -193,7 +193,7 @@ def plot(results: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from eval.common import save_png
+    from comet_jax.evals.common import save_png
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, res in results["models"].items():
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results["wall_seconds"] = round(time.time() - t_start, 1)
     out.mkdir(parents=True, exist_ok=True)
-    from eval.passkey import write_heatmap, write_json
+    from comet_jax.evals.passkey import write_heatmap, write_json
 
     for name, res in results["models"].items():
         write_heatmap({**res, "title": f"passkey accuracy: {LABELS[name]} (trained on {seq_len} tokens)"},

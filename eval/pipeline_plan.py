@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from comet_jax.train.train_config import add_config_args, load_valid
+
 
 def plan(cfg, model, comet, stages: int) -> dict:
-    from comet_jax.flops import param_count
+    from comet_jax.train.flops import param_count
     from comet_jax.layout import Slots
 
     L, d = model.num_layers, model.hidden_size
@@ -40,17 +42,14 @@ def plan(cfg, model, comet, stages: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.pipeline_plan", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config")
-    ap.add_argument("overrides", nargs="*", metavar="section.key=value")
+    add_config_args(ap)
     ap.add_argument("--stages", default="1,2,4,8", help="numbers of pipeline stages to compare")
     args = ap.parse_args(argv)
     from comet_jax.config import ConfigError
-    from comet_jax.train_config import load_config, validate
-    from comet_jax.trainer import build_model, load_tokenizer
+    from comet_jax.train.trainer import build_model, load_tokenizer
 
     try:
-        cfg = load_config(args.config, args.overrides)
-        validate(cfg)
+        cfg = load_valid(args)
         model, comet = build_model(cfg, load_tokenizer(cfg))
         stages = [int(s) for s in args.stages.split(",")]
     except (ConfigError, ValueError) as e:

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from comet_jax.convert.__main__ import main as convert_main
     from comet_jax.convert.hf_export import export_hf
     from comet_jax.model.init import init_params
-    from eval.loss import main as loss_main
+    from comet_jax.evals.loss import main as loss_main
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)

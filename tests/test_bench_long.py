@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from eval import bench_long, common
+from comet_jax.evals import common
+from eval import bench_long
 
 
 def test_tiny_run_writes_results_and_plot(tmp_path, capsys):

@@ -247,14 +247,23 @@ def test_planner_mix_is_frozen_and_hashable():
 
 
 def test_module_imports_only_numpy_and_stdlib():
+    """chunking stays light: numpy and the standard library, plus comet_jax.config (where the
+    planner names are defined), which itself imports only the standard library."""
     import ast
     import sys
 
-    tree = ast.parse(open(ch.__file__).read())
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            roots.add(node.module.split(".")[0])
-    assert roots - {"numpy"} <= set(sys.stdlib_module_names) | {"__future__"}, roots
+    from comet_jax import config
+
+    def imports(path):
+        roots = set()
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.Import):
+                roots |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots.add(node.module)
+        return roots
+
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    roots = imports(ch.__file__)
+    assert {r.split(".")[0] for r in roots - {"numpy", "comet_jax.config"}} <= stdlib, roots
+    assert {r.split(".")[0] for r in imports(config.__file__)} <= stdlib

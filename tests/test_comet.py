@@ -9,7 +9,7 @@ from comet_jax import chunking, layout
 from comet_jax.config import CometConfig, ModelConfig
 from comet_jax.model import comet as cm
 from comet_jax.model.init import init_params
-from comet_jax.scoring import full_token_nll
+from comet_jax.infer.scoring import full_token_nll
 from numerics import assert_tree_close
 
 MODEL = ModelConfig(vocab_size=64, num_real_tokens=60, hidden_size=32, intermediate_size=48, num_layers=3,

@@ -54,7 +54,7 @@ def test_comet_rows_and_memory_params(comet_ckpt):
         assert np.unique(new, axis=0).shape[0] == new.shape[0]  # ... but distinct rows
     # backbone tensors transposed to (in, out)
     np.testing.assert_array_equal(params["layers"]["wq"][1], sd["model.layers.1.self_attn.q_proj.weight"].T)
-    # memory nets: shapes and init statistics of DESIGN.md §1.4
+    # memory nets: shapes and init statistics of docs/design.md §1.4
     g, t = params["layers"]["global_mem"], params["layers"]["temp_mem"]
     shapes = {k: v.shape for k, v in {**{f"g.{k}": x for k, x in g.items()}, **{f"t.{k}": x for k, x in t.items()}}.items()}
     assert shapes == {"g.norm": (layers, d), "g.gate": (layers, 2 * d), "g.down": (layers, d, 8),
@@ -198,3 +198,37 @@ def test_grow_rows_statistics():
     assert new.dtype == np.float32 and new.shape == (200, 16)
     np.testing.assert_allclose(new.mean(0), old.mean(0), atol=0.02)
     np.testing.assert_allclose(new.std(0), np.sqrt(1e-5) * old.std(0), rtol=0.25)
+
+
+def test_small_blocks_write_the_same_checkpoint(comet_ckpt, tmp_path, monkeypatch):
+    # Every leaf in many blocks: stacked leaves a layer at a time, embed in row blocks that
+    # straddle the first new row, the transposed lm_head in column blocks, the new rows'
+    # statistics over row blocks (equal up to float64 rounding in the covariance).
+    hf, src, dst, _ = comet_ckpt
+    monkeypatch.setattr(checkpoint, "BLOCK_BYTES", 7 * 32 * 4)
+    convert(src, tmp_path / "small", chunk_size=16, global_size=4, stride=4, budget=8, **quiet)
+    ref, small = (checkpoint.flatten(checkpoint.load_params(d)) for d in (dst, tmp_path / "small"))
+    assert ref.keys() == small.keys()
+    for path in ref:
+        if path in ("embed", "lm_head"):
+            np.testing.assert_allclose(small[path], ref[path], rtol=1e-6, atol=1e-9)
+            rows = small[path] if path == "embed" else small[path].T
+            np.testing.assert_array_equal(rows[:100], (ref[path] if path == "embed" else ref[path].T)[:100])
+        else:
+            np.testing.assert_array_equal(small[path], ref[path])
+
+
+def test_restore_onto_a_mesh(comet_ckpt):
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    _, _, dst, _ = comet_ckpt
+    plain = checkpoint.load_params(dst)
+    mesh = jax.make_mesh((2, 4), ("fsdp", "tensor"))
+    specs = {"embed": P("tensor", "fsdp"), "lm_head": P("fsdp", "tensor"), "layers.wq": P("fsdp", None, "tensor"),
+             "layers.w_down": P(None, "tensor", "fsdp")}
+    shardings = checkpoint.nest({p: NamedSharding(mesh, specs.get(p, P())) for p in checkpoint.flatten(plain)})
+    sharded = checkpoint.load_params(dst, shardings)
+    for path, value in checkpoint.flatten(sharded).items():
+        assert value.sharding.spec == specs.get(path, P()) and len(value.addressable_shards) == 8
+        np.testing.assert_array_equal(np.asarray(value), checkpoint.flatten(plain)[path])

@@ -10,7 +10,7 @@ import torch
 
 import hf_models
 from comet_jax.convert.hf_import import convert
-from eval import loss as eval_loss
+from comet_jax.evals import loss as eval_loss
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen3"])

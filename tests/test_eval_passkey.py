@@ -10,7 +10,7 @@ from comet_jax.config import ModelConfig
 from comet_jax.convert.hf_import import added_tokens, comet_for_vocab, padded_vocab
 from comet_jax.data.byte_tokenizer import BYTE_VOCAB
 from comet_jax.model.init import init_params
-from eval.passkey import first_number, is_correct, main, parse_length
+from comet_jax.evals.passkey import first_number, is_correct, main, parse_length
 
 COMET = comet_for_vocab(BYTE_VOCAB, 64, 4, 8, 8)
 MODEL = ModelConfig(vocab_size=padded_vocab(BYTE_VOCAB + added_tokens(COMET)),

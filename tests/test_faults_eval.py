@@ -18,8 +18,8 @@ from comet_jax.data.passkey_tokenizer import passkey_tokenizer
 from test_eval_passkey import COMET, ckpt  # noqa: F401  (a pytest fixture)
 
 from eval import bench_long
-from eval import loss as eval_loss
-from eval import passkey
+from comet_jax.evals import loss as eval_loss
+from comet_jax.evals import passkey
 
 PASSKEY_ARGS = ["--tokenizer", "byte", "--lengths", "300", "--depths", "0,1", "--samples", "1",
                 "--batch-size", "1", "--mode", "full", "--quiet"]
@@ -48,7 +48,7 @@ def test_passkey_checks_out_before_loading_the_model(ckpt, tmp_path, monkeypatch
 
 
 def test_passkey_resume_equals_an_uninterrupted_run(ckpt, tmp_path, monkeypatch, capsys):  # noqa: F811
-    from comet_jax.generate import Generator
+    from comet_jax.infer.generate import Generator
 
     calls, real = [], Generator.generate
 
@@ -167,7 +167,7 @@ def test_loss_warns_past_max_position_embeddings(ckpt32, tmp_path, capsys):
     warnings = [w for w in capsys.readouterr().err.splitlines() if w.startswith("warning:")]
     assert len(warnings) == 1 and f"{data}:2, 40 tokens" in warnings[0] and "max_position_embeddings 32" in warnings[0]
     # comet mode: positions restart in every chunk; only a chunk's span (text + beacons + memory) counts
-    from eval.loss import position_warning
+    from comet_jax.evals.loss import position_warning
 
     small = dataclasses.replace(COMET, chunk_size=8)  # span 2*4 + 8 + 8 + 1 = 25
     assert position_warning(seqs, "d", "comet", small, 32) is None

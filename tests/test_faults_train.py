@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from comet_jax.config import ConfigError
-from comet_jax.run_lock import RunDirLocked, RunLock
-from comet_jax.train_checkpoint import (CheckpointMismatch, CheckpointSaveError, NoReadableCheckpoint,
+from comet_jax.train.run_lock import RunDirLocked, RunLock
+from comet_jax.train.train_checkpoint import (CheckpointMismatch, CheckpointSaveError, NoReadableCheckpoint,
                                         NonFiniteState, TrainCheckpointer, abstract_like)
 from test_train import ROOT, env, losses, run, train_cmd
 
@@ -140,7 +140,7 @@ def test_run_lock_excludes_a_second_trainer_and_dies_with_its_holder(tmp_path):
     first.release()
     RunLock(tmp_path).acquire().release()
     # a holder killed without releasing (os._exit) leaves the file but not the lock
-    code = f"from comet_jax.run_lock import RunLock; import os; RunLock({str(tmp_path)!r}).acquire(); os._exit(9)"
+    code = f"from comet_jax.train.run_lock import RunLock; import os; RunLock({str(tmp_path)!r}).acquire(); os._exit(9)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env()).returncode == 9
     assert json.loads((tmp_path / ".lock").read_text())["pid"] != os.getpid()
     RunLock(tmp_path).acquire().release()
@@ -169,7 +169,7 @@ def test_run_lock_without_flock_uses_pid_and_host(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ config
 
 def test_non_finite_settings_and_missing_files_are_config_errors(tmp_path):
-    from comet_jax.train_config import load_config, validate, validate_paths
+    from comet_jax.train.train_config import load_config, validate, validate_paths
 
     for bad in ("optim.lr=inf", "optim.lr=.nan", "model.rope_theta=-.inf"):
         with pytest.raises(ConfigError, match="must be a finite number"):

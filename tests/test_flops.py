@@ -3,7 +3,7 @@
 import pytest
 
 from comet_jax.config import CometConfig, ModelConfig
-from comet_jax.flops import forward_flops_per_token, real_slots_per_chunk, train_flops_per_token
+from comet_jax.train.flops import forward_flops_per_token, real_slots_per_chunk, train_flops_per_token
 
 MODEL = ModelConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                     num_kv_heads=2, head_dim=16)

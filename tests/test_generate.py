@@ -8,7 +8,7 @@ import pytest
 
 from comet_jax import chunking, layout
 from comet_jax.config import CometConfig
-from comet_jax.generate import Generator, Sampling, decode_loop, sample
+from comet_jax.infer.generate import Generator, Sampling, decode_loop, sample
 from comet_jax.layout import Slots
 from comet_jax.model import backbone, decode
 from comet_jax.model import comet as cm

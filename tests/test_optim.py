@@ -9,8 +9,8 @@ import pytest
 from comet_jax import chunking, layout
 from comet_jax.config import CometConfig, ModelConfig
 from comet_jax.model.init import init_params
-from comet_jax.optim import decay_mask, lr_schedule, make_optimizer, param_groups
-from comet_jax.train_step import make_train_step
+from comet_jax.train.optim import decay_mask, lr_schedule, make_optimizer, param_groups
+from comet_jax.train.train_step import make_train_step
 
 MODEL = ModelConfig(vocab_size=64, hidden_size=16, intermediate_size=24, num_layers=2, num_heads=2, num_kv_heads=1,
                     head_dim=8)

@@ -1,11 +1,11 @@
-"""comet_jax.train_config: YAML + overrides onto dataclass defaults, types, validation."""
+"""comet_jax.train.train_config: YAML + overrides onto dataclass defaults, types, validation."""
 
 from pathlib import Path
 
 import pytest
 
 from comet_jax.config import ConfigError
-from comet_jax.train_config import (
+from comet_jax.train.train_config import (
     StageSection,
     TrainConfig,
     dump_yaml,

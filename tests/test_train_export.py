@@ -15,7 +15,7 @@ from comet_jax import checkpoint
 from comet_jax.convert.tokenizer_files import comet_token_names
 from comet_jax.data.passkey import build_prompt
 from comet_jax.data.passkey_tokenizer import passkey_tokenizer
-from comet_jax.tokenizer import load_tokenizer
+from comet_jax.io.tokenizer import load_tokenizer
 
 # Smaller than test_train.TINY: with the passkey tokenizer a prompt fits in 96 tokens.
 SMALL = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2", "model.num_heads=2",

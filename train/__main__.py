@@ -1,58 +1,9 @@
-"""python -m train --config configs/X.yaml [section.key=value ...] [--print-config]
+"""`python -m train` (installed as `comet-train`): see comet_jax/train/cli.py."""
 
-Train (or fine-tune) a CoMeT model from one YAML config; any key can be overridden on
-the command line, e.g. `optim.lr=1e-4 mesh.fsdp=4 train.steps=50`. Running the same
-command again resumes from the latest checkpoint in the run directory.
-"""
-
-from __future__ import annotations
-
-import argparse
 import os
 import sys
 
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="YAML file (defaults apply to every key it leaves out)")
-    ap.add_argument("overrides", nargs="*", metavar="section.key=value")
-    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args = ap.parse_args(argv)
-
-    from comet_jax.config import ConfigError
-    from comet_jax.train_config import dump_yaml, load_config, validate, validate_paths
-
-    try:
-        cfg = load_config(args.config, args.overrides)
-        validate(cfg)
-        if not args.print_config:
-            validate_paths(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(dump_yaml(cfg))
-        return 0
-
-    import jax
-
-    from comet_jax.parallel.distributed import maybe_initialize
-
-    maybe_initialize(cfg.distributed)
-    try:
-        validate(cfg, device_count=jax.device_count(), process_count=jax.process_count())
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from comet_jax.trainer import main_loop
-
-    try:
-        return main_loop(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
+from comet_jax.train.cli import main
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

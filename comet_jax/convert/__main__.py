@@ -2,6 +2,11 @@
 
 Convert a local Hugging Face Llama / Qwen3 directory (or an official CoMeT checkpoint)
 into a comet-jax checkpoint (Orbax parameters + configs + tokenizer).
+
+The parameters are streamed block by block: host memory does not grow with the model
+(about 0.3 GB for a 0.4B model, 0.8 GB for Llama-3-8B, 2.5 GB for Llama-3-70B). A run
+stopped with SIGTERM or Ctrl-C leaves nothing behind; what a killed one leaves is removed
+by the next run for the same DST_DIR.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m comet_jax.convert", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", metavar="SRC_DIR", help="HF model directory (config.json + *.safetensors)")
-    ap.add_argument("dst", metavar="DST_DIR", help="output checkpoint directory (must not exist)")
+    ap.add_argument("dst", metavar="DST_DIR", help="output checkpoint directory (must not exist, nor be or "
+                    "lie inside SRC_DIR)")
     ap.add_argument("--chunk-size", type=int, help=f"chunk size C (default {RECIPE['chunk_size']}, or the "
                     "official checkpoint's)")
     ap.add_argument("--global-size", type=int, help=f"global memory size G (default {RECIPE['global_size']}; "
@@ -45,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConvertError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: nothing was written to {args.dst}", file=sys.stderr)
+        return 130
     print(json.dumps(summary))
     return 0
 

@@ -1,12 +1,15 @@
 """Convert a local HF Llama / Qwen3 / official CoMeT directory into our checkpoint.
 
-Tensors are read one at a time from the safetensors files (each file is opened for
-one tensor and closed again, so no shard stays mapped) and each parameter leaf is
-written as soon as it is complete: host memory holds about one stacked leaf, not the
-model. CoMeT is added as DESIGN.md §1.4 says: new token rows around the mean of the
-existing rows, vocabulary padded to a multiple of 256 (padding rows masked), and
-fresh memory nets per layer, unless the source is an official CoMeT checkpoint, whose
-rows, ids and memory nets are kept.
+The converter streams: every shard's header is read first (names, shapes, dtypes: a bad
+or truncated file is refused before anything is written), then each parameter leaf is
+written block by block (`checkpoint.StreamingWriter`), each block filled from the
+tensors it needs, read one at a time from their shard (opened for that read and closed
+again, so no shard stays mapped). Host memory holds about one block (32 MB, or one layer
+of a stacked leaf where a layer is larger), never a whole leaf or the model. CoMeT is
+added as docs/design.md §1.4 says: new token rows around the mean of the existing rows,
+vocabulary padded to a multiple of 256 (padding rows masked), and fresh memory nets per
+layer, unless the source is an official CoMeT checkpoint, whose rows, ids and memory nets
+are kept.
 """
 
 from __future__ import annotations
@@ -14,25 +17,29 @@ from __future__ import annotations
 import json
 import os
 import resource
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so safetensors can load it)
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from comet_jax.checkpoint import StreamingWriter, atomic_dir, write_meta
 from comet_jax.config import (MEMORY_RANK, CometConfig, ConfigError, ModelConfig, architecture_of,
                               model_config_from_hf)
 from comet_jax.convert import tokenizer_files
 from comet_jax.convert.hf_names import hf_to_ours
+from comet_jax.vocab import added_tokens, comet_for_vocab, padded_vocab
 
-VOCAB_MULTIPLE = 256
-# Recipe defaults (DESIGN.md §1.4) for a plain backbone converted without flags.
+# Recipe defaults (docs/design.md §1.4) for a plain backbone converted without flags.
 RECIPE = {"chunk_size": 2048, "global_size": 512, "stride": 8, "budget": 2048}
 NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+# Test hook, not an option: seconds to sleep after each leaf, so that a test can stop a
+# conversion that is certainly still in progress.
+PAUSE_ENV = "COMET_JAX_CONVERT_TEST_PAUSE"
 
 
 class ConvertError(RuntimeError):
@@ -41,33 +48,66 @@ class ConvertError(RuntimeError):
 
 @dataclass
 class TensorIndex:
-    """Which safetensors file holds each tensor."""
+    """Which safetensors file holds each tensor, and its shape (from the file headers)."""
 
     files: dict[str, Path]
+    shapes: dict[str, tuple[int, ...]]
 
     @classmethod
     def scan(cls, src: Path) -> "TensorIndex":
         index = src / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise ConvertError(f"{index} is not a safetensors index ({type(e).__name__}: {e})") from None
             files = {name: src / f for name, f in weight_map.items()}
             missing = sorted({str(p) for p in files.values() if not p.is_file()})
             if missing:
                 raise ConvertError(f"{index} lists {missing[0]}, which does not exist")
-            return cls(files)
-        shards = sorted(src.glob("*.safetensors"))
-        if not shards:
-            raise ConvertError(f"no *.safetensors files in {src} (PyTorch .bin checkpoints are not supported)")
-        files = {}
+            shards = sorted(set(files.values()))
+        else:
+            shards = sorted(src.glob("*.safetensors"))
+            if not shards:
+                raise ConvertError(f"no *.safetensors files in {src} (PyTorch .bin checkpoints are not supported)")
+            files = {}
+        shapes: dict[str, tuple[int, ...]] = {}
         for shard in shards:
-            with safe_open(shard, framework="numpy") as f:
+            with _open(shard) as f:
                 for name in f.keys():
+                    if index.is_file() and files.get(name) != shard:
+                        continue  # with an index, only what it lists, where it lists it
                     files[name] = shard
-        return cls(files)
+                    shapes[name] = tuple(f.get_slice(name).get_shape())
+        absent = sorted(set(files) - set(shapes))
+        if absent:
+            raise ConvertError(f"{index} puts {absent[0]} in {files[absent[0]]}, which does not hold it")
+        return cls(files, shapes)
 
-    def read(self, name: str) -> np.ndarray:
-        with safe_open(self.files[name], framework="numpy") as f:
-            return f.get_tensor(name)
+    def read(self, name: str, index: tuple = ()) -> np.ndarray:
+        """The tensor, or the part of it that `index` (a tuple of slices) selects."""
+        with _open(self.files[name]) as f:
+            try:
+                return f.get_slice(name)[index] if index else f.get_tensor(name)
+            except SafetensorError as e:
+                raise ConvertError(f"{self.files[name]}: cannot read {name}: {e}") from None
+
+
+class _open:
+    """safe_open that reports an unreadable file (truncated, not safetensors) as a ConvertError."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        try:
+            self.handle = safe_open(self.path, framework="numpy")
+        except (SafetensorError, OSError) as e:
+            raise ConvertError(f"{self.path} is not a readable safetensors file ({e})") from None
+        return self.handle.__enter__()
+
+    def __exit__(self, *exc):
+        return self.handle.__exit__(*exc)
 
 
 def _peak_rss_mb() -> float:
@@ -77,13 +117,36 @@ def _peak_rss_mb() -> float:
 def grow_rows(old: np.ndarray, n_new: int, rng: np.random.Generator) -> np.ndarray:
     """n_new rows drawn from N(mean, 1e-5 * covariance) of the existing rows (as HF's
     mean-resizing does), so new tokens start as 'average' tokens."""
-    old64 = old.astype(np.float64)
-    mean = old64.mean(axis=0)
-    centered = old64 - mean
-    cov = centered.T @ centered / max(len(old64) - 1, 1)
-    eigval, eigvec = np.linalg.eigh(cov * 1e-5)
-    scale = eigvec * np.sqrt(np.clip(eigval, 0.0, None))
-    return (mean + rng.standard_normal((n_new, old.shape[1])) @ scale.T).astype(old.dtype)
+    return grow_rows_from(lambda: iter([old]), n_new, rng, old.dtype)
+
+
+def grow_rows_from(blocks: Callable[[], Iterator[np.ndarray]], n_new: int, rng: np.random.Generator,
+                   dtype: Any = None) -> np.ndarray:
+    """`grow_rows` over the existing rows given in blocks (each call of `blocks()` is one
+    pass: the mean, then the covariance, in float64), so a large embedding is never copied
+    whole. With a single block the numbers are exactly those of one pass over all rows. The
+    new rows have `dtype`, by default the source's."""
+    total, n = None, 0
+    for block in blocks():
+        dtype = block.dtype if dtype is None else dtype
+        s = block.astype(np.float64).sum(axis=0)
+        total, n = (s if total is None else total + s), n + len(block)
+    mean = total / n
+    cov = None
+    for block in blocks():
+        centered = block.astype(np.float64)
+        centered -= mean
+        if cov is None:
+            cov = centered.T @ centered
+        else:
+            cov += centered.T @ centered
+        del centered
+    cov /= max(n - 1, 1)
+    cov *= 1e-5
+    eigval, eigvec = np.linalg.eigh(cov)
+    del cov
+    eigvec *= np.sqrt(np.clip(eigval, 0.0, None))
+    return (mean + rng.standard_normal((n_new, len(mean))) @ eigvec.T).astype(dtype)
 
 
 def _comet_from_official(cfg: dict[str, Any]) -> CometConfig:
@@ -95,30 +158,6 @@ def _comet_from_official(cfg: dict[str, Any]) -> CometConfig:
             temp_beacon_id=int(cfg.get("temp_beacon_id", -1)), global_beacon_ids=ids)
     except KeyError as e:
         raise ConvertError(f"official CoMeT config.json lacks {e.args[0]!r}") from None
-
-
-def comet_for_vocab(vocab: int, chunk_size: int, global_size: int, stride: int, budget: int) -> CometConfig:
-    """New token ids follow the existing rows: placeholder, temp beacon, global beacons."""
-    next_id = vocab
-    placeholder = temp = -1
-    if global_size > 0 or stride > 0:
-        placeholder, next_id = next_id, next_id + 1
-    if stride > 0:
-        temp, next_id = next_id, next_id + 1
-    globals_ = tuple(range(next_id, next_id + global_size))
-    return CometConfig(chunk_size=chunk_size, global_size=global_size, stride=stride,
-                       budget=budget if stride > 0 else 0, placeholder_id=placeholder,
-                       temp_beacon_id=temp, global_beacon_ids=globals_)
-
-
-def added_tokens(comet: CometConfig) -> int:
-    """Rows the CoMeT tokens take: placeholder (with any memory), temp beacon, G global beacons."""
-    return len(comet.global_beacon_ids) + int(comet.has_memory) + int(comet.has_temp)
-
-
-def padded_vocab(real_vocab: int) -> int:
-    """Embedding rows: the real tokens rounded up to a multiple of 256 (padding rows are masked)."""
-    return -(-real_vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
 def _expected_layer_leaves(model: ModelConfig) -> list[str]:
@@ -143,10 +182,59 @@ def memory_leaf_shapes(model: ModelConfig, comet: CometConfig) -> dict[str, tupl
 
 def init_memory_leaf(path: str, shape: tuple[int, ...], num_layers: int, std: float,
                      rng: np.random.Generator) -> np.ndarray:
-    """Norm scales start at 1, linear weights N(0, initializer_range) (DESIGN.md §1.4)."""
+    """Norm scales start at 1, linear weights N(0, initializer_range) (docs/design.md §1.4)."""
     if path.endswith(".norm"):
         return np.ones((num_layers, *shape), np.float32)
     return (rng.standard_normal((num_layers, *shape)) * std).astype(np.float32)
+
+
+def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
+    """DST must not be SRC, lie inside it or (with --overwrite, which deletes DST) contain it."""
+    s, d = src.resolve(), dst.resolve()
+    if d == s or s in d.parents:
+        raise ConvertError(f"DST {dst} is the source directory or inside it; choose another destination")
+    if d in s.parents:
+        raise ConvertError(f"SRC {src} is inside DST {dst}; replacing DST would delete the source")
+    if dst.exists() and not overwrite:
+        raise ConvertError(f"{dst} already exists; pass --overwrite to replace it")
+
+
+def _write_vocab_leaf(writer: StreamingWriter, leaf: str, name: str, transpose: bool, index: TensorIndex,
+                      new_rows: np.ndarray, np_dtype: Any) -> tuple[int, ...]:
+    """embed / lm_head: the source's rows, then `new_rows`, in blocks of the writer's choosing
+    (rows of embed, columns of our transposed lm_head)."""
+    src_vocab, d = index.shapes[name]
+    vocab = src_vocab + len(new_rows)
+    shape = (d, vocab) if transpose else (vocab, d)
+    out = writer.leaf(leaf, shape, np_dtype)
+    for block in out.blocks():
+        ours = (out.index(block) + (slice(None),) * 2)[:2]
+        rows, cols = ours[::-1] if transpose else ours
+        r0, r1, _ = rows.indices(vocab)
+        parts = []
+        if r0 < src_vocab:
+            parts.append(index.read(name, (slice(r0, min(r1, src_vocab)), cols)))
+        if r1 > src_vocab:
+            parts.append(new_rows[max(r0, src_vocab) - src_vocab:r1 - src_vocab, cols])
+        value = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        out.write(block, (value.T if transpose else value).astype(np_dtype, copy=False))
+        del value, parts
+    return shape
+
+
+def _write_stacked_leaf(writer: StreamingWriter, leaf: str, layers: dict[int | None, tuple[str, bool]],
+                        shape: tuple[int, ...], index: TensorIndex, np_dtype: Any) -> None:
+    """A (num_layers, ...) leaf, one block of layers at a time, each layer read when needed."""
+    out = writer.leaf(leaf, (len(layers), *shape), np_dtype)
+    for block in out.blocks():
+        buf = np.empty((block.stop - block.start, *shape), np_dtype)
+        for j, layer in enumerate(range(block.start, block.stop)):
+            name, transpose = layers[layer]
+            value = index.read(name)
+            buf[j] = (value.T if transpose else value).reshape(shape)
+            del value
+        out.write(block, buf)
+        del buf
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int | None = None,
@@ -154,9 +242,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
             dtype: str | None = None, overwrite: bool = False, seed: int = 0,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Convert SRC (an HF directory) into our checkpoint at DST. Returns a summary dict."""
-    src = Path(src)
+    src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise ConvertError(f"source directory {src} does not exist")
+    _check_destination(src, dst, overwrite)
     cfg_path = src / "config.json"
     if not cfg_path.is_file():
         raise ConvertError(f"{cfg_path} is missing: SRC must be a Hugging Face model directory")
@@ -172,8 +261,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
         model = model_config_from_hf(hf_cfg, param_dtype=dtype)
     except ConfigError as e:
         raise ConvertError(str(e)) from None
-    if Path(dst).exists() and not overwrite:
-        raise ConvertError(f"{dst} already exists; pass --overwrite to replace it")
 
     src_vocab = model.vocab_size
     if official:
@@ -198,7 +285,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
     except ConfigError as e:
         raise ConvertError(str(e)) from None
 
-    # Map every tensor before writing anything: an unknown or missing tensor fails early.
+    # Map every tensor, and check every shape, before writing anything: a bad source fails early.
     index = TensorIndex.scan(src)
     by_leaf: dict[str, dict[int | None, tuple[str, bool]]] = defaultdict(dict)
     for name in index.files:
@@ -210,60 +297,71 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
             by_leaf[target.path][target.layer] = (name, target.transpose)
     memory_shapes = memory_leaf_shapes(model, comet)
     required = _expected_layer_leaves(model) + (list(memory_shapes) if official else [])
+    layer_shapes: dict[str, tuple[int, ...]] = {}
     for leaf in required:
         have = by_leaf.get(leaf, {})
         for layer in range(model.num_layers):
             if layer not in have:
                 raise ConvertError(f"{src}: no tensor for {leaf} of layer {layer}")
-    for leaf in ("embed", "final_norm") + (() if model.tie_embeddings else ("lm_head",)):
+            name, transpose = have[layer]
+            shape = index.shapes[name][::-1] if transpose else index.shapes[name]
+            if leaf == "layers.global_mem.gate":  # torch (1, 2D) -> (2D,)
+                shape = (int(np.prod(shape)),)
+            if layer_shapes.setdefault(leaf, shape) != shape:
+                raise ConvertError(f"{name} has shape {shape}, layer 0 had {layer_shapes[leaf]}")
+    top = ["embed", "final_norm"] + ([] if model.tie_embeddings else ["lm_head"])
+    for leaf in top:
         if None not in by_leaf.get(leaf, {}):
             raise ConvertError(f"{src}: no tensor for {leaf} (tie_word_embeddings={model.tie_embeddings})")
+        name = by_leaf[leaf][None][0]
+        if leaf != "final_norm" and index.shapes[name][0] != src_vocab:  # both (V, D) in torch
+            raise ConvertError(f"{name} has {index.shapes[name][0]} rows, config.json says vocab_size={src_vocab}")
 
     np_dtype = NP_DTYPES[dtype]
     rng = np.random.default_rng(seed)
+    pause = float(os.environ.get(PAUSE_ENV) or 0)
     with atomic_dir(dst, overwrite=overwrite) as tmp:
         writer = StreamingWriter(tmp)
-        for leaf in ["embed", "final_norm"] + ([] if model.tie_embeddings else ["lm_head"]):
+
+        def done(leaf: str, shape: tuple[int, ...], note: str = "") -> None:
+            log(f"  {leaf:28s} {tuple(shape)}{note}")
+            if pause:
+                time.sleep(pause)
+
+        for leaf in top:
             name, transpose = by_leaf[leaf][None]
-            value = index.read(name)
-            if leaf in ("embed", "lm_head"):
-                # both (V, D) in torch
-                if value.shape[0] != src_vocab:
-                    raise ConvertError(f"{name} has {value.shape[0]} rows, config.json says vocab_size={src_vocab}")
-                if new_vocab > src_vocab:
-                    value = np.concatenate([value, grow_rows(value, new_vocab - src_vocab, rng)])
-            writer.write(leaf, (value.T if transpose else value).astype(np_dtype))
-            log(f"  {leaf:28s} {tuple(value.shape)}")
+            if leaf == "final_norm":
+                value = index.read(name).astype(np_dtype)
+                writer.write(leaf, value)
+                done(leaf, value.shape)
+                continue
+            new_rows = np.zeros((0, index.shapes[name][1]), np.float32)
+            if new_vocab > src_vocab:
+                step = max(1, writer.block_bytes // (8 * index.shapes[name][1]))  # a block in float64
+
+                def row_blocks(name=name, step=step):
+                    return (index.read(name, (slice(a, min(a + step, src_vocab)),)) for a in range(0, src_vocab, step))
+
+                new_rows = grow_rows_from(row_blocks, new_vocab - src_vocab, rng)
+            done(leaf, _write_vocab_leaf(writer, leaf, name, transpose, index, new_rows, np_dtype))
         for leaf in required:
-            layers = by_leaf[leaf]
-            stacked = None
-            for layer in range(model.num_layers):
-                name, transpose = layers[layer]
-                value = index.read(name)
-                value = value.T if transpose else value
-                if leaf == "layers.global_mem.gate":  # torch (1, 2D) -> (2D,)
-                    value = value.reshape(-1)
-                if stacked is None:
-                    stacked = np.empty((model.num_layers, *value.shape), np_dtype)
-                if value.shape != stacked.shape[1:]:
-                    raise ConvertError(f"{name} has shape {value.shape}, layer 0 had {stacked.shape[1:]}")
-                stacked[layer] = value
-                del value
-            writer.write(leaf, stacked)
-            log(f"  {leaf:28s} {stacked.shape}")
-            del stacked
+            _write_stacked_leaf(writer, leaf, by_leaf[leaf], layer_shapes[leaf], index, np_dtype)
+            done(leaf, (model.num_layers, *layer_shapes[leaf]))
         if not official:
             for i, (leaf, shape) in enumerate(memory_shapes.items()):
                 leaf_rng = np.random.default_rng([seed, i])
                 value = init_memory_leaf(leaf, shape, model.num_layers, model.initializer_range, leaf_rng)
                 writer.write(leaf, value.astype(np_dtype))
-                log(f"  {leaf:28s} {value.shape} (new)")
+                done(leaf, value.shape, " (new)")
         writer.finalize()
         tok = tokenizer_files.copy_with_comet_tokens(src, tmp, comet, added=not official)
         extra = {"source": {"path": str(src.absolute()), "architecture": arch, "vocab_size": src_vocab},
                  "tokenizer": tok}
+        max_pos = hf_cfg.get("max_position_embeddings")
+        if isinstance(max_pos, int) and not isinstance(max_pos, bool):
+            extra["max_position_embeddings"] = max_pos
         write_meta(tmp, model, comet, extra)
-    summary = {"dst": str(Path(dst).absolute()), "architecture": arch, "vocab_size": new_vocab,
+    summary = {"dst": str(dst.absolute()), "architecture": arch, "vocab_size": new_vocab,
                "num_real_tokens": real_vocab, "added_tokens": n_added, "dtype": dtype,
                "peak_rss_mb": round(_peak_rss_mb(), 1), "tokenizer": tok,
                "comet": {k: v for k, v in comet.__dict__.items() if k != "global_beacon_ids"}}

@@ -2,7 +2,7 @@
 
 Each HF tensor maps to one leaf of the parameter pytree (see `comet_jax.model.backbone`),
 a layer index for stacked leaves, and whether the torch (out, in) weight is transposed
-to our (in, out). Official CoMeT checkpoints (DESIGN.md §1.8) use an `inner_layer.` infix
+to our (in, out). Official CoMeT checkpoints (docs/design.md §1.8) use an `inner_layer.` infix
 for backbone tensors; plain names are accepted too. Export back is the inverse mapping.
 """
 

@@ -1,16 +1,15 @@
 """What the evaluation commands share: token lengths with k/M suffixes (parse and print),
-process memory read from /proc, checking an output directory before the work, and writing a
-file atomically (temp file, then rename)."""
+checking an output directory before the work, and writing a file atomically (temp file, then
+rename). The memory probes live in comet_jax/resources.py (imported here for the commands)."""
 
 from __future__ import annotations
 
 import io
 import os
 import re
-import resource
-import sys
 import tempfile
 from pathlib import Path
+
 
 
 def parse_length(text: str) -> int:
@@ -32,39 +31,6 @@ def format_length(n: int) -> str:
     if n % 1024 == 0:
         return f"{n // 1024}k"
     return str(n)
-
-
-def _proc_kb(path: str, field: str) -> int | None:
-    """A `field:  N kB` line of a /proc file, in bytes (None where there is no /proc)."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _lifetime_peak_bytes() -> int:
-    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return ru if sys.platform == "darwin" else ru * 1024
-
-
-def rss_bytes() -> int:
-    """Resident memory of this process now (without /proc: the lifetime peak)."""
-    rss = _proc_kb("/proc/self/status", "VmRSS")
-    return _lifetime_peak_bytes() if rss is None else rss
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process over its life."""
-    peak = _proc_kb("/proc/self/status", "VmHWM")
-    return _lifetime_peak_bytes() if peak is None else peak
-
-
-def mem_available_bytes() -> int | None:
-    return _proc_kb("/proc/meminfo", "MemAvailable")
 
 
 def check_out_dir(path: str | os.PathLike, option: str = "--out") -> Path:

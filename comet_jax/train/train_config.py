@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from comet_jax.config import MODES, PLANNERS, SCHEDULES, SOURCES, TRAIN_DTYPES, ConfigError
+from comet_jax.config import (MODES, PLANNERS, SCHEDULES, SOURCES, TRAIN_DTYPES, BackboneShape, ConfigError,
+                              check_comet_settings)
 
 
 
@@ -32,21 +33,13 @@ class RunSection:
 
 
 @dataclass(frozen=True)
-class ModelSection:
+class ModelSection(BackboneShape):
+    """The backbone's shape (used from scratch only: a converted checkpoint brings its own;
+    `dtype`, the compute dtype, applies to both) plus how the model is made and run."""
+
     init: str = "scratch"  # or a converted checkpoint dir (python -m comet_jax.convert)
     vocab_size: int = 0  # 0 = from the tokenizer (scratch only)
-    hidden_size: int = 128
-    intermediate_size: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    head_dim: int = 32
     rope_theta: float = 10000.0
-    rms_eps: float = 1e-6
-    tie_embeddings: bool = False
-    qk_norm: bool = False
-    dtype: str = "float32"  # compute dtype
-    param_dtype: str = "float32"  # storage dtype (scratch only)
     remat: bool = True
     schedule: str = "layer_major"  # or "chunk_major"
 
@@ -285,6 +278,20 @@ def _parse_override(tree: dict[str, dict[str, Any]], item: str) -> None:
     _set(tree, section, key, value, "command line")
 
 
+def add_config_args(ap) -> None:
+    """The config arguments every command that reads a training config takes."""
+    ap.add_argument("--config", help="YAML file (defaults apply to every key it leaves out)")
+    ap.add_argument("overrides", nargs="*", metavar="section.key=value",
+                    help="overrides of single keys, e.g. optim.lr=1e-4 mesh.fsdp=4")
+
+
+def load_valid(args) -> TrainConfig:
+    """The config of parsed `add_config_args` arguments, loaded and validated (ConfigError)."""
+    cfg = load_config(args.config, args.overrides)
+    validate(cfg)
+    return cfg
+
+
 def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
     """Defaults, then the YAML file at `path` (if any), then `section.key=value` overrides."""
     tree: dict[str, dict[str, Any]] = {}
@@ -356,11 +363,10 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
 
     `device_count`/`process_count` (from jax) enable the checks against the mesh."""
     m, c, d, o, t, mesh = cfg.model, cfg.comet, cfg.data, cfg.optim, cfg.train, cfg.mesh
-    _positive(cfg, "model.hidden_size model.intermediate_size model.num_layers model.num_heads "
-                   "model.num_kv_heads model.head_dim comet.chunk_size comet.min_chunk data.seq_len "
+    _positive(cfg, "comet.min_chunk data.seq_len "
                    "data.passkey_digits optim.grad_accum train.steps train.batch_size train.log_every "
                    "mesh.data mesh.fsdp mesh.tensor mesh.stage checkpoint.every checkpoint.keep")
-    _positive(cfg, "model.vocab_size comet.global_size data.num_workers data.passkey_min_len "
+    _positive(cfg, "model.vocab_size data.num_workers data.passkey_min_len "
                    "optim.warmup_steps optim.weight_decay optim.clip_norm optim.memory_lr_mult "
                    "optim.min_lr_ratio logging.peak_tflops_per_device distributed.num_processes",
               minimum=0, what=">= 0")
@@ -385,20 +391,15 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     # model
     if m.schedule not in SCHEDULES:
         raise ConfigError(f"model.schedule must be one of {', '.join(SCHEDULES)}, got {m.schedule!r}")
-    for key in ("dtype", "param_dtype"):
-        if getattr(m, key) not in TRAIN_DTYPES:
-            raise ConfigError(f"model.{key} must be one of {', '.join(TRAIN_DTYPES)}, got {getattr(m, key)!r}")
     if not m.init:
         raise ConfigError("model.init is empty; use scratch or the path of a converted checkpoint")
-    if m.init == "scratch":  # a converted checkpoint brings its own shapes
-        if m.num_heads % m.num_kv_heads:
-            raise ConfigError(f"model.num_heads ({m.num_heads}) must be a multiple of model.num_kv_heads "
-                              f"({m.num_kv_heads})")
+    if m.init == "scratch":  # a converted checkpoint brings its own shape
+        m.validate_shape(TRAIN_DTYPES)
         if m.num_kv_heads % mesh.tensor:
             raise ConfigError(f"model.num_kv_heads ({m.num_kv_heads}) must be divisible by mesh.tensor "
                               f"({mesh.tensor}); lower mesh.tensor")
-        if m.head_dim % 2:
-            raise ConfigError(f"model.head_dim must be even for RoPE, got {m.head_dim}")
+    elif m.dtype not in TRAIN_DTYPES:
+        raise ConfigError(f"model.dtype must be one of {', '.join(TRAIN_DTYPES)}, got {m.dtype!r}")
 
     # comet
     if c.mode not in MODES:
@@ -407,10 +408,7 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     if chunked and c.chunk_size > d.seq_len:
         raise ConfigError(f"comet.chunk_size ({c.chunk_size}) is larger than data.seq_len ({d.seq_len}); "
                           "lower comet.chunk_size or raise data.seq_len")
-    if c.stride == 0 or c.stride < -1:
-        raise ConfigError(f"comet.stride must be > 0, or -1 to disable temp memory; got {c.stride}")
-    if c.stride > 0 and c.budget <= 0:
-        raise ConfigError(f"comet.budget must be > 0 when comet.stride > 0, got {c.budget}")
+    check_comet_settings(c.chunk_size, c.global_size, c.stride, c.budget)
     for name, weight in c.planners.items():
         if name not in PLANNERS:
             raise _unknown(f"comet.planners.{name}", list(PLANNERS), "planners")

@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -154,7 +155,8 @@ class TrainCheckpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                create=True, cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
-        logging.getLogger("absl").addFilter(_FILTER)
+        for name in _FILTERED:  # kept after close: abandoned writes may still report at exit
+            logging.getLogger(name).addFilter(_FILTER)
         if not hasattr(sys.unraisablehook, "previous"):
             sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
         self._pending: int | None = None  # step of the save still in flight
@@ -287,18 +289,26 @@ class TrainCheckpointer:
             for step in self._failed_steps:
                 for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
                     shutil.rmtree(tmp, ignore_errors=True)
-            logging.getLogger("absl").removeFilter(_FILTER)
 
 
 class _OrbaxErrorFilter(logging.Filter):
     """Orbax logs every failure of its writer threads with a full traceback (hundreds of
-    lines for one full disk); the checkpointer reports each failure in one line instead."""
+    lines for one full disk), and asyncio adds "Task exception was never retrieved" for its
+    abandoned writes; the checkpointer reports each failure in one line instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+        if record.levelno < logging.ERROR:
+            return True
+        if "orbax" in record.pathname:
+            return False
+        text = record.getMessage()
+        if record.exc_info:
+            text += "".join(traceback.format_exception(*record.exc_info))
+        return "orbax" not in text
 
 
 _FILTER = _OrbaxErrorFilter()
+_FILTERED = ("absl", "asyncio")
 
 
 def _quiet_unraisable(previous):

@@ -7,19 +7,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import jax
-
-
-def device_memory_mb() -> float | None:
-    """Peak bytes in use on the first local device, where the backend reports it."""
-    try:
-        stats = jax.local_devices()[0].memory_stats()
-    except Exception:  # noqa: BLE001 - CPU backends may not implement it
-        return None
-    if not stats:
-        return None
-    peak = stats.get("peak_bytes_in_use", stats.get("bytes_in_use"))
-    return None if peak is None else peak / 2**20
 
 
 class MetricsWriter:

@@ -22,17 +22,18 @@ from comet_jax.chunking import PlannerMix
 from comet_jax.config import CometConfig, ConfigError, ModelConfig
 from comet_jax.data.jsonl import comet_token_names
 from comet_jax.data.pipeline import make_loader, make_source, num_chunks_for
-from comet_jax.flops import train_flops_per_token
+from comet_jax.train.flops import train_flops_per_token
 from comet_jax.layout import Slots
-from comet_jax.metrics import MetricsWriter, device_memory_mb, format_line
+from comet_jax.resources import device_peak_mb
+from comet_jax.train.metrics import MetricsWriter, format_line
 from comet_jax.model.init import init_params
-from comet_jax.optim import make_optimizer
+from comet_jax.train.optim import make_optimizer
 from comet_jax.parallel import sharding
-from comet_jax.run_lock import RunDirLocked, RunLock
-from comet_jax.train_checkpoint import (CheckpointSaveError, NoReadableCheckpoint, NonFiniteState, TrainCheckpointer,
+from comet_jax.train.run_lock import RunDirLocked, RunLock
+from comet_jax.train.train_checkpoint import (CheckpointSaveError, NoReadableCheckpoint, NonFiniteState, TrainCheckpointer,
                                         abstract_like, root_cause)
-from comet_jax.train_config import run_dir
-from comet_jax.train_step import batch_axis, make_train_step
+from comet_jax.train.train_config import run_dir
+from comet_jax.train.train_step import batch_axis, make_train_step
 
 EXIT_NAN = 3
 EXIT_SAVE = 4  # a checkpoint could not be written (disk full, permissions)
@@ -60,7 +61,7 @@ def new_metrics_file(run_dir: Path) -> Path | None:
 
 
 def load_tokenizer(cfg) -> Any:
-    from comet_jax.tokenizer import load_tokenizer as from_ckpt, tokenizer_by_name
+    from comet_jax.io.tokenizer import load_tokenizer as from_ckpt, tokenizer_by_name
 
     name = cfg.data.tokenizer
     if name == "checkpoint":
@@ -235,7 +236,7 @@ class Trainer:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.process == 0:
-            from comet_jax.train_config import dump_yaml
+            from comet_jax.train.train_config import dump_yaml
 
             (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
         state = self.init_state()
@@ -243,7 +244,7 @@ class Trainer:
                                  async_save=cfg.checkpoint.async_save)
         start, stage, loader = 0, None, None
         identity = self.identity()
-        from comet_jax.train_config import to_dict
+        from comet_jax.train.train_config import to_dict
 
         # the settings that may change the state's structure, named when it differs on resume
         settings = {k: v for k, v in checkpoint.flatten(to_dict(cfg)).items()
@@ -316,7 +317,7 @@ class Trainer:
                 last = {"loss": loss, "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
                         "tokens_per_s": tps, "step_time": dt, "seq_len": seq_len,
                         "mfu": self.flops_per_token * tps / peak if peak > 0 else None,
-                        "memory_mb": device_memory_mb(),
+                        "memory_mb": device_peak_mb(),
                         "data_bad": loader.stats["bad"], "data_short": loader.stats["short"]}
                 writer.write(step + 1, last)
                 if (step + 1) % cfg.train.log_every == 0 or step == start or step + 1 == cfg.train.steps:

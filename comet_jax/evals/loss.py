@@ -1,0 +1,111 @@
+"""python -m eval.loss --checkpoint DIR --data FILE.jsonl [--mode full|comet] [--batch-size N]
+
+Mean next-token cross-entropy of a converted checkpoint over a JSONL file of
+`{"input_ids": [...]}` (or `{"text": ...}` when the checkpoint has a tokenizer).
+The last line of stdout is one JSON object:
+  {"loss": float, "n_tokens": int, "per_sequence": [{"loss": float, "n_tokens": int}, ...]}
+
+A line that is not UTF-8 or JSON, or holds a CoMeT special token id (placeholder or beacon: rows
+the model inserts itself), is an error naming its file:line. Sequences whose positions reach
+beyond the checkpoint's max_position_embeddings (when its meta records it) get a warning: in
+full mode a sequence longer than it; in comet mode positions restart in every chunk, so only a
+chunk's span (text, beacons and memory slots) is compared, whatever the sequence length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from comet_jax.checkpoint import CheckpointError
+
+
+def position_warning(seqs, data: str, mode: str, comet, max_positions) -> str | None:
+    """One stderr line when positions go past what the checkpoint was trained on, else None."""
+    if not isinstance(max_positions, int) or max_positions < 1 or not seqs:
+        return None  # older checkpoints do not record it
+    if mode == "full":
+        long = [i for i, s in enumerate(seqs) if len(s) > max_positions]
+        if not long:
+            return None
+        return (f"warning: {len(long)} sequence(s) longer than the checkpoint's max_position_embeddings "
+                f"{max_positions} (the first {data}:{long[0] + 1}, {len(seqs[long[0]])} tokens); their positions "
+                "beyond it were never trained")
+    import dataclasses
+
+    from comet_jax.layout import Slots
+
+    # a chunk of c text tokens holds at most this many valid slots, numbered from 0 in every chunk
+    c = min(max(len(s) for s in seqs), comet.chunk_size)
+    span = dataclasses.replace(Slots.of(comet), chunk_size=c).size
+    if span <= max_positions:
+        return None
+    return (f"warning: CoMeT positions are per chunk and a chunk here spans up to {span} positions ({c} text, "
+            f"beacons and memory slots), more than the checkpoint's max_position_embeddings {max_positions}; "
+            "a smaller --chunk-size keeps them in range")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="comet-loss", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="converted checkpoint directory")
+    ap.add_argument("--data", required=True, help="JSONL file, one sequence a line")
+    ap.add_argument("--mode", choices=("full", "comet"), default="full",
+                    help="full: plain backbone over the whole sequence; comet: chunked with memory")
+    ap.add_argument("--batch-size", type=int, default=8, help="sequences per compiled batch (default 8)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    ap.add_argument("--chunk-size", type=int, help="comet mode: override the checkpoint's chunk size")
+    ap.add_argument("--stride", type=int, help="comet mode: override the temp beacon stride")
+    ap.add_argument("--budget", type=int, help="comet mode: override the temp memory budget")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch_size <= 0:
+        print(f"error: --batch-size must be > 0, got {args.batch_size}", file=sys.stderr)
+        return 2
+    # Heavy imports after argument parsing, so --help and usage errors are instant.
+    from tqdm import tqdm
+
+    from comet_jax import build, checkpoint
+    from comet_jax.config import ConfigError
+    from comet_jax.data.jsonl import DataError, comet_token_names, read_jsonl
+    from comet_jax.infer.scoring import score_batch
+    from comet_jax.io.tokenizer import load_tokenizer
+
+    try:
+        model, comet, meta = build.from_checkpoint(args.checkpoint, chunk_size=args.chunk_size, stride=args.stride,
+                                                   budget=args.budget, dtype=args.dtype)
+        seqs = read_jsonl(args.data, load_tokenizer(args.checkpoint, meta), model.real_vocab,
+                          reserved=comet_token_names(comet))
+        if not seqs:
+            raise DataError(f"{args.data}: no sequences")
+        params = checkpoint.load_params(args.checkpoint)
+    except (CheckpointError, ConfigError, DataError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    warning = position_warning(seqs, args.data, args.mode, comet, meta.get("max_position_embeddings"))
+    if warning:
+        print(warning, file=sys.stderr)
+
+    start = time.time()
+    results: list[tuple[float, int]] = []
+    with tqdm(total=len(seqs), desc=f"loss ({args.mode})", unit="seq", file=sys.stderr) as bar:
+        for i in range(0, len(seqs), args.batch_size):
+            batch = seqs[i: i + args.batch_size]
+            results += score_batch(params, batch, args.batch_size, model, comet, args.mode)
+            bar.update(len(batch))
+    total = sum(s for s, _ in results)
+    count = sum(n for _, n in results)
+    print(f"{count} tokens in {time.time() - start:.1f}s", file=sys.stderr)
+    out = {"loss": total / count, "n_tokens": count,
+           "per_sequence": [{"loss": s / n, "n_tokens": n} for s, n in results]}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

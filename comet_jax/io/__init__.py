@@ -1,0 +1,1 @@
+"""Reading and writing what lives on disk: tokenizers (and model checkpoints, comet_jax.checkpoint)."""
