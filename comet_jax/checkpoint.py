@@ -92,14 +92,20 @@ def remove_stale_temporaries(dst: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _remove(path: Path, tries: int = 20) -> None:
-    """rmtree that retries: a writer's background thread (tensorstore, Orbax) can still be
-    finishing a file when the directory is removed."""
-    for _ in range(tries):
-        shutil.rmtree(path, ignore_errors=True)
-        if not path.exists():
+def _remove(path: Path, settle: float = 0.5, limit: float = 10.0) -> None:
+    """rmtree until `path` has stayed absent for `settle` seconds: an operation a signal cut
+    short in the caller (a tensorstore open or write) still runs in the background and may
+    create files and directories under `path` after it was removed."""
+    deadline, gone_since = time.monotonic() + limit, None
+    while time.monotonic() < deadline:
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            gone_since = None
+        elif gone_since is None:
+            gone_since = time.monotonic()
+        elif time.monotonic() - gone_since >= settle:
             return
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 class _Stop:
@@ -155,9 +161,15 @@ def atomic_dir(dst: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     dst.parent.mkdir(parents=True, exist_ok=True)
     stop = _Stop()
     with _stop_on_signals(stop):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-{_writer_tag()}-", dir=dst.parent))
+        tmp = None
         try:
+            # a signal between creating the temporary and knowing its name would leave it behind
+            stop.held = True
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-{_writer_tag()}-", dir=dst.parent))
             tmp.chmod(0o755)  # mkdtemp makes it private; the checkpoint is an ordinary directory
+            stop.held = False
+            if stop.pending is not None:
+                stop.fire(stop.pending)
             yield tmp
             stop.held = True  # between the two renames `dst` is missing: finish them first
             if dst.exists():
@@ -169,7 +181,8 @@ def atomic_dir(dst: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
                 tmp.rename(dst)
         except BaseException:
             stop.held = True
-            _remove(tmp)
+            if tmp is not None:
+                _remove(tmp)
             raise
         if stop.pending is not None:  # the result is in place; now honour the signal
             stop.fire(stop.pending)

@@ -320,6 +320,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
     np_dtype = NP_DTYPES[dtype]
     rng = np.random.default_rng(seed)
     pause = float(os.environ.get(PAUSE_ENV) or 0)
+    # imported before the temporary exists: a signal during its initialisation would surface
+    # as an ImportError instead of the clean stop below
+    import tensorstore  # noqa: F401
+
     with atomic_dir(dst, overwrite=overwrite) as tmp:
         writer = StreamingWriter(tmp)
 
