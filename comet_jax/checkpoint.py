@@ -1,8 +1,9 @@
 """Our model checkpoint: an Orbax pytree plus a JSON file of configs.
 
     DIR/comet_jax.json   {"format": 1, "model": ModelConfig, "comet": CometConfig, ...}
-    DIR/params/          Orbax (v1) pytree checkpoint of the parameter tree (zarr3 arrays
-                         in OCDBT, as Orbax writes them; `ocp.load_pytree` reads it)
+    DIR/params/state/    Orbax pytree checkpoint of the parameter tree (zarr3 arrays in
+                         OCDBT, as Orbax writes them; read with the same
+                         StandardCheckpointer as the training checkpoints)
     DIR/tokenizer.json   (and friends) when the source had a tokenizer
 
 Parameters are written block by block (`StreamingWriter`), so a converter never holds a
@@ -48,11 +49,27 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def _orbax():
-    # Imported lazily: orbax pulls in a lot and most callers only need the configs.
-    from orbax.checkpoint.experimental import v1 as ocp
+# Orbax's directory of the tree inside params/ (where the training checkpoints keep theirs,
+# and where checkpoints written by Orbax's v1 API, as older versions of ours were, keep it).
+ITEM_DIR = "state"
 
-    return ocp
+
+def _checkpointer():
+    # Imported lazily: orbax pulls in a lot and most callers only need the configs. The one
+    # Orbax API of the project (the training checkpoints use its CheckpointManager).
+    import orbax.checkpoint as ocp
+
+    return ocp.StandardCheckpointer()
+
+
+def _tree_metadata(item: Path) -> Any:
+    """The tree of ArrayMetadata (shape, dtype) Orbax recorded for the checkpoint at `item`."""
+    ckptr = _checkpointer()
+    try:
+        meta = ckptr.metadata(item)
+    finally:
+        ckptr.close()
+    return getattr(meta, "item_metadata", meta).tree
 
 
 def _pid_alive(pid: int) -> bool:
@@ -324,8 +341,16 @@ class StreamingWriter:
         for leaf in self.leaves.values():
             leaf._store = None
         self._context = None
-        ocp = _orbax()
-        ocp.save_pytree(self.path, nest({p: np.zeros((1,) * len(s), d) for p, (s, d) in shapes.items()}))
+        self.path.mkdir(parents=True, exist_ok=True)
+        import orbax.checkpoint as ocp
+
+        # zarr3, as the staged arrays are written (the standard writer's default is zarr2)
+        ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=True, use_zarr3=True))
+        try:
+            placeholders = nest({p: np.zeros((1,) * len(s), d) for p, (s, d) in shapes.items()})
+            ckptr.save(self.path / ITEM_DIR, args=ocp.args.PyTreeSave(placeholders))
+        finally:
+            ckptr.close()
         items = [d for d in self.path.iterdir() if (d / "_METADATA").is_file() and (d / "manifest.ocdbt").is_file()]
         if len(items) != 1:
             raise CheckpointError(f"unexpected Orbax checkpoint layout in {self.path}")
@@ -336,7 +361,7 @@ class StreamingWriter:
             p.rename(items[0] / p.name)
         self.staging.rmdir()
         # Orbax must read back what was staged, or the checkpoint is refused now rather than at load.
-        meta = flatten(ocp.pytree_metadata(self.path).metadata)
+        meta = flatten(_tree_metadata(self.path / ITEM_DIR))
         got = {p: (tuple(m.shape), np.dtype(m.dtype)) for p, m in meta.items()}
         if got != shapes:
             raise CheckpointError(f"{self.path}: Orbax reads back {got}, expected {shapes}")
@@ -387,15 +412,18 @@ def save(directory: str | os.PathLike, params: dict[str, Any], model: ModelConfi
 def load_params(directory: str | os.PathLike, shardings: Any = None) -> dict[str, Any]:
     """The parameter tree; with `shardings` (a pytree of jax.sharding.Sharding matching the
     parameters) each leaf is restored directly onto its devices."""
-    ocp = _orbax()
-    path = Path(directory).absolute() / PARAMS_DIR
-    if not path.exists():
-        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete")
-    if shardings is None:
-        return ocp.load_pytree(path)
-    meta = ocp.pytree_metadata(path).metadata
-    abstract = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), meta, shardings)
-    return ocp.load_pytree(path, abstract)
+    item = Path(directory).absolute() / PARAMS_DIR / ITEM_DIR
+    if not item.exists():
+        raise CheckpointError(f"{item} is missing: the checkpoint is incomplete")
+    abstract = None
+    if shardings is not None:
+        abstract = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
+                                _tree_metadata(item), shardings)
+    ckptr = _checkpointer()
+    try:
+        return ckptr.restore(item, abstract)
+    finally:
+        ckptr.close()
 
 
 def load(directory: str | os.PathLike, shardings: Any = None):

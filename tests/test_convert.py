@@ -232,3 +232,19 @@ def test_restore_onto_a_mesh(comet_ckpt):
     for path, value in checkpoint.flatten(sharded).items():
         assert value.sharding.spec == specs.get(path, P()) and len(value.addressable_shards) == 8
         np.testing.assert_array_equal(np.asarray(value), checkpoint.flatten(plain)[path])
+
+
+def test_checkpoints_written_by_orbax_v1_still_load(tmp_path):
+    """Older versions wrote DIR/params with Orbax's experimental v1 API; they read the same."""
+    import jax
+    from orbax.checkpoint.experimental import v1
+
+    from comet_jax import checkpoint
+
+    tree = {"embed": np.arange(12, dtype=np.float32).reshape(4, 3), "layers": {"wq": np.ones((2, 3, 3), np.float32)}}
+    v1.save_pytree(tmp_path / "params", tree)
+    got = checkpoint.load_params(tmp_path)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, got), tree)
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    got = checkpoint.load_params(tmp_path, jax.tree.map(lambda _: one, tree))
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, got), tree)
