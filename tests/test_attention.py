@@ -151,6 +151,20 @@ def test_attention_setting_is_checked():
         attention.resolve("flash", "float32")
 
 
+def test_attention_is_not_part_of_the_resume_identity():
+    """A run may resume under another kernel: the identity a checkpoint is checked against
+    leaves model.attention out (as it leaves the compute dtype out)."""
+    from types import SimpleNamespace
+
+    from comet_jax.train.trainer import Trainer
+    from comet_jax.train.train_config import load_config
+
+    cfg = load_config(None, [])
+    comet = CASES["G0"][0]
+    ids = [Trainer.identity(SimpleNamespace(model=m, comet=comet, mode="comet", cfg=cfg)) for m in (XLA, SPLASH)]
+    assert ids[0] == ids[1] and "model.hidden_size" in ids[0] and "model.attention" not in ids[0]
+
+
 # --------------------------------------------------------------------------- eval.loss
 
 def test_eval_loss_splash_equals_xla(tmp_path, capsys):
