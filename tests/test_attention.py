@@ -128,6 +128,32 @@ def test_splash_is_split_over_a_mesh():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+def test_splash_inside_the_pipeline_on_a_mesh():
+    """The wavefront pipeline is a shard_map over `stage`; the kernel's own shard_map nests
+    inside it over `data`, and the values equal xla's single-device layer-major losses.
+    (Gradients through the nested call do not trace, so the trainer keeps the pipeline on
+    xla: test_pipeline_training_keeps_xla.)"""
+    from comet_jax.parallel.pipeline import pipeline_token_losses
+
+    comet, lengths, planner = CASES["budget_larger_than_produced"]
+    seqs, plans = case_data(comet, lengths[:2], planner)
+    batch = layout.build(seqs, plans, comet, num_chunks=4).as_dict()
+    params = perturbed_params(MODEL, comet, 0)
+    mesh = sharding.make_mesh(data=2, fsdp=1, tensor=1, stage=2, devices=jax.devices()[:4])
+    want = np.asarray(cm.token_losses(params, batch, XLA, comet))
+    with jax.set_mesh(mesh):
+        got = np.asarray(jax.jit(lambda p: pipeline_token_losses(p, batch, SPLASH, comet, mesh))(params))
+    assert rel_err(got, want) <= 1e-5
+
+
+def test_pipeline_training_keeps_xla(capsys):
+    assert attention.for_pipeline(dataclasses.replace(MODEL, attention="auto"), backend="tpu").attention == "xla"
+    assert "pipeline" in capsys.readouterr().err
+    assert attention.for_pipeline(XLA).attention == "xla"
+    with pytest.raises(ConfigError, match="model.attention=splash.*mesh.stage > 1.*model.attention=xla"):
+        attention.for_pipeline(SPLASH)
+
+
 def test_auto_resolves_per_backend(capsys):
     attention._notice.cache_clear()
     assert attention.resolve("auto", "float32") == "xla"  # this machine: CPU

@@ -146,6 +146,8 @@ class Trainer:
         self.stages = cfg.mesh.stage
         if self.stages > 1 and self.mode != "comet":
             raise ConfigError("mesh.stage > 1 pipelines CoMeT chunks; it needs comet.mode=comet")
+        if self.stages > 1:
+            self.model = attention.for_pipeline(self.model)
         self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, self.stages)
         self.planners = PlannerMix(weights=dict(cfg.comet.planners), min_size=cfg.comet.min_chunk,
                                    boundary_ids=tuple(cfg.comet.boundary_ids))
