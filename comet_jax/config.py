@@ -32,6 +32,7 @@ SOURCES = ("passkey", "jsonl", "arrayrecord")
 TRAIN_DTYPES = ("float32", "bfloat16")
 # The attention kernel (comet_jax/model/attention.py); "auto" picks one per backend at trace time.
 ATTENTIONS = ("auto", "xla", "splash", "cudnn")
+ATTENTION_HELP = "attention kernel: auto (splash on TPU, cudnn on GPU with bf16/fp16, else xla), xla, splash, cudnn"
 
 
 class ConfigError(ValueError):

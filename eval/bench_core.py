@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from comet_jax import build, chunking, layout
-from comet_jax.config import ATTENTIONS, CometConfig, ModelConfig
+from comet_jax.config import ATTENTION_HELP, ATTENTIONS, CometConfig, ModelConfig
 from comet_jax.train.flops import forward_flops_per_token, train_flops_per_token
 from comet_jax.model import attention, comet as cm
 from comet_jax.model.init import init_params
@@ -71,8 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-at", default="8192,32768", help="sequence lengths for compiled peak memory")
     ap.add_argument("--no-remat", action="store_true", help="train step without activation recompute")
-    ap.add_argument("--attention", choices=ATTENTIONS, default="auto",
-                    help="attention kernel: auto (splash on TPU, cudnn on GPU with bf16/fp16, else xla), xla, splash, cudnn")
+    ap.add_argument("--attention", choices=ATTENTIONS, default="auto", help=ATTENTION_HELP)
     args = ap.parse_args(argv)
 
     model, comet = configs(args)

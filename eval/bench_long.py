@@ -55,7 +55,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from comet_jax.config import ATTENTIONS, MODES
+from comet_jax.config import ATTENTION_HELP, ATTENTIONS, MODES
 
 # the child side (what runs in each measurement process)
 from eval.bench_long_child import PRESETS, RESULT_TAG, build_configs, child_main
@@ -135,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--budget", type=int, default=None, help="override the temp-memory budget")
     ap.add_argument("--block-chunks", type=positive_int, default=None, help="closed chunks per prefill call")
     ap.add_argument("--full-block", type=positive_int, default=None, help="tokens per full-mode prefill call")
-    ap.add_argument("--attention", choices=ATTENTIONS, default="auto",
-                    help="attention kernel: auto (splash on TPU, cudnn on GPU with bf16/fp16, else xla), xla, splash, cudnn")
+    ap.add_argument("--attention", choices=ATTENTIONS, default="auto", help=ATTENTION_HELP)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return ap
 

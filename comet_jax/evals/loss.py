@@ -21,7 +21,7 @@ import sys
 import time
 
 from comet_jax.checkpoint import CheckpointError
-from comet_jax.config import ATTENTIONS
+from comet_jax.config import ATTENTION_HELP, ATTENTIONS
 
 
 def position_warning(seqs, data: str, mode: str, comet, max_positions) -> str | None:
@@ -61,8 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--chunk-size", type=int, help="comet mode: override the checkpoint's chunk size")
     ap.add_argument("--stride", type=int, help="comet mode: override the temp beacon stride")
     ap.add_argument("--budget", type=int, help="comet mode: override the temp memory budget")
-    ap.add_argument("--attention", choices=ATTENTIONS, default="auto",
-                    help="attention kernel: auto (splash on TPU, cudnn on GPU with bf16/fp16, else xla), xla, splash, cudnn")
+    ap.add_argument("--attention", choices=ATTENTIONS, default="auto", help=ATTENTION_HELP)
     return ap
 
 

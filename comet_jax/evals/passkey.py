@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from comet_jax.config import ATTENTIONS
+from comet_jax.config import ATTENTION_HELP, ATTENTIONS
 from comet_jax.evals.common import atomic_write, check_out_dir, format_length, parse_length, save_png
 from comet_jax.resources import device_peak_mb, rss_bytes
 
@@ -74,8 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=8, help="prompts per compiled batch (default 8)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the checkpoint's)")
     ap.add_argument("--chunk-size", type=int, help="comet mode: override the checkpoint's chunk size")
-    ap.add_argument("--attention", choices=ATTENTIONS, default="auto",
-                    help="attention kernel: auto (splash on TPU, cudnn on GPU with bf16/fp16, else xla), xla, splash, cudnn")
+    ap.add_argument("--attention", choices=ATTENTIONS, default="auto", help=ATTENTION_HELP)
     ap.add_argument("--block-chunks", type=int, default=8, help="closed chunks per compiled prefill step")
     ap.add_argument("--official-layout", action="store_true",
                     help="lay closed chunks out as the official generation code (docs/design.md §1.7)")
