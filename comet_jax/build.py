@@ -22,10 +22,10 @@ def _name(key: str, field: str) -> str:
 
 def from_checkpoint(directory: str | os.PathLike, *, chunk_size: int | None = None, stride: int | None = None,
                     budget: int | None = None, global_size: int | None = None, dtype: str | None = None,
-                    key: str = "--") -> tuple[ModelConfig, CometConfig, dict[str, Any]]:
+                    attention: str | None = None, key: str = "--") -> tuple[ModelConfig, CometConfig, dict[str, Any]]:
     """(ModelConfig, CometConfig, meta) of a converted or exported checkpoint, with the given
     overrides (None = the checkpoint's). The chunk size, stride (on stays on, off stays off),
-    budget and compute dtype may change; G may only be restated. Raises ConfigError, or
+    budget, compute dtype and attention kernel may change; G may only be restated. Raises ConfigError, or
     CheckpointError for a directory that is not a checkpoint."""
     from comet_jax.checkpoint import read_meta
 
@@ -46,6 +46,8 @@ def from_checkpoint(directory: str | os.PathLike, *, chunk_size: int | None = No
             comet = dataclasses.replace(comet, budget=0)
     if dtype is not None:
         model = dataclasses.replace(model, dtype=dtype)
+    if attention is not None:
+        model = dataclasses.replace(model, attention=attention)
     model.validate()
     comet.validate(model.real_vocab)
     return model, comet, meta

@@ -30,6 +30,9 @@ SCHEDULES = ("layer_major", "chunk_major")
 PLANNERS = ("fixed", "right_aligned", "uniform", "random", "semantic")
 SOURCES = ("passkey", "jsonl", "arrayrecord")
 TRAIN_DTYPES = ("float32", "bfloat16")
+# The attention kernel (comet_jax/model/attention.py); "auto" picks one per backend at trace time.
+ATTENTIONS = ("auto", "xla", "splash", "cudnn")
+ATTENTION_HELP = "attention kernel: auto (splash on TPU, cudnn on GPU with bf16/fp16, else xla), xla, splash, cudnn"
 
 
 class ConfigError(ValueError):
@@ -73,6 +76,8 @@ class BackboneShape:
     qk_norm: bool = False  # Qwen3's per-head RMSNorm on q and k
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype
+    # How attention is computed, not what: it changes no parameter, so a checkpoint runs under any.
+    attention: str = "auto"
 
     def validate_shape(self, dtypes: tuple[str, ...] = DTYPES) -> None:
         for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim"):
@@ -88,6 +93,8 @@ class BackboneShape:
         for key in ("dtype", "param_dtype"):
             if getattr(self, key) not in dtypes:
                 raise ConfigError(f"model.{key} must be one of {', '.join(dtypes)}, got {getattr(self, key)!r}")
+        if self.attention not in ATTENTIONS:
+            raise ConfigError(f"model.attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from comet_jax import build, chunking, layout
-from comet_jax.config import CometConfig, ModelConfig
+from comet_jax.config import ATTENTION_HELP, ATTENTIONS, CometConfig, ModelConfig
 from comet_jax.train.flops import forward_flops_per_token, train_flops_per_token
-from comet_jax.model import comet as cm
+from comet_jax.model import attention, comet as cm
 from comet_jax.model.init import init_params
 
 
@@ -29,7 +29,8 @@ def configs(args) -> tuple[ModelConfig, CometConfig]:
     return build.scratch(args.vocab, chunk_size=args.chunk, global_size=args.global_size, stride=args.stride,
                          budget=args.budget, hidden_size=args.hidden, intermediate_size=args.intermediate,
                          num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.heads,
-                         head_dim=args.hidden // args.heads, dtype=args.dtype, param_dtype=args.dtype)
+                         head_dim=args.hidden // args.heads, dtype=args.dtype, param_dtype=args.dtype,
+                         attention=args.attention)
 
 
 def make_batch(tokens: int, batch: int, model: ModelConfig, comet: CometConfig) -> dict:
@@ -70,6 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-at", default="8192,32768", help="sequence lengths for compiled peak memory")
     ap.add_argument("--no-remat", action="store_true", help="train step without activation recompute")
+    ap.add_argument("--attention", choices=ATTENTIONS, default="auto", help=ATTENTION_HELP)
     args = ap.parse_args(argv)
 
     model, comet = configs(args)
@@ -78,6 +80,7 @@ def main(argv=None) -> int:
     n_tok = args.tokens * args.batch
     remat = not args.no_remat
     results = {"device": str(jax.devices()[0].device_kind), "platform": platform.machine(),
+               "attention": attention.resolve(model.attention, model.dtype),
                "config": {k: v for k, v in vars(args).items() if k not in ("repeats", "memory_at")}}
 
     fwd = {s: jax.jit(lambda p, b, s=s: cm.loss(p, b, model, comet, schedule=s, remat=False)) for s in cm.SCHEDULES}

@@ -55,7 +55,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from comet_jax.config import MODES
+from comet_jax.config import ATTENTION_HELP, ATTENTIONS, MODES
 
 # the child side (what runs in each measurement process)
 from eval.bench_long_child import PRESETS, RESULT_TAG, build_configs, child_main
@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--budget", type=int, default=None, help="override the temp-memory budget")
     ap.add_argument("--block-chunks", type=positive_int, default=None, help="closed chunks per prefill call")
     ap.add_argument("--full-block", type=positive_int, default=None, help="tokens per full-mode prefill call")
+    ap.add_argument("--attention", choices=ATTENTIONS, default="auto", help=ATTENTION_HELP)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return ap
 
@@ -361,7 +362,7 @@ def main(argv=None) -> int:
     overrides = {k: getattr(args, k) for k in ("chunk_size", "global_size", "stride", "budget", "block_chunks",
                                                "full_block")}
     common = {"preset": args.preset, "checkpoint": args.checkpoint, "dtype": args.dtype, "batch": args.batch,
-              "decode_tokens": args.decode_tokens, "overrides": overrides}
+              "decode_tokens": args.decode_tokens, "overrides": overrides, "attention": args.attention}
     try:  # configuration errors here, not in every child
         build_configs(common)
     except Exception as e:  # noqa: BLE001  (ConfigError, CheckpointError, a bad meta file)

@@ -66,12 +66,14 @@ def build_configs(spec: dict):
 
     ov = {k: spec["overrides"][k] for k in ("chunk_size", "global_size", "stride", "budget")
           if spec["overrides"].get(k) is not None}
+    attention = spec.get("attention") or "auto"
     if spec["checkpoint"]:
-        model, comet, _ = build.from_checkpoint(spec["checkpoint"], dtype=spec["dtype"], **ov)
+        model, comet, _ = build.from_checkpoint(spec["checkpoint"], dtype=spec["dtype"], attention=attention, **ov)
         return model, comet, f"checkpoint {spec['checkpoint']}"
     p = PRESETS[spec["preset"]]
     dtype = spec["dtype"] or p["dtype"]
-    model, comet = build.scratch(p["vocab"], **{**p["comet"], **ov}, dtype=dtype, param_dtype=dtype, **p["model"])
+    model, comet = build.scratch(p["vocab"], **{**p["comet"], **ov}, dtype=dtype, param_dtype=dtype,
+                                 attention=attention, **p["model"])
     return model, comet, f"preset {spec['preset']} (random weights)"
 
 
@@ -86,7 +88,10 @@ def build_model(spec: dict):
     else:
         params = random_params(model, comet)
     n_params = sum(int(x.size) for x in jax.tree.leaves(params))
+    from comet_jax.model.attention import resolve
+
     info = {"source": source, "n_params": n_params, "dtype": model.dtype,
+            "attention": resolve(model.attention, model.dtype),
             "model": dataclasses.asdict(model), "comet": {**dataclasses.asdict(comet)}}
     info["comet"].pop("global_beacon_ids")
     return params, model, comet, info

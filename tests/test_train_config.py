@@ -139,6 +139,8 @@ def test_validate_mesh_and_batch():
     (["model.num_heads=3"], r"model\.num_heads \(3\) must be a multiple of model\.num_kv_heads \(2\)"),
     (["model.dtype=float16"], r"model\.dtype must be one of float32, bfloat16"),
     (["model.param_dtype=fp32"], r"model\.param_dtype"),
+    (["model.attention=flash"], r"model\.attention must be one of auto, xla, splash, cudnn"),
+    (["model.init=ckpt/x", "data.tokenizer=checkpoint", "model.attention=flash"], r"model\.attention must be one"),
     (["data.curriculum=[{until_step: 10}]"], r"data\.curriculum\[0\] must be a mapping"),
     (["data.curriculum=[{until_step: 10, seq_len: 0}]"], r"data\.curriculum\[0\]\.seq_len must be a positive"),
     (["data.curriculum=[{until_step: 10, seq_len: 32}]"], r"comet\.chunk_size \(64\).*data\.curriculum\[0\]"),
@@ -160,6 +162,7 @@ def test_validate_allowed():
     validate(load_config(None, ["comet.stride=-1", "comet.budget=0", "comet.global_size=0"]))
     validate(load_config(None, ["comet.mode=full", "data.seq_len=32"]))  # no chunks in full mode
     validate(load_config(None, ["model.init=ckpt/x", "data.tokenizer=checkpoint", "mesh.tensor=4"]))
+    validate(load_config(None, ["model.attention=splash"]))
 
 
 def test_dump_load_round_trip(tmp_path):

@@ -1,4 +1,5 @@
 """python -m eval.loss --checkpoint DIR --data FILE.jsonl [--mode full|comet] [--batch-size N]
+                    [--attention auto|xla|splash|cudnn]
 
 Mean next-token cross-entropy of a converted checkpoint over a JSONL file of
 `{"input_ids": [...]}` (or `{"text": ...}` when the checkpoint has a tokenizer).
@@ -20,6 +21,7 @@ import sys
 import time
 
 from comet_jax.checkpoint import CheckpointError
+from comet_jax.config import ATTENTION_HELP, ATTENTIONS
 
 
 def position_warning(seqs, data: str, mode: str, comet, max_positions) -> str | None:
@@ -59,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--chunk-size", type=int, help="comet mode: override the checkpoint's chunk size")
     ap.add_argument("--stride", type=int, help="comet mode: override the temp beacon stride")
     ap.add_argument("--budget", type=int, help="comet mode: override the temp memory budget")
+    ap.add_argument("--attention", choices=ATTENTIONS, default="auto", help=ATTENTION_HELP)
     return ap
 
 
@@ -78,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         model, comet, meta = build.from_checkpoint(args.checkpoint, chunk_size=args.chunk_size, stride=args.stride,
-                                                   budget=args.budget, dtype=args.dtype)
+                                                   budget=args.budget, dtype=args.dtype,
+                                                   attention=args.attention)
         seqs = read_jsonl(args.data, load_tokenizer(args.checkpoint, meta), model.real_vocab,
                           reserved=comet_token_names(comet))
         if not seqs:

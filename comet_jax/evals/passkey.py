@@ -30,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from comet_jax.config import ATTENTION_HELP, ATTENTIONS
 from comet_jax.evals.common import atomic_write, check_out_dir, format_length, parse_length, save_png
 from comet_jax.resources import device_peak_mb, rss_bytes
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=8, help="prompts per compiled batch (default 8)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the checkpoint's)")
     ap.add_argument("--chunk-size", type=int, help="comet mode: override the checkpoint's chunk size")
+    ap.add_argument("--attention", choices=ATTENTIONS, default="auto", help=ATTENTION_HELP)
     ap.add_argument("--block-chunks", type=int, default=8, help="closed chunks per compiled prefill step")
     ap.add_argument("--official-layout", action="store_true",
                     help="lay closed chunks out as the official generation code (docs/design.md §1.7)")
@@ -309,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out = check_out_dir(args.out)  # before hours of work, not after them
-        model, comet, meta = build.from_checkpoint(args.checkpoint, chunk_size=args.chunk_size, dtype=args.dtype)
+        model, comet, meta = build.from_checkpoint(args.checkpoint, chunk_size=args.chunk_size, dtype=args.dtype,
+                                                   attention=args.attention)
         if args.tokenizer:
             tokenizer = tokenizer_by_name(args.tokenizer)
         else:

@@ -23,6 +23,7 @@ import numpy as np
 
 from comet_jax.config import ModelConfig
 from comet_jax.loss import token_nll
+from comet_jax.model import attention
 from comet_jax.model.rope import apply_rope, inv_frequencies
 
 Params = dict[str, Any]
@@ -161,12 +162,14 @@ def causal_mask(lengths: jnp.ndarray, t: int) -> jnp.ndarray:
 def full_hidden(params: Params, tokens: jnp.ndarray, lengths: jnp.ndarray, cfg: ModelConfig,
                 remat: bool = False, block: int = 128) -> jnp.ndarray:
     """The plain backbone over whole (right-padded) sequences: final-normed hidden [B, T, D].
-    Attention runs in causal blocks of `block` queries (causal_attend)."""
+    Attention runs through the model's attention kernel, or with xla in causal blocks of
+    `block` queries (causal_attend)."""
     params = cast_params(params, cfg.dtype)
     b, t = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     h = embed(params, tokens, cfg)
-    attn = functools.partial(causal_attend, lengths=lengths, block=block)
+    attn = (attention.full_attention(cfg, lengths)
+            or functools.partial(causal_attend, lengths=lengths, block=block))
     h = run_layers(params["layers"], h, positions, None, cfg, remat=remat, attn=attn)
     return final_norm(params, h, cfg)
 

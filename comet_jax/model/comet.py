@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from comet_jax.config import SCHEDULES, CometConfig, ModelConfig
 from comet_jax.layout import Slots
 from comet_jax.loss import IGNORE, token_nll
-from comet_jax.model import backbone
+from comet_jax.model import attention, backbone
 from comet_jax.model.memory import fifo_push, global_update, temp_entries
 
 Memory = dict[str, jnp.ndarray]
@@ -70,7 +70,9 @@ def comet_layer_kv(p: dict, h: jnp.ndarray, memory: Memory, chunk: dict[str, jnp
         h = h.at[:, :g].set(memory["o"].astype(h.dtype))
     if k:
         h = h.at[:, g:g + k].set(memory["q"].astype(h.dtype))
-    h, keys, values = backbone.decoder_layer_kv(p, h, chunk["positions"], chunk["mask"], model)
+    # with a kernel the dense chunk["mask"] goes unused, and jit drops it
+    attn = attention.chunk_attention(model, chunk["valid"])
+    h, keys, values = backbone.decoder_layer_kv(p, h, chunk["positions"], chunk["mask"], model, attn=attn)
     new: Memory = {}
     if g:
         new["o"], new["s"] = global_update(p["global_mem"], h[:, slots.beacons_start:], memory["s"], memory["o"],

@@ -12,7 +12,8 @@ the memories, and a new open chunk is started from its placeholders. State is
 O(layers x (S x kv + (2G + budget) x D)) whatever the length.
 
 Full mode (the baseline): one KV cache over the whole prompt and its continuation, filled
-block by block (`full_prefill_block`) and extended one token at a time (`full_feed`).
+block by block (`full_prefill_block`), or in one pass through an attention kernel
+(`full_prefill`), and extended one token at a time (`full_feed`, always xla).
 
 Both modes share `extend`: run new tokens through every layer against a cache.
 """
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 
 from comet_jax.config import CometConfig, ModelConfig
 from comet_jax.layout import Slots
-from comet_jax.model import backbone
+from comet_jax.model import attention, backbone
 from comet_jax.model.comet import chunk_inputs, chunk_layers
 
 State = dict
@@ -233,6 +234,32 @@ def full_prefill_block(params: dict, state: State, tokens: jnp.ndarray, start: j
     inside = (idx >= 0) & (idx < t)
     last = h[jnp.arange(b), jnp.clip(idx, 0, t - 1)]
     return {**state, "cache": cache, "last": jnp.where(inside[:, None], last, state["last"])}
+
+
+@partial(jax.jit, static_argnames=("model",), donate_argnames=("state",))
+def full_prefill(params: dict, state: State, tokens: jnp.ndarray, model: ModelConfig) -> State:
+    """The whole prompt, tokens [B, T] (T <= cache length), in one causal pass through the
+    model's attention kernel (full_prefill_block's queries sit at a dynamic offset in the
+    cache, which a kernel's static causal mask cannot express). Same state as the blocks."""
+    b, t = tokens.shape
+    length = state["length"]
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    attn = attention.full_attention(model, length) or (
+        lambda q, k, v: backbone.causal_attend(q, k, v, length))
+
+    def layer(h, p):
+        h, k, v = backbone.decoder_layer_kv(p, h, positions, None, model, attn=attn)
+        return h, (k, v)
+
+    h, (ks, vs) = jax.lax.scan(layer, backbone.embed(params, tokens, model), params["layers"])
+    cache = state["cache"]
+    valid = positions < length[:, None]
+    keep = valid[None, :, :, None, None]
+    cache = {"k": cache["k"].at[:, :, :t].set(jnp.where(keep, ks.astype(cache["k"].dtype), 0)),
+             "v": cache["v"].at[:, :, :t].set(jnp.where(keep, vs.astype(cache["v"].dtype), 0)),
+             "valid": jnp.arange(cache["valid"].shape[1])[None, :] < length[:, None]}
+    last = h[jnp.arange(b), jnp.maximum(length - 1, 0)]
+    return {**state, "cache": cache, "last": last}
 
 
 def full_feed(params: dict, s: State, token: jnp.ndarray, active: jnp.ndarray,

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from comet_jax.config import (MODES, PLANNERS, SCHEDULES, SOURCES, TRAIN_DTYPES, BackboneShape, ConfigError,
+from comet_jax.config import (ATTENTIONS, MODES, PLANNERS, SCHEDULES, SOURCES, TRAIN_DTYPES, BackboneShape, ConfigError,
                               check_comet_settings)
 
 
@@ -400,6 +400,8 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
                               f"({mesh.tensor}); lower mesh.tensor")
     elif m.dtype not in TRAIN_DTYPES:
         raise ConfigError(f"model.dtype must be one of {', '.join(TRAIN_DTYPES)}, got {m.dtype!r}")
+    elif m.attention not in ATTENTIONS:
+        raise ConfigError(f"model.attention must be one of {', '.join(ATTENTIONS)}, got {m.attention!r}")
 
     # comet
     if c.mode not in MODES:

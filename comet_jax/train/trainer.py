@@ -26,6 +26,7 @@ from comet_jax.train.flops import train_flops_per_token
 from comet_jax.layout import Slots
 from comet_jax.resources import device_peak_mb
 from comet_jax.train.metrics import MetricsWriter, format_line
+from comet_jax.model import attention
 from comet_jax.model.init import init_params
 from comet_jax.train.optim import make_optimizer
 from comet_jax.parallel import sharding
@@ -105,13 +106,14 @@ def build_model(cfg, tokenizer) -> tuple[ModelConfig, CometConfig]:
     m, c = cfg.model, cfg.comet
     settings = dict(chunk_size=c.chunk_size, global_size=c.global_size, stride=c.stride, budget=c.budget)
     if m.init != "scratch":
-        model, comet, _ = build.from_checkpoint(m.init, dtype=m.dtype, key="comet.", **settings)
+        model, comet, _ = build.from_checkpoint(m.init, dtype=m.dtype, attention=m.attention, key="comet.",
+                                              **settings)
         return model, comet
     return build.scratch(m.vocab_size or tokenizer.get_vocab_size(), **settings, rope_theta=m.rope_theta,
                          hidden_size=m.hidden_size, intermediate_size=m.intermediate_size, num_layers=m.num_layers,
                          num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, rms_eps=m.rms_eps,
                          tie_embeddings=m.tie_embeddings, qk_norm=m.qk_norm, dtype=m.dtype,
-                         param_dtype=m.param_dtype, family="llama")
+                         param_dtype=m.param_dtype, attention=m.attention, family="llama")
 
 
 class Stage(NamedTuple):
@@ -144,6 +146,8 @@ class Trainer:
         self.stages = cfg.mesh.stage
         if self.stages > 1 and self.mode != "comet":
             raise ConfigError("mesh.stage > 1 pipelines CoMeT chunks; it needs comet.mode=comet")
+        if self.stages > 1:
+            self.model = attention.for_pipeline(self.model)
         self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, self.stages)
         self.planners = PlannerMix(weights=dict(cfg.comet.planners), min_size=cfg.comet.min_chunk,
                                    boundary_ids=tuple(cfg.comet.boundary_ids))
@@ -215,9 +219,9 @@ class Trainer:
     def identity(self) -> dict[str, Any]:
         """What a checkpoint of this run must have been written with: the settings that define
         the parameters or the meaning of the token ids. The rest (learning rate, steps, mesh,
-        chunk size, compute dtype) may change when resuming."""
+        chunk size, compute dtype, attention kernel) may change when resuming."""
         model = {k: v for k, v in checkpoint.flatten({"model": dataclasses.asdict(self.model)}).items()
-                 if k not in ("model.dtype", "model.initializer_range")}
+                 if k not in ("model.dtype", "model.initializer_range", "model.attention")}
         return {**model, "comet.mode": self.mode, "comet.global_size": self.comet.global_size,
                 "comet.temp_memory": self.comet.has_temp, "data.tokenizer": self.cfg.data.tokenizer}
 
@@ -306,7 +310,8 @@ class Trainer:
                 seq_len = stage.seq_len
                 local = next(loader)
                 t0 = time.perf_counter()
-                state, metrics = step_fn(state, self.global_batch(local))
+                with attention.mesh_scope(self.mesh, self.model):  # a kernel is split over the mesh
+                    state, metrics = step_fn(state, self.global_batch(local))
                 metrics = jax.device_get(metrics)
                 dt = time.perf_counter() - t0
                 loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
