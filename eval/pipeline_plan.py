@@ -9,10 +9,9 @@ its neighbour per optimizer step. Pure arithmetic: nothing is compiled or alloca
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from comet_jax.train.train_config import add_config_args, load_valid
+from comet_jax.train.train_config import config_parser, load_valid
 
 
 def plan(cfg, model, comet, stages: int) -> dict:
@@ -40,9 +39,7 @@ def plan(cfg, model, comet, stages: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.pipeline_plan", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(ap)
+    ap = config_parser("python -m eval.pipeline_plan", __doc__)
     ap.add_argument("--stages", default="1,2,4,8", help="numbers of pipeline stages to compare")
     args = ap.parse_args(argv)
     from comet_jax.config import ConfigError

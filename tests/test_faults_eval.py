@@ -214,19 +214,22 @@ def test_max_tokens_equals_the_whole_texts_prefix(tokenizers_under_test, name):
     assert parse_line('{"input_ids": [5, 6, 7, 8]}', "x", max_tokens=3).tolist() == [5, 6, 7]
 
 
+class CountingTokenizer:
+    """The byte tokenizer, counting the characters it is given."""
+
+    def __init__(self):
+        self.tok, self.chars = byte_tokenizer(), 0
+
+    def encode(self, text):
+        self.chars += len(text)
+        return self.tok.encode(text)
+
+
 def test_a_5mb_document_tokenises_a_prefix_only():
     from comet_jax.data.jsonl import parse_line
 
-    class Counting:
-        def __init__(self):
-            self.tok, self.chars = byte_tokenizer(), 0
-
-        def encode(self, text):
-            self.chars += len(text)
-            return self.tok.encode(text)
-
     text = (ordinary_text(4000) * 200)[: 5 * 2 ** 20]
-    tok = Counting()
+    tok = CountingTokenizer()
     ids = parse_line(json.dumps({"text": text}), "big:1", tok, max_tokens=512)
     assert ids.tolist() == tok.tok.encode(text[:4096]).ids[:512]
     assert tok.chars < 10_000  # not 5 MB

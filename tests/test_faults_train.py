@@ -271,23 +271,15 @@ def test_two_trainers_on_one_run_dir(tmp_path):
 # ------------------------------------------------------------------ data
 
 def test_a_long_document_is_tokenised_only_as_far_as_seq_len_needs(tmp_path):
+    """The training pipeline passes seq_len on, so the JSONL reader tokenises a prefix only."""
     from comet_jax.data.byte_tokenizer import byte_tokenizer
     from comet_jax.data.pipeline import make_source
-
-    class Counting:
-        """The byte tokenizer, counting the characters it is given."""
-
-        def __init__(self):
-            self.inner, self.chars = byte_tokenizer(), 0
-
-        def encode(self, text):
-            self.chars += len(text)
-            return self.inner.encode(text)
+    from test_faults_eval import CountingTokenizer
 
     text = "lorem ipsum dolor sit amet " * 200_000  # 5.4 MB
     path = tmp_path / "long.jsonl"
     path.write_text(json.dumps({"text": text}) + "\n")
-    tok = Counting()
+    tok = CountingTokenizer()
     src = make_source({"source": "jsonl", "path": str(path), "seq_len": 512}, tok)
     ids = src[0]["input_ids"]
     assert list(ids) == byte_tokenizer().encode(text[:2000]).ids[:512]

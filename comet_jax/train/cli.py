@@ -7,18 +7,15 @@ command again resumes from the latest checkpoint in the run directory.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from comet_jax.train.train_config import add_config_args
+from comet_jax.train.train_config import config_parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before jax is imported
-    ap = argparse.ArgumentParser(prog="comet-train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(ap)
+    ap = config_parser("comet-train", __doc__)
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args = ap.parse_args(argv)
 

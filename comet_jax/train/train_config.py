@@ -278,15 +278,20 @@ def _parse_override(tree: dict[str, dict[str, Any]], item: str) -> None:
     _set(tree, section, key, value, "command line")
 
 
-def add_config_args(ap) -> None:
-    """The config arguments every command that reads a training config takes."""
+def config_parser(prog: str, doc: str | None):
+    """An argument parser with the arguments every command that reads a training config takes
+    (`--config FILE` and `section.key=value` overrides); `load_valid` reads them."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="YAML file (defaults apply to every key it leaves out)")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value",
                     help="overrides of single keys, e.g. optim.lr=1e-4 mesh.fsdp=4")
+    return ap
 
 
 def load_valid(args) -> TrainConfig:
-    """The config of parsed `add_config_args` arguments, loaded and validated (ConfigError)."""
+    """The config of arguments parsed by a `config_parser`, loaded and validated (ConfigError)."""
     cfg = load_config(args.config, args.overrides)
     validate(cfg)
     return cfg
