@@ -30,6 +30,7 @@ SCHEDULES = ("layer_major", "chunk_major")
 PLANNERS = ("fixed", "right_aligned", "uniform", "random", "semantic")
 SOURCES = ("passkey", "jsonl", "arrayrecord")
 TRAIN_DTYPES = ("float32", "bfloat16")
+REMATS = ("full", "dots", "none")  # activation recompute policies (comet_jax/model/remat.py)
 # The attention kernel (comet_jax/model/attention.py); "auto" picks one per backend at trace time.
 ATTENTIONS = ("auto", "xla", "splash", "cudnn")
 ATTENTION_HELP = "attention kernel: auto (splash on TPU, cudnn on GPU with bf16/fp16, else xla), xla, splash, cudnn"

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from comet_jax import build, chunking, layout
-from comet_jax.config import ATTENTION_HELP, ATTENTIONS, CometConfig, ModelConfig
+from comet_jax.config import ATTENTION_HELP, ATTENTIONS, REMATS, CometConfig, ModelConfig
 from comet_jax.train.flops import forward_flops_per_token, train_flops_per_token
 from comet_jax.model import attention, comet as cm
 from comet_jax.model.init import init_params
@@ -70,7 +70,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-at", default="8192,32768", help="sequence lengths for compiled peak memory")
-    ap.add_argument("--no-remat", action="store_true", help="train step without activation recompute")
+    ap.add_argument("--remat", choices=REMATS, default="full",
+                    help="activation recompute of the train step: full (default), dots (keep matmul outputs), none")
+    ap.add_argument("--no-remat", action="store_true", help="the same as --remat none")
     ap.add_argument("--attention", choices=ATTENTIONS, default="auto", help=ATTENTION_HELP)
     args = ap.parse_args(argv)
 
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
     params = init_params(model, comet, jax.random.key(0))
     batch = make_batch(args.tokens, args.batch, model, comet)
     n_tok = args.tokens * args.batch
-    remat = not args.no_remat
+    remat = "none" if args.no_remat else args.remat
     results = {"device": str(jax.devices()[0].device_kind), "platform": platform.machine(),
                "attention": attention.resolve(model.attention, model.dtype),
                "config": {k: v for k, v in vars(args).items() if k not in ("repeats", "memory_at")}}

@@ -77,7 +77,8 @@ def test_wrong_types(tmp_path):
     assert "int" in msg and "'ten'" in msg
     raises(r"train\.steps must be an int.*True", load_config, None, ["train.steps=true"])  # bool is not int
     raises(r"train\.steps must be an int", load_config, None, ["train.steps=2.5"])
-    raises(r"model\.remat must be a bool", load_config, write(tmp_path, "model:\n  remat: 1\n"), [])
+    raises(r"model\.remat must be one of full, dots, none", load_config, write(tmp_path, "model:\n  remat: 1\n"), [])
+    assert load_config(write(tmp_path, "model:\n  remat: false\n"), []).model.remat == "none"  # older spelling
     raises(r"optim\.lr must be a float", load_config, None, ["optim.lr=true"])
     raises(r"comet\.boundary_ids\[1\] must be an int", load_config, None, ["comet.boundary_ids=[1, x]"])
     raises(r"comet\.planners must be a mapping", load_config, None, ["comet.planners=fixed"])
@@ -193,6 +194,6 @@ def test_shipped_recipes():
                 cfg.comet.budget) == (32768, 2048, 512, 8, 2048)
         assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio, cfg.optim.weight_decay,
                 cfg.optim.memory_lr_mult) == (5e-5, 10, 0.0, 0.0, 5.0)
-        assert cfg.model.dtype == "bfloat16" and cfg.model.remat and cfg.model.init != "scratch"
+        assert cfg.model.dtype == "bfloat16" and cfg.model.remat == "full" and cfg.model.init != "scratch"
         assert cfg.data.tokenizer == "checkpoint" and cfg.data.source == "jsonl"
         validate(cfg, device_count=8)

@@ -24,6 +24,7 @@ import numpy as np
 from comet_jax.config import ModelConfig
 from comet_jax.loss import token_nll
 from comet_jax.model import attention
+from comet_jax.model.remat import checkpointed
 from comet_jax.model.rope import apply_rope, inv_frequencies
 
 Params = dict[str, Any]
@@ -118,15 +119,13 @@ def decoder_layer(p: Params, h: jnp.ndarray, positions: jnp.ndarray, mask: jnp.n
 
 
 def run_layers(layers: Params, h: jnp.ndarray, positions: jnp.ndarray, mask: jnp.ndarray | None,
-               cfg: ModelConfig, remat: bool = False, attn=None) -> jnp.ndarray:
+               cfg: ModelConfig, remat: bool | str = False, attn=None) -> jnp.ndarray:
     """All decoder layers, scanned over the stacked leading axis."""
 
     def body(h, p):
         return decoder_layer(p, h, positions, mask, cfg, attn=attn), None
 
-    if remat:
-        body = jax.checkpoint(body)
-    h, _ = jax.lax.scan(body, h, layers)
+    h, _ = jax.lax.scan(checkpointed(body, remat), h, layers)
     return h
 
 
@@ -160,7 +159,7 @@ def causal_mask(lengths: jnp.ndarray, t: int) -> jnp.ndarray:
 
 
 def full_hidden(params: Params, tokens: jnp.ndarray, lengths: jnp.ndarray, cfg: ModelConfig,
-                remat: bool = False, block: int = 128) -> jnp.ndarray:
+                remat: bool | str = False, block: int = 128) -> jnp.ndarray:
     """The plain backbone over whole (right-padded) sequences: final-normed hidden [B, T, D].
     Attention runs through the model's attention kernel, or with xla in causal blocks of
     `block` queries (causal_attend)."""
@@ -189,7 +188,7 @@ def full_logits(params: Params, tokens: jnp.ndarray, lengths: jnp.ndarray, cfg: 
 
 
 def full_token_losses(params: Params, tokens: jnp.ndarray, lengths: jnp.ndarray, labels: jnp.ndarray,
-                      cfg: ModelConfig, remat: bool = False) -> jnp.ndarray:
+                      cfg: ModelConfig, remat: bool | str = False) -> jnp.ndarray:
     """Per-token loss [B, T] of the plain backbone (blockwise, 0 where labels == IGNORE)."""
     p = cast_params(params, cfg.dtype)
     h = full_hidden(p, tokens, lengths, cfg, remat=remat)

@@ -24,6 +24,7 @@ from comet_jax.layout import Slots
 from comet_jax.loss import IGNORE, token_nll
 from comet_jax.model import attention, backbone
 from comet_jax.model.memory import fifo_push, global_update, temp_entries
+from comet_jax.model.remat import checkpointed
 
 Memory = dict[str, jnp.ndarray]
 
@@ -98,14 +99,14 @@ def text_nll(params: dict, h: jnp.ndarray, labels: jnp.ndarray, model: ModelConf
 
 
 def layer_major(params: dict, batch: dict[str, jnp.ndarray], model: ModelConfig, comet: CometConfig,
-                remat: bool = True) -> jnp.ndarray:
+                remat: bool | str = True) -> jnp.ndarray:
     """Per-token loss [N, B, C]: for each layer (scan), run it over every chunk (scan)."""
     h = layer_major_hidden(params, batch, model, comet, remat)
     return text_nll(params, h, batch["labels"], model, comet)
 
 
 def layer_major_hidden(params: dict, batch: dict[str, jnp.ndarray], model: ModelConfig, comet: CometConfig,
-                       remat: bool = True) -> jnp.ndarray:
+                       remat: bool | str = True) -> jnp.ndarray:
     """Last layer's hidden states [N, B, S, D] of every slot (before the final norm)."""
     n, b = batch["tokens"].shape[:2]
     h = backbone.embed(params, batch["tokens"], model)  # [N, B, S, D]
@@ -117,8 +118,7 @@ def layer_major_hidden(params: dict, batch: dict[str, jnp.ndarray], model: Model
             h_c, mem = comet_layer(p, h_c, mem, chunk_inputs(c), model, comet)
             return mem, h_c
 
-        step = jax.checkpoint(chunk_step) if remat else chunk_step
-        _, h_all = jax.lax.scan(step, init_memory(b, model, comet), (h_all, chunks))
+        _, h_all = jax.lax.scan(checkpointed(chunk_step, remat), init_memory(b, model, comet), (h_all, chunks))
         return h_all, None
 
     h, _ = jax.lax.scan(layer_step, h, params["layers"])
@@ -126,7 +126,7 @@ def layer_major_hidden(params: dict, batch: dict[str, jnp.ndarray], model: Model
 
 
 def chunk_major(params: dict, batch: dict[str, jnp.ndarray], model: ModelConfig, comet: CometConfig,
-                remat: bool = True) -> jnp.ndarray:
+                remat: bool | str = True) -> jnp.ndarray:
     """Per-token loss [N, B, C]: for each chunk (scan), run every layer (scan); only the
     per-layer memories are carried from one chunk to the next."""
     n, b = batch["tokens"].shape[:2]
@@ -135,8 +135,7 @@ def chunk_major(params: dict, batch: dict[str, jnp.ndarray], model: ModelConfig,
         h, mems, _ = chunk_layers(params, mems, c["tokens"], chunk_inputs(c), model, comet)
         return mems, text_nll(params, h, c["labels"], model, comet)
 
-    step = jax.checkpoint(chunk_step) if remat else chunk_step
-    _, nll = jax.lax.scan(step, stacked_memory(b, model, comet), batch)
+    _, nll = jax.lax.scan(checkpointed(chunk_step, remat), stacked_memory(b, model, comet), batch)
     return nll
 
 
@@ -155,7 +154,7 @@ def chunk_layers(params: dict, mems: Memory, tokens: jnp.ndarray, inputs: dict[s
 
 
 def token_losses(params: dict, batch: dict[str, Any], model: ModelConfig, comet: CometConfig,
-                 schedule: str = "layer_major", remat: bool = True) -> jnp.ndarray:
+                 schedule: str = "layer_major", remat: bool | str = True) -> jnp.ndarray:
     """Per-token loss [N, B, C] (0 where unlabeled), computed in the model's compute dtype."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -167,7 +166,7 @@ def token_losses(params: dict, batch: dict[str, Any], model: ModelConfig, comet:
 
 @partial(jax.jit, static_argnames=("model", "comet", "schedule", "remat"))
 def loss(params: dict, batch: dict[str, Any], model: ModelConfig, comet: CometConfig,
-         schedule: str = "layer_major", remat: bool = True) -> jnp.ndarray:
+         schedule: str = "layer_major", remat: bool | str = True) -> jnp.ndarray:
     """Sum of token losses / number of labeled tokens (docs/design.md §1.3)."""
     nll = token_losses(params, batch, model, comet, schedule, remat)
     count = jnp.sum(jnp.asarray(batch["labels"]) != IGNORE)

@@ -25,12 +25,13 @@ from jax.sharding import Mesh, PartitionSpec as P
 from comet_jax.config import CometConfig, ModelConfig
 from comet_jax.model import backbone
 from comet_jax.model.comet import chunk_inputs, text_nll, comet_layer, init_memory
+from comet_jax.model.remat import checkpointed
 
 BATCH_KEYS = ("tokens", "valid", "positions", "labels", "first", "live")
 
 
 def pipeline_token_losses(params: dict, batch: dict[str, Any], model: ModelConfig, comet: CometConfig,
-                          mesh: Mesh, stage_axis: str = "stage", remat: bool = True) -> jnp.ndarray:
+                          mesh: Mesh, stage_axis: str = "stage", remat: bool | str = True) -> jnp.ndarray:
     """Per-token loss [N, B, C] (0 where unlabeled), the chunk axis sharded over `stage_axis`."""
     num_stages = mesh.shape[stage_axis]
     num_layers = model.num_layers
@@ -72,7 +73,7 @@ def pipeline_token_losses(params: dict, batch: dict[str, Any], model: ModelConfi
                              layers)
             start = jax.tree.map(lambda a, r: jnp.where(me == 0, a, r), mem0, received)
             step = lambda mem, xs: chunk_step(p, mem, xs)
-            step = jax.checkpoint(step) if remat else step
+            step = checkpointed(step, remat)
             mem, h_new = jax.lax.scan(step, start, (h_all, chunks))
             h_all = jnp.where(active, h_new, h_all)
             mem = jax.tree.map(lambda new, old: jnp.where(active, new, old), mem, start)

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from comet_jax.config import (ATTENTIONS, MODES, PLANNERS, SCHEDULES, SOURCES, TRAIN_DTYPES, BackboneShape, ConfigError,
+from comet_jax.config import (ATTENTIONS, MODES, PLANNERS, REMATS, SCHEDULES, SOURCES, TRAIN_DTYPES, BackboneShape, ConfigError,
                               check_comet_settings)
 
 
@@ -40,7 +40,7 @@ class ModelSection(BackboneShape):
     init: str = "scratch"  # or a converted checkpoint dir (python -m comet_jax.convert)
     vocab_size: int = 0  # 0 = from the tokenizer (scratch only)
     rope_theta: float = 10000.0
-    remat: bool = True
+    remat: str = "full"  # activation recompute: full, dots or none (true/false: full/none)
     schedule: str = "layer_major"  # or "chunk_major"
 
 
@@ -239,6 +239,12 @@ def _set(tree: dict[str, dict[str, Any]], section: str, key: str, value: Any, so
     types = FIELD_TYPES[section]
     if key not in types:
         raise _unknown(f"{section}.{key}", list(types), f"keys of {section}", source)
+    if (section, key) == ("model", "remat"):
+        if isinstance(value, bool):
+            value = "full" if value else "none"  # remat: true / false, as configs wrote it before
+        elif value not in REMATS:
+            raise ConfigError(f"model.remat must be one of {', '.join(REMATS)} (or true/false: full/none), "
+                              f"got {value!r} ({type(value).__name__}) in {source}")
     tree.setdefault(section, {})[key] = _coerce(f"{section}.{key}", types[key], value)
 
 
@@ -272,7 +278,9 @@ def _parse_override(tree: dict[str, dict[str, Any]], item: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {dotted}: cannot parse value {raw!r} as YAML: {e}") from None
-    if section in SECTIONS and FIELD_TYPES[section].get(key) is str and \
+    if (section, key) == ("model", "remat") and isinstance(value, bool):
+        pass  # the older boolean spelling; _set maps it
+    elif section in SECTIONS and FIELD_TYPES[section].get(key) is str and \
             isinstance(value, (bool, int, float)):
         value = raw.strip()  # run.name=2024, data.path=123: keep the text as written
     _set(tree, section, key, value, "command line")
@@ -396,6 +404,8 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     # model
     if m.schedule not in SCHEDULES:
         raise ConfigError(f"model.schedule must be one of {', '.join(SCHEDULES)}, got {m.schedule!r}")
+    if m.remat not in REMATS:
+        raise ConfigError(f"model.remat must be one of {', '.join(REMATS)}, got {m.remat!r}")
     if not m.init:
         raise ConfigError("model.init is empty; use scratch or the path of a converted checkpoint")
     if m.init == "scratch":  # a converted checkpoint brings its own shape

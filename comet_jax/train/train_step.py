@@ -23,7 +23,7 @@ def batch_axis(mode: str) -> int:
 
 
 def loss_sum(params, batch: dict[str, jnp.ndarray], model: ModelConfig, comet: CometConfig, mode: str,
-             schedule: str, remat: bool, pipeline_mesh=None) -> tuple[jnp.ndarray, jnp.ndarray]:
+             schedule: str, remat: bool | str, pipeline_mesh=None) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(sum of token losses, number of labeled tokens) of one micro-batch. With a
     `pipeline_mesh` the chunks run as the wavefront over its `stage` axis."""
     if mode == "comet" and pipeline_mesh is not None:
@@ -48,7 +48,7 @@ def split_micro(batch: dict[str, Any], accum: int, axis: int) -> dict[str, Any]:
 
 
 def train_step(state: dict, batch: dict, *, tx: optax.GradientTransformation, schedule_fn, model: ModelConfig,
-               comet: CometConfig, mode: str, schedule: str, remat: bool, grad_accum: int, pipeline_mesh=None):
+               comet: CometConfig, mode: str, schedule: str, remat: bool | str, grad_accum: int, pipeline_mesh=None):
     """One optimizer step. The loss is the mean over every labeled token of the whole batch
     (micro-batch gradients of the summed loss are added, then divided once)."""
     keys = COMET_KEYS if mode == "comet" else FULL_KEYS
