@@ -371,6 +371,13 @@ def _positive(cfg: TrainConfig, keys: str, minimum: float = 1, what: str = "> 0"
             raise ConfigError(f"{dotted} must be {what}, got {value}")
 
 
+def _one_of(cfg: TrainConfig, dotted: str, choices: tuple[str, ...]) -> None:
+    section, key = dotted.split(".")
+    value = getattr(getattr(cfg, section), key)
+    if value not in choices:
+        raise ConfigError(f"{dotted} must be one of {', '.join(choices)}, got {value!r}")
+
+
 def validate(cfg: TrainConfig, device_count: int | None = None, process_count: int = 1) -> None:
     """Raise one ConfigError (naming the key and the fix) for the first invalid value.
 
@@ -402,10 +409,8 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
                           f"got {cfg.distributed.process_id}")
 
     # model
-    if m.schedule not in SCHEDULES:
-        raise ConfigError(f"model.schedule must be one of {', '.join(SCHEDULES)}, got {m.schedule!r}")
-    if m.remat not in REMATS:
-        raise ConfigError(f"model.remat must be one of {', '.join(REMATS)}, got {m.remat!r}")
+    _one_of(cfg, "model.schedule", SCHEDULES)
+    _one_of(cfg, "model.remat", REMATS)
     if not m.init:
         raise ConfigError("model.init is empty; use scratch or the path of a converted checkpoint")
     if m.init == "scratch":  # a converted checkpoint brings its own shape
@@ -413,14 +418,12 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
         if m.num_kv_heads % mesh.tensor:
             raise ConfigError(f"model.num_kv_heads ({m.num_kv_heads}) must be divisible by mesh.tensor "
                               f"({mesh.tensor}); lower mesh.tensor")
-    elif m.dtype not in TRAIN_DTYPES:
-        raise ConfigError(f"model.dtype must be one of {', '.join(TRAIN_DTYPES)}, got {m.dtype!r}")
-    elif m.attention not in ATTENTIONS:
-        raise ConfigError(f"model.attention must be one of {', '.join(ATTENTIONS)}, got {m.attention!r}")
+    else:
+        _one_of(cfg, "model.dtype", TRAIN_DTYPES)
+        _one_of(cfg, "model.attention", ATTENTIONS)
 
     # comet
-    if c.mode not in MODES:
-        raise ConfigError(f"comet.mode must be one of {', '.join(MODES)}, got {c.mode!r}")
+    _one_of(cfg, "comet.mode", MODES)
     chunked = c.mode == "comet"  # mode full has no chunks
     if chunked and c.chunk_size > d.seq_len:
         raise ConfigError(f"comet.chunk_size ({c.chunk_size}) is larger than data.seq_len ({d.seq_len}); "
@@ -438,8 +441,7 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
                           "to split after (e.g. newline, period)")
 
     # data
-    if d.source not in SOURCES:
-        raise ConfigError(f"data.source must be one of {', '.join(SOURCES)}, got {d.source!r}")
+    _one_of(cfg, "data.source", SOURCES)
     if d.passkey_loss not in ("answer", "all"):
         raise ConfigError(f"data.passkey_loss must be answer or all, got {d.passkey_loss!r}")
     if d.source != "passkey" and not d.path:
