@@ -34,6 +34,7 @@ import jax
 import numpy as np
 
 from comet_jax.config import CometConfig, ModelConfig, comet_config_from_dict, dumps, model_config_from_dict
+from comet_jax.resources import pid_alive
 
 META_FILE = "comet_jax.json"
 PARAMS_DIR = "params"
@@ -72,16 +73,6 @@ def _tree_metadata(item: Path) -> Any:
     return getattr(meta, "item_metadata", meta).tree
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def _writer_tag() -> str:
     # The host too: on storage shared between machines a pid means nothing elsewhere.
     return f"{os.getpid()}@{socket.gethostname()}"
@@ -103,7 +94,7 @@ def remove_stale_temporaries(dst: str | os.PathLike) -> list[Path]:
             continue
         tmp = m.group(1) is not None
         pid, writer_host = (m.group(1), m.group(2)) if tmp else (m.group(3), m.group(4))
-        if writer_host == host and not _pid_alive(int(pid)) and (tmp or dst.exists()):
+        if writer_host == host and not pid_alive(int(pid)) and (tmp or dst.exists()):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed

@@ -4,6 +4,7 @@ lifetime peak where there is none); device figures from the backend, where it re
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 
@@ -52,3 +53,14 @@ def device_peak_mb(device=None) -> float | None:
         return None
     peak = (stats or {}).get("peak_bytes_in_use", (stats or {}).get("bytes_in_use"))
     return None if peak is None else peak / 2**20
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (another user's process counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from comet_jax.config import (MEMORY_RANK, CometConfig, ConfigError, ModelConfig
                               model_config_from_hf)
 from comet_jax.convert import tokenizer_files
 from comet_jax.convert.hf_names import hf_to_ours
+from comet_jax.resources import peak_rss_bytes
 from comet_jax.vocab import added_tokens, comet_for_vocab, padded_vocab
 
 # Recipe defaults (docs/design.md §1.4) for a plain backbone converted without flags.
@@ -108,10 +108,6 @@ class _open:
 
     def __exit__(self, *exc):
         return self.handle.__exit__(*exc)
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def grow_rows(old: np.ndarray, n_new: int, rng: np.random.Generator) -> np.ndarray:
@@ -367,6 +363,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
         write_meta(tmp, model, comet, extra)
     summary = {"dst": str(dst.absolute()), "architecture": arch, "vocab_size": new_vocab,
                "num_real_tokens": real_vocab, "added_tokens": n_added, "dtype": dtype,
-               "peak_rss_mb": round(_peak_rss_mb(), 1), "tokenizer": tok,
+               "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1), "tokenizer": tok,
                "comet": {k: v for k, v in comet.__dict__.items() if k != "global_beacon_ids"}}
     return summary

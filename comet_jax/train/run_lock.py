@@ -18,21 +18,13 @@ import socket
 import time
 from pathlib import Path
 
+from comet_jax.resources import pid_alive
+
 LOCK_FILE = ".lock"
 
 
 class RunDirLocked(RuntimeError):
     """Another live process holds the run directory."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _holder_text(info: dict) -> str:
@@ -89,7 +81,7 @@ class RunLock:
                     info = json.loads(path.read_text() or "{}")
                 except (OSError, ValueError):
                     info = {}
-                if info.get("host") == socket.gethostname() and not _alive(int(info.get("pid", -1))):
+                if info.get("host") == socket.gethostname() and not pid_alive(int(info.get("pid", -1))):
                     path.unlink(missing_ok=True)  # stale: its process is gone
                     continue
                 raise self._refuse(info, f" (if it is not running, delete {path})") from None
