@@ -66,3 +66,25 @@ def scratch(base_vocab: int, *, chunk_size: int, global_size: int, stride: int, 
     model.validate()
     comet.validate(model.real_vocab)
     return model, comet
+
+
+def from_sections(m: Any, c: Any, base_vocab: int | None = None) -> tuple[ModelConfig, CometConfig, str]:
+    """Configs of a training config's model and comet sections, and where the shape came from.
+    A converted checkpoint at `model.init` brings its shape; otherwise (scratch, or a checkpoint
+    not on this machine: planning and lowering need no weights) the model section's shape keys
+    give it, around `model.vocab_size` or else `base_vocab` (the tokenizer's) ids."""
+    settings = dict(chunk_size=c.chunk_size, global_size=c.global_size, stride=c.stride, budget=c.budget)
+    if m.init != "scratch" and os.path.isdir(m.init):
+        model, comet, _ = from_checkpoint(m.init, dtype=m.dtype, attention=m.attention, key="comet.", **settings)
+        return model, comet, f"checkpoint {m.init}"
+    vocab = m.vocab_size or base_vocab
+    if not vocab:
+        raise ConfigError(f"model.init={m.init} is not a directory here and model.vocab_size is 0: set the model "
+                          "section's shape (vocab_size, hidden_size, num_layers, ...) to use it without a checkpoint")
+    model, comet = scratch(vocab, **settings, rope_theta=m.rope_theta, hidden_size=m.hidden_size,
+                           intermediate_size=m.intermediate_size, num_layers=m.num_layers, num_heads=m.num_heads,
+                           num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, rms_eps=m.rms_eps,
+                           tie_embeddings=m.tie_embeddings, qk_norm=m.qk_norm, dtype=m.dtype,
+                           param_dtype=m.param_dtype, attention=m.attention,
+                           family="llama")
+    return model, comet, "the config's model section"

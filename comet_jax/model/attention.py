@@ -19,6 +19,7 @@ cache at dynamic offsets, which a static causal mask cannot express.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import sys
@@ -45,13 +46,33 @@ def _notice(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+# The platform functions are traced for when it is not the one JAX runs on (compiling for a
+# TPU on a CPU host: eval.lower, eval.plan); None = jax.default_backend().
+_TARGET: list[str | None] = [None]
+
+
+def platform() -> str:
+    return _TARGET[0] or jax.default_backend()
+
+
+@contextlib.contextmanager
+def target(name: str | None):
+    """Trace for platform `name` ("tpu", "cuda", "cpu"): `auto` resolves for it, and splash runs
+    compiled (not interpreted) when it is "tpu"."""
+    old, _TARGET[0] = _TARGET[0], name
+    try:
+        yield
+    finally:
+        _TARGET[0] = old
+
+
 def resolve(attention: str, dtype: str, backend: str | None = None) -> str:
     """The kernel `attention` means on `backend` (default: JAX's default backend, at trace time)."""
     if attention not in ATTENTIONS:
         raise ValueError(f"model.attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
     if attention != "auto":
         return attention
-    backend = backend or jax.default_backend()
+    backend = backend or platform()
     if backend == "tpu":
         return "splash"
     if backend in ("gpu", "cuda", "rocm"):
@@ -82,12 +103,11 @@ def for_pipeline(model: ModelConfig, backend: str | None = None) -> ModelConfig:
 def mesh_scope(mesh, model: ModelConfig):
     """A context under which a jitted function traced with `model` sees `mesh`, so that a kernel
     call is wrapped in shard_map over it (Mosaic kernels cannot be partitioned automatically).
-    Nothing changes for xla."""
-    import contextlib
-
+    Nothing changes for xla. Only the abstract mesh is set: the kernel's constant tables are
+    built on the host even when `mesh` holds devices of another machine (eval.lower)."""
     if mesh is None or not uses_kernel(model):
         return contextlib.nullcontext()
-    return jax.set_mesh(mesh)
+    return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
 
 
 # ------------------------------------------------------------------------------ dispatch
@@ -165,7 +185,7 @@ def _splash_local(q, k, v, segments):
     """One device's share: [b, T, h, hd] in, [b, T, h, hd] out."""
     from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
 
-    kernel = _splash_kernel(q.shape[2], q.shape[1], jax.default_backend() != "tpu")
+    kernel = _splash_kernel(q.shape[2], q.shape[1], platform() != "tpu")
     heads_first = lambda x: jnp.swapaxes(x, 1, 2)
 
     def one(q, k, v, seg):
@@ -177,7 +197,7 @@ def _splash_local(q, k, v, segments):
 
 def _sharded(fn, q, k, v, segments):
     """fn(q, k, v, segments) under shard_map over the batch and head axes of the mesh in
-    context (jax.set_mesh, see `mesh_scope`), or directly when there is none."""
+    context (see `mesh_scope`), or directly when there is none."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return fn(q, k, v, segments)

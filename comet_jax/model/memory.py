@@ -24,8 +24,12 @@ def global_update(p: dict, x: jnp.ndarray, s_prev: jnp.ndarray, o_prev: jnp.ndar
     A chunk that is not live (batch padding) leaves the memory untouched."""
     eps = float(jnp.finfo(x.dtype).eps)
     x_hat = rms_norm(x, p["norm"], eps)
-    gate = jax.nn.sigmoid(jnp.concatenate([x_hat, s_prev], axis=-1) @ p["gate"])[..., None]
-    s = jnp.where(first[:, None, None], x_hat, gate * s_prev + (1 - gate) * x_hat)
+    # the gate and the blend in (at least) float32 whatever the compute dtype
+    f32 = jnp.promote_types(x.dtype, jnp.float32)
+    logit = jnp.matmul(jnp.concatenate([x_hat, s_prev], axis=-1), p["gate"], preferred_element_type=f32)
+    gate = jax.nn.sigmoid(logit)[..., None]
+    blend = (gate * s_prev.astype(f32) + (1 - gate) * x_hat.astype(f32)).astype(x.dtype)
+    s = jnp.where(first[:, None, None], x_hat, blend)
     o = s + (s @ p["down"]) @ p["up"]
     keep = ~live[:, None, None]
     return jnp.where(keep, o_prev, o), jnp.where(keep, s_prev, s)

@@ -103,17 +103,9 @@ def save_tokenizer(tokenizer, directory: Path, comet: CometConfig, log=print) ->
 def build_model(cfg, tokenizer) -> tuple[ModelConfig, CometConfig]:
     """Model and CoMeT configs: from a converted checkpoint, or from scratch around the
     tokenizer's vocabulary plus the CoMeT tokens (padded to a multiple of 256)."""
-    m, c = cfg.model, cfg.comet
-    settings = dict(chunk_size=c.chunk_size, global_size=c.global_size, stride=c.stride, budget=c.budget)
-    if m.init != "scratch":
-        model, comet, _ = build.from_checkpoint(m.init, dtype=m.dtype, attention=m.attention, key="comet.",
-                                              **settings)
-        return model, comet
-    return build.scratch(m.vocab_size or tokenizer.get_vocab_size(), **settings, rope_theta=m.rope_theta,
-                         hidden_size=m.hidden_size, intermediate_size=m.intermediate_size, num_layers=m.num_layers,
-                         num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, rms_eps=m.rms_eps,
-                         tie_embeddings=m.tie_embeddings, qk_norm=m.qk_norm, dtype=m.dtype,
-                         param_dtype=m.param_dtype, attention=m.attention, family="llama")
+    base = None if cfg.model.init != "scratch" or cfg.model.vocab_size else tokenizer.get_vocab_size()
+    model, comet, _ = build.from_sections(cfg.model, cfg.comet, base)
+    return model, comet
 
 
 class Stage(NamedTuple):
