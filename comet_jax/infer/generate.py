@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from comet_jax.config import MODES, CometConfig, ModelConfig
-from comet_jax.model import attention, backbone, decode
+from comet_jax.model import backbone, decode
 from comet_jax.model.comet import stacked_memory
 
 
@@ -177,23 +177,13 @@ class Generator:
         size = full_cache_size(int(lengths.max()), extra, blk)
         state = {"cache": decode.empty_cache(b, size, self.model), "length": jnp.asarray(lengths),
                  "last": jnp.zeros((b, self.model.hidden_size), jnp.dtype(self.model.dtype))}
-        if attention.uses_kernel(self.model):
-            t = -(-int(lengths.max()) // blk) * blk
-            tokens = np.zeros((b, t), np.int32)
-            for r, p in enumerate(prompts):
-                tokens[r, : len(p)] = p
-            state = decode.full_prefill(self.params, state, jnp.asarray(tokens), self.model)
-            if progress is not None:
-                progress(t * b)
-            return state, _full_logits(self.params, state["last"], self.model)
-        for start in range(0, int(lengths.max()), blk):
-            block = np.zeros((b, blk), np.int32)
-            for r, p in enumerate(prompts):
-                seg = p[start: start + blk]
-                block[r, : len(seg)] = seg
-            state = decode.full_prefill_block(self.params, state, jnp.asarray(block), jnp.int32(start), self.model)
-            if progress is not None:
-                progress(blk * b)
+        t = -(-int(lengths.max()) // blk) * blk
+        tokens = np.zeros((b, t), np.int32)
+        for r, p in enumerate(prompts):
+            tokens[r, : len(p)] = p
+        state = decode.full_prefill(self.params, state, jnp.asarray(tokens), self.model, block=blk)
+        if progress is not None:
+            progress(t * b)
         return state, _full_logits(self.params, state["last"], self.model)
 
     # ---------------------------------------------------------------- generate

@@ -146,6 +146,49 @@ def _cudnn(q, k, v, implementation: str = "cudnn", **masks) -> jnp.ndarray:
     return out.reshape(b, t, h * hd)
 
 
+# ------------------------------------------------------------------------------ xla, forward only
+
+def blockwise_causal(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, lengths: jnp.ndarray,
+                     block: int) -> jnp.ndarray:
+    """Causal attention (keys past `lengths` [B] masked) computed block by block with an online
+    softmax, visiting only the key blocks at or before each query block: the FLOPs of the causal
+    triangle and O(T x block) memory, in plain XLA. q [B, T, H, hd]; k, v [B, T, K, hd]; T a
+    multiple of `block`. Returns [B, T, H*hd]. The inner loop has a data-dependent trip count,
+    so this is for prefill (no gradient); training uses `backbone.causal_attend`."""
+    b, t, h, hd = q.shape
+    kv, n = k.shape[2], t // block
+    f32 = jnp.promote_types(q.dtype, jnp.float32)
+    qb = (q * jnp.asarray(hd ** -0.5, q.dtype)).reshape(b, n, block, kv, h // kv, hd)
+    kb, vb = k.reshape(b, n, block, kv, hd), v.reshape(b, n, block, kv, hd)
+    rows = jnp.arange(block)
+
+    def query_block(_, i):
+        qi = qb[:, i]
+
+        def key_block(j, carry):
+            m, l, acc = carry
+            s = jnp.einsum("bqkgd,bskd->bkgqs", qi, kb[:, j], preferred_element_type=f32)
+            key = j * block + rows
+            ok = (key[None, :] <= (i * block + rows)[:, None])[None] & (key[None, None, :] < lengths[:, None, None])
+            s = jnp.where(ok[:, None, None], s, -jnp.inf)
+            m_new = jnp.maximum(m, s.max(-1))
+            m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+            p = jnp.exp(s - m_safe[..., None])
+            scale = jnp.exp(jnp.where(jnp.isfinite(m), m - m_safe, -jnp.inf))
+            acc = acc * scale[..., None] + jnp.einsum("bkgqs,bskd->bkgqd", p.astype(v.dtype), vb[:, j],
+                                                      preferred_element_type=f32)
+            return m_new, l * scale + p.sum(-1), acc
+
+        shape = (b, kv, h // kv, block)
+        init = (jnp.full(shape, -jnp.inf, f32), jnp.zeros(shape, f32), jnp.zeros((*shape, hd), f32))
+        _, l, acc = jax.lax.fori_loop(0, i + 1, key_block, init)
+        out = acc / jnp.where(l > 0, l, 1.0)[..., None]  # a query with no valid key (padding) gets 0
+        return None, jnp.moveaxis(out, 3, 1).reshape(b, block, h * hd).astype(q.dtype)
+
+    _, out = jax.lax.scan(query_block, None, jnp.arange(n))
+    return jnp.moveaxis(out, 0, 1).reshape(b, t, h * hd)
+
+
 # ------------------------------------------------------------------------------ splash
 
 def _block(n: int) -> int:

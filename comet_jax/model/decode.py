@@ -12,14 +12,14 @@ the memories, and a new open chunk is started from its placeholders. State is
 O(layers x (S x kv + (2G + budget) x D)) whatever the length.
 
 Full mode (the baseline): one KV cache over the whole prompt and its continuation, filled
-block by block (`full_prefill_block`), or in one pass through an attention kernel
-(`full_prefill`), and extended one token at a time (`full_feed`, always xla).
+in one causal pass (`full_prefill`), and extended one token at a time (`full_feed`, always xla).
 
 Both modes share `extend`: run new tokens through every layer against a cache.
 """
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -220,32 +220,18 @@ def empty_cache(batch: int, length: int, model: ModelConfig) -> State:
     return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt), "valid": jnp.zeros((batch, length), bool)}
 
 
-@partial(jax.jit, static_argnames=("model",), donate_argnames=("state",))
-def full_prefill_block(params: dict, state: State, tokens: jnp.ndarray, start: jnp.ndarray,
-                       model: ModelConfig) -> State:
-    """Prompt tokens [B, T] at positions start..start+T-1 (those < length[b]) into the cache;
-    keeps the hidden state of each row's last prompt token."""
-    b, t = tokens.shape
-    slots = start + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    length = state["length"]
-    valid = slots < length[:, None]
-    h, cache = extend(params, state["cache"], tokens, slots, valid, slots, model)
-    idx = length - 1 - start
-    inside = (idx >= 0) & (idx < t)
-    last = h[jnp.arange(b), jnp.clip(idx, 0, t - 1)]
-    return {**state, "cache": cache, "last": jnp.where(inside[:, None], last, state["last"])}
-
-
-@partial(jax.jit, static_argnames=("model",), donate_argnames=("state",))
-def full_prefill(params: dict, state: State, tokens: jnp.ndarray, model: ModelConfig) -> State:
-    """The whole prompt, tokens [B, T] (T <= cache length), in one causal pass through the
-    model's attention kernel (full_prefill_block's queries sit at a dynamic offset in the
-    cache, which a kernel's static causal mask cannot express). Same state as the blocks."""
+@partial(jax.jit, static_argnames=("model", "block"), donate_argnames=("state",))
+def full_prefill(params: dict, state: State, tokens: jnp.ndarray, model: ModelConfig, block: int = 256) -> State:
+    """The whole prompt, tokens [B, T] (T <= cache length), in one causal pass: through the
+    model's attention kernel, or with xla in blocks of `block` queries that visit only the key
+    blocks up to their own (`attention.blockwise_causal`: the causal half of the work, no
+    [T, T] scores). Keeps the hidden state of each row's last prompt token."""
     b, t = tokens.shape
     length = state["length"]
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    blk = math.gcd(t, block)
     attn = attention.full_attention(model, length) or (
-        lambda q, k, v: backbone.causal_attend(q, k, v, length))
+        lambda q, k, v: attention.blockwise_causal(q, k, v, length, blk))
 
     def layer(h, p):
         h, k, v = backbone.decoder_layer_kv(p, h, positions, None, model, attn=attn)
