@@ -26,23 +26,27 @@ from comet_jax.config import CometConfig, ConfigError, ModelConfig
 from comet_jax.model.init import init_params
 from comet_jax.parallel import sharding
 
-# libtpu looks for a TPU VM's metadata server and worker list when it loads; on a machine
-# that only compiles for a topology description these quiet it (they change no result).
-_LIBTPU_ENV = {"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost", "TPU_ACCELERATOR_TYPE": "v5p-8"}
+# libtpu looks for a TPU VM's metadata server and worker list when it loads, and takes a
+# lockfile so that one process owns the chips; a process that only compiles for a topology
+# description needs none of that (these change no result).
+_LIBTPU_ENV = {"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost", "TPU_ACCELERATOR_TYPE": "v5p-8",
+               "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
 
 class Unavailable(RuntimeError):
     """The compiler asked for is not installed here."""
 
 
-def tpu_devices(topology: str) -> list:
-    """The devices of a TPU topology such as "v5e:4x4" or "v5p:2x2x2" (needs libtpu)."""
+def tpu_devices(topology: str, slices: int = 1) -> list:
+    """The devices of a TPU topology such as "v5e:4x4" or "v5p:2x2x2" (needs libtpu); with
+    `slices` > 1, that many such slices (each device carries its `slice_index`)."""
     for k, v in _LIBTPU_ENV.items():
         os.environ.setdefault(k, v)
     from jax.experimental import topologies
 
     try:
-        return list(topologies.get_topology_desc(topology, "tpu").devices)
+        kwargs = {"num_slices": slices} if slices > 1 else {}
+        return list(topologies.get_topology_desc(topology, "tpu", **kwargs).devices)
     except Exception as e:  # no plugin: RuntimeError / ValueError depending on the jax version
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "tpu" in text.lower() and ("not found" in text.lower() or "unknown backend" in text.lower()

@@ -46,7 +46,7 @@ def parse_args(argv=None):
                     help="batch of the prefill and decode steps (default: train.batch_size)")
     ap.add_argument("--prefill-chunks", type=int, default=8,
                     help="closed chunks per prefill call (the Generator's block, default 8)")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
     if args.topology and args.platform != "tpu":
         ap.error("--topology is a TPU topology; use it with --platform tpu")
     bad = set(args.functions.split(",")) - {"train", "prefill", "decode"}

@@ -26,12 +26,34 @@ LAYER_RULES: dict[str, tuple[str | None, ...]] = {
 TOP_RULES: dict[str, tuple[str | None, ...]] = {"embed": ("tensor", "fsdp"), "lm_head": ("fsdp", "tensor")}
 
 
-def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, stage: int = 1, devices=None) -> Mesh:
-    devices = np.asarray(devices if devices is not None else jax.devices())
+def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, stage: int = 1, devices=None, slices: int = 1) -> Mesh:
+    """The (data, fsdp, tensor, stage) mesh over `devices` (default: all). Devices are placed by
+    their physical topology (`mesh_utils.create_device_mesh`: on a TPU the later axes, tensor
+    and stage, ride the fastest links; elsewhere this is list order). With `slices` > 1 the
+    data axis spans that many slices (multi-slice TPU, DCN between them): each slice holds
+    data/slices of it and all of the other axes (`create_hybrid_device_mesh`)."""
+    from jax.experimental import mesh_utils
+
+    devices = list(devices if devices is not None else jax.devices())
     need = data * fsdp * tensor * stage
-    if need != devices.size:
-        raise ValueError(f"mesh data*fsdp*tensor*stage = {need} but {devices.size} devices are available")
-    return Mesh(devices.reshape(data, fsdp, tensor, stage), AXES, axis_types=(AxisType.Auto,) * 4)
+    if need != len(devices):
+        raise ValueError(f"mesh data*fsdp*tensor*stage = {data}*{fsdp}*{tensor}*{stage} = {need} but "
+                         f"{len(devices)} devices are available")
+    if slices < 1 or data % slices:
+        raise ValueError(f"mesh.data ({data}) must be a multiple of mesh.slices ({slices}): the data axis "
+                         "spans the slices")
+    shape = (data, fsdp, tensor, stage)
+    if slices > 1:
+        found = len({getattr(d, "slice_index", 0) for d in devices})
+        if found != slices:
+            raise ValueError(f"mesh.slices={slices} but the devices come from {found} slice(s)")
+        grid = mesh_utils.create_hybrid_device_mesh((data // slices, fsdp, tensor, stage), (slices, 1, 1, 1),
+                                                    devices, allow_split_physical_axes=True)
+    elif devices[0].platform == "tpu" and len(devices) > 1:
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    else:
+        grid = np.asarray(devices).reshape(shape)
+    return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * 4)
 
 
 def _spec(shape: tuple[int, ...], axes: tuple[str | None, ...], mesh: Mesh) -> P:

@@ -37,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from comet_jax.parallel.distributed import maybe_initialize
 
-    maybe_initialize(cfg.distributed)
+    try:
+        maybe_initialize(cfg.distributed)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         validate(cfg, device_count=jax.device_count(), process_count=jax.process_count())
     except ConfigError as e:

@@ -111,6 +111,7 @@ class MeshSection:
     fsdp: int = 1
     tensor: int = 1
     stage: int = 1
+    slices: int = 1  # TPU slices joined over DCN (multi-slice); the data axis spans them
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,9 @@ class LoggingSection:
 
 @dataclass(frozen=True)
 class DistributedSection:
+    # auto: join a configured or detected cluster (TPU pod, SLURM, Open MPI, JAX_* variables),
+    # else one process; always: fail when none is found; never: one process
+    init: str = "auto"
     coordinator: str = ""  # empty/0/-1 = from the environment, or a single process
     num_processes: int = 0
     process_id: int = -1
@@ -385,7 +389,7 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     m, c, d, o, t, mesh = cfg.model, cfg.comet, cfg.data, cfg.optim, cfg.train, cfg.mesh
     _positive(cfg, "comet.min_chunk data.seq_len "
                    "data.passkey_digits optim.grad_accum train.steps train.batch_size train.log_every "
-                   "mesh.data mesh.fsdp mesh.tensor mesh.stage checkpoint.every checkpoint.keep")
+                   "mesh.data mesh.fsdp mesh.tensor mesh.stage mesh.slices checkpoint.every checkpoint.keep")
     _positive(cfg, "model.vocab_size data.num_workers data.passkey_min_len "
                    "optim.warmup_steps optim.weight_decay optim.clip_norm optim.memory_lr_mult "
                    "optim.min_lr_ratio logging.peak_tflops_per_device distributed.num_processes",
@@ -404,6 +408,7 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
             raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(o, key)}")
     if o.min_lr_ratio > 1:
         raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    _one_of(cfg, "distributed.init", ("auto", "always", "never"))
     if cfg.distributed.process_id < -1:
         raise ConfigError(f"distributed.process_id must be >= 0, or -1 for the environment; "
                           f"got {cfg.distributed.process_id}")
@@ -467,6 +472,9 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
                               f"({item.seq_len}); raise that stage's seq_len")
 
     # batch and mesh
+    if mesh.data % mesh.slices:
+        raise ConfigError(f"mesh.data ({mesh.data}) must be a multiple of mesh.slices ({mesh.slices}): the data axis "
+                          f"spans the slices (e.g. mesh.data={mesh.slices})")
     dp = mesh.data * mesh.fsdp
     if t.batch_size % dp:
         raise ConfigError(f"train.batch_size ({t.batch_size}) must be divisible by data parallelism "

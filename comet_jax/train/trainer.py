@@ -140,7 +140,8 @@ class Trainer:
             raise ConfigError("mesh.stage > 1 pipelines CoMeT chunks; it needs comet.mode=comet")
         if self.stages > 1:
             self.model = attention.for_pipeline(self.model)
-        self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, self.stages)
+        self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, self.stages,
+                                       slices=cfg.mesh.slices)
         self.planners = PlannerMix(weights=dict(cfg.comet.planners), min_size=cfg.comet.min_chunk,
                                    boundary_ids=tuple(cfg.comet.boundary_ids))
         self.flops_per_token = train_flops_per_token(self.model, self.comet if self.mode == "comet" else None,
