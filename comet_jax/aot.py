@@ -92,13 +92,14 @@ def abstract(tree: Any, specs: Any, mesh) -> Any:
                         tree, specs, is_leaf=lambda x: isinstance(x, P))
 
 
-def abstract_params(model: ModelConfig, comet: CometConfig, mesh, dtype: str | None = None) -> Any:
+def abstract_params(model: ModelConfig, comet: CometConfig, mesh, dtype: str | None = None,
+                    rules: dict[str, str] | None = None) -> Any:
     """The parameter tree as ShapeDtypeStructs sharded by the sharding rules (storage dtype
     `dtype`, default the model's param_dtype)."""
     shapes = jax.eval_shape(lambda: init_params(model, comet, jax.random.key(0)))
     if dtype is not None:
         shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype)), shapes)
-    return abstract(shapes, sharding.param_specs(shapes, mesh), mesh)
+    return abstract(shapes, sharding.param_specs(shapes, mesh, rules), mesh)
 
 
 def abstract_train_state(params: Any, tx, mesh) -> dict:

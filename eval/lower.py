@@ -95,7 +95,7 @@ def build_functions(cfg, model, comet, mesh, wanted: set[str], decode_batch: int
     out = []
     mode, stages = cfg.comet.mode, cfg.mesh.stage
     if "train" in wanted:
-        params = aot.abstract_params(model, comet, mesh)
+        params = aot.abstract_params(model, comet, mesh, rules=cfg.mesh.rules)
         o = cfg.optim
         tx, schedule = make_optimizer(params, lr=o.lr, total_steps=cfg.train.steps, warmup_steps=o.warmup_steps,
                                       min_lr_ratio=o.min_lr_ratio, b1=o.b1, b2=o.b2, eps=o.eps,
@@ -116,7 +116,7 @@ def build_functions(cfg, model, comet, mesh, wanted: set[str], decode_batch: int
     if not wanted & {"prefill", "decode"}:
         return out
     b = decode_batch or cfg.train.batch_size
-    params = aot.abstract_params(model, comet, mesh, dtype=model.dtype)  # the Generator casts once
+    params = aot.abstract_params(model, comet, mesh, dtype=model.dtype, rules=cfg.mesh.rules)  # cast once
     i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # noqa: E731
     flags = jax.ShapeDtypeStruct((b,), jnp.bool_)
     if mode == "comet":
@@ -162,6 +162,7 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    import jax
     import numpy as np
 
     from comet_jax import aot, build
@@ -192,7 +193,8 @@ def main(argv=None) -> int:
         with attention.target(args.platform):
             model = attention.for_pipeline(model)
     status = 0
-    with attention.target(args.platform), attention.mesh_scope(mesh, model):
+    with attention.target(args.platform), sharding.use_rules(cfg.mesh.rules), \
+            jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         fns = build_functions(cfg, model, comet, mesh, set(args.functions.split(",")), args.decode_batch,
                               args.prefill_chunks)
         for name, fn, fargs, kwargs in fns:

@@ -79,6 +79,7 @@ def per_device_bytes(tree) -> int:
 
 def plan_once(cfg, args, devices, compile_target: str):
     """Compile the train step of `cfg` on `devices`; returns the result dict."""
+    import jax
     import numpy as np
 
     from comet_jax import aot, build
@@ -99,7 +100,8 @@ def plan_once(cfg, args, devices, compile_target: str):
     if m.stage > 1:
         with attention.target(kernel_platform):
             model = attention.for_pipeline(model)
-    with attention.target(platform), attention.mesh_scope(mesh, model):
+    with attention.target(platform), sharding.use_rules(cfg.mesh.rules), \
+            jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         [(_, fn, fargs, _)] = build_functions(cfg, model, comet, mesh, {"train"}, 0, 8)
         result = aot.compile_fn(fn, fargs)
     state = fargs[0]

@@ -57,3 +57,63 @@ def test_multi_slice_mesh_keeps_each_slice_inside_one_data_group():
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2, stage=1, devices=devices, slices=2)
     for i in range(2):  # data index i = slice i: fsdp x tensor never cross the DCN
         assert {d.slice_index for d in mesh.devices[i].flat} == {i}
+
+
+MODEL_KW = dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4, num_kv_heads=2,
+                head_dim=16)
+
+
+def _params():
+    from comet_jax.config import CometConfig, ModelConfig
+    from comet_jax.model.init import init_params
+
+    comet = CometConfig(chunk_size=8, global_size=2, stride=4, budget=4, placeholder_id=500, temp_beacon_id=501,
+                        global_beacon_ids=(502, 503))
+    return jax.eval_shape(lambda: init_params(ModelConfig(**MODEL_KW), comet, jax.random.key(0)))
+
+
+def test_default_rules_shard_weights_over_fsdp_and_tensor():
+    from jax.sharding import PartitionSpec as P
+
+    specs = sharding.param_specs(_params(), sharding.make_mesh(data=2, fsdp=2, tensor=2))
+    lay = specs["layers"]
+    assert lay["wq"] == P(None, "fsdp", "tensor") and lay["wo"] == P(None, "tensor", "fsdp")
+    assert lay["w_up"] == P(None, "fsdp", "tensor") and lay["w_down"] == P(None, "tensor", "fsdp")
+    assert specs["embed"] == P("tensor", "fsdp") and specs["lm_head"] == P("fsdp", "tensor")
+    assert lay["attn_norm"] == P(None, None) and lay["global_mem"]["down"] == P(None, None, None)
+
+
+def test_rule_overrides_and_their_errors():
+    from jax.sharding import PartitionSpec as P
+
+    from comet_jax.config import ConfigError
+
+    mesh = sharding.make_mesh(data=1, fsdp=4, tensor=2)
+    specs = sharding.param_specs(_params(), mesh, {"mlp": "", "vocab": "fsdp,tensor", "embed": "tensor"})
+    assert specs["layers"]["w_up"] == P(None, "tensor", None)
+    # a mesh axis serves one dimension of an array; the earlier rule (embed) takes it first
+    assert specs["embed"] == P(None, "tensor")
+    # 96 over tensor=4 divides, 64 over fsdp=2 too; 96 over tensor=64 would not: it stays whole
+    mesh = sharding.make_mesh(fsdp=2, tensor=4)
+    assert sharding.logical_spec(("embed", "q_heads"), (64, 96), mesh) == P("fsdp", "tensor")
+    assert sharding.logical_spec(("embed", "q_heads"), (64, 90), mesh) == P("fsdp", None)
+    with pytest.raises(ConfigError, match="mesh.rules.hiden: unknown logical axis"):
+        sharding.check_rules({"hiden": "fsdp"})
+    with pytest.raises(ConfigError, match="mesh.rules.mlp=model: model is not a mesh axis"):
+        sharding.check_rules({"mlp": "model"})
+
+
+def test_activations_are_pinned_under_a_mesh_only():
+    import jax.numpy as jnp
+
+    from comet_jax.model import backbone
+
+    def f(h):
+        return sharding.constrain(h * 2, backbone.ACTIVATION)
+
+    h = jnp.ones((8, 4, 16))
+    assert "sharding_constraint" not in jax.jit(f).lower(h).as_text()
+    mesh = sharding.make_mesh(data=2, fsdp=4)
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        text = jax.jit(f).lower(h).as_text()
+    assert 'sharding_constraint' in text and '{"data", "fsdp"}' in text

@@ -100,16 +100,6 @@ def for_pipeline(model: ModelConfig, backend: str | None = None) -> ModelConfig:
     return dataclasses.replace(model, attention="xla")
 
 
-def mesh_scope(mesh, model: ModelConfig):
-    """A context under which a jitted function traced with `model` sees `mesh`, so that a kernel
-    call is wrapped in shard_map over it (Mosaic kernels cannot be partitioned automatically).
-    Nothing changes for xla. Only the abstract mesh is set: the kernel's constant tables are
-    built on the host even when `mesh` holds devices of another machine (eval.lower)."""
-    if mesh is None or not uses_kernel(model):
-        return contextlib.nullcontext()
-    return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
-
-
 # ------------------------------------------------------------------------------ dispatch
 
 def chunk_attention(model: ModelConfig, valid: jnp.ndarray) -> Attn | None:
@@ -240,7 +230,8 @@ def _splash_local(q, k, v, segments):
 
 def _sharded(fn, q, k, v, segments):
     """fn(q, k, v, segments) under shard_map over the batch and head axes of the mesh in
-    context (see `mesh_scope`), or directly when there is none."""
+    context (the trainer, eval.lower and eval.plan trace under
+    `jax.sharding.use_abstract_mesh`), or directly when there is none."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return fn(q, k, v, segments)

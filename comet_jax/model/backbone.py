@@ -26,8 +26,11 @@ from comet_jax.loss import token_nll
 from comet_jax.model import attention
 from comet_jax.model.remat import checkpointed
 from comet_jax.model.rope import apply_rope, inv_frequencies
+from comet_jax.parallel import sharding
 
 Params = dict[str, Any]
+# the logical axes of the hidden states between layers, [B, T, D]: batch over data x fsdp
+ACTIVATION = ("batch", None, "activation_embed")
 # A large negative instead of -inf: a query whose keys are all masked (a padding slot)
 # gets a uniform softmax rather than NaNs that would poison gradients.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
@@ -102,6 +105,7 @@ def decoder_layer_kv(p: Params, h: jnp.ndarray, positions: jnp.ndarray, mask: jn
     (mask is then [B, T, S]). Without it the block attends over its own T tokens.
     attn: optional function (q, k, v) -> [B, T, H*hd] used instead of attend(q, k, v, mask)
     (e.g. causal_attend; mask is then unused)."""
+    h = sharding.constrain(h, ACTIVATION)
     x = rms_norm(h, p["attn_norm"], cfg.rms_eps)
     q, k, v = project_qkv(p, x, positions, cfg)
     if keys is not None:
@@ -109,7 +113,7 @@ def decoder_layer_kv(p: Params, h: jnp.ndarray, positions: jnp.ndarray, mask: jn
     out = attn(q, k, v) if attn is not None else attend(q, k, v, mask)
     h = h + out @ p["wo"]
     x = rms_norm(h, p["mlp_norm"], cfg.rms_eps)
-    return h + mlp(p, x), k, v
+    return sharding.constrain(h + mlp(p, x), ACTIVATION), k, v
 
 
 def decoder_layer(p: Params, h: jnp.ndarray, positions: jnp.ndarray, mask: jnp.ndarray | None,

@@ -1,14 +1,20 @@
-"""Mesh axes and sharding rules (MaxText-style logical rules, written out for our tree).
+"""Mesh axes and the logical sharding rules.
 
 Axes: `data` (pure data parallel: parameters replicated), `fsdp` (data parallel with
 parameters and optimizer state sharded), `tensor` (heads and MLP width), `stage` (the
 pipeline of docs/design.md §1.6: chunk groups of one sequence; parameters replicated). A
-batch is split over data x fsdp, and its chunk axis over stage. A dimension that an axis does not divide stays replicated on
-that axis, so any small model runs on any mesh.
+batch is split over data x fsdp, and its chunk axis over stage.
+
+Parameters and activations name logical axes (comet_jax/model/schema.py: `embed`, `mlp`,
+`q_heads`, `kv_heads`, `vocab`, `layers`, `batch`, ...); one rule table maps them to mesh
+axes (`RULES`, overridden per run by `mesh.rules`), resolved with flax's
+`logical_to_mesh_axes`, as MaxText and the flax examples do. A dimension that its mesh axis
+does not divide stays replicated on it, so any small model runs on any mesh.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import jax
@@ -18,12 +24,14 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 AXES = ("data", "fsdp", "tensor", "stage")
 BATCH_AXES = ("data", "fsdp")
 
-# Per-layer weight dims (after the stacked layer axis): which mesh axis shards each.
-LAYER_RULES: dict[str, tuple[str | None, ...]] = {
-    "wq": ("fsdp", "tensor"), "wk": ("fsdp", "tensor"), "wv": ("fsdp", "tensor"), "wo": ("tensor", "fsdp"),
-    "w_gate": ("fsdp", "tensor"), "w_up": ("fsdp", "tensor"), "w_down": ("tensor", "fsdp"),
+# logical axis -> mesh axes ("" = replicated, "a,b" = over both). The hidden size is split
+# over fsdp in the weights and whole in the activations; norm scales and the small memory
+# nets stay whole.
+RULES: dict[str, str] = {
+    "batch": "data,fsdp", "embed": "fsdp", "q_heads": "tensor", "kv_heads": "tensor", "mlp": "tensor",
+    "vocab": "tensor", "layers": "", "norm": "", "memory": "", "rank": "", "activation_embed": "",
 }
-TOP_RULES: dict[str, tuple[str | None, ...]] = {"embed": ("tensor", "fsdp"), "lm_head": ("fsdp", "tensor")}
+_ACTIVE: list[dict[str, str]] = [RULES]
 
 
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, stage: int = 1, devices=None, slices: int = 1) -> Mesh:
@@ -56,24 +64,76 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, stage: int = 1, dev
     return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * 4)
 
 
-def _spec(shape: tuple[int, ...], axes: tuple[str | None, ...], mesh: Mesh) -> P:
+def check_rules(overrides: dict[str, str], key: str = "mesh.rules") -> dict[str, str]:
+    """The rule table with `overrides` applied; ConfigError naming an unknown logical or mesh axis."""
+    from comet_jax.config import ConfigError
+    from comet_jax.model.schema import LOGICAL_AXES
+
+    for logical, target in overrides.items():
+        if logical not in LOGICAL_AXES:
+            raise ConfigError(f"{key}.{logical}: unknown logical axis; known: {', '.join(LOGICAL_AXES)}")
+        bad = [a for a in target.split(",") if a and a not in AXES]
+        if bad:
+            raise ConfigError(f"{key}.{logical}={target}: {bad[0]} is not a mesh axis ({', '.join(AXES)}; "
+                              "empty = replicated, a,b = over both)")
+    return {**RULES, **overrides}
+
+
+@contextlib.contextmanager
+def use_rules(overrides: dict[str, str] | None):
+    """Trace under the rule table with `overrides` (activation constraints read it)."""
+    _ACTIVE.append(check_rules(dict(overrides or {})))
+    try:
+        yield
+    finally:
+        _ACTIVE.pop()
+
+
+def _flax_rules(rules: dict[str, str]) -> tuple:
     out = []
-    for dim, axis in zip(shape, axes):
-        out.append(axis if axis is not None and dim % mesh.shape[axis] == 0 else None)
+    for logical, target in rules.items():
+        axes = tuple(a for a in target.split(",") if a)
+        out.append((logical, None if not axes else axes[0] if len(axes) == 1 else axes))
+    return tuple(out)
+
+
+def logical_spec(axes: tuple[str | None, ...], shape: tuple[int, ...], mesh, rules: dict[str, str] | None = None) -> P:
+    """The PartitionSpec of an array with these logical axes: the rule table resolved by flax,
+    then every mesh axis that does not divide its dimension dropped."""
+    import flax.linen as nn
+
+    spec = nn.logical_to_mesh_axes(axes, _flax_rules(rules or _ACTIVE[-1]))
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    out = []
+    for dim, target in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = (target,) if isinstance(target, str) else tuple(target or ())
+        names = tuple(a for a in names if a in sizes)
+        n = int(np.prod([sizes[a] for a in names])) if names else 1
+        out.append(None if not names or dim % n else names[0] if len(names) == 1 else names)
     return P(*out)
 
 
-def param_specs(params: Any, mesh: Mesh) -> Any:
-    """PartitionSpecs for a parameter tree (optimizer states follow their parameter)."""
+def param_specs(params: Any, mesh: Mesh, rules: dict[str, str] | None = None) -> Any:
+    """PartitionSpecs for a parameter tree from the parameter schema's logical axes (optimizer
+    states follow their parameter)."""
+    from comet_jax.model.schema import entry
+
+    table = check_rules(rules or {}) if rules is not None else _ACTIVE[-1]
+
     def spec(path, x):
-        names = [str(getattr(k, "key", k)) for k in path]
-        if names[0] == "layers" and len(names) == 2 and names[1] in LAYER_RULES:
-            return _spec(x.shape, (None, *LAYER_RULES[names[1]]), mesh)
-        if len(names) == 1 and names[0] in TOP_RULES:
-            return _spec(x.shape, TOP_RULES[names[0]], mesh)
-        return P()
+        names = tuple(str(getattr(k, "key", k)) for k in path)
+        return logical_spec(entry(names).axes, x.shape, mesh, table)
 
     return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+    """Pin an activation's sharding by its logical axes when traced under a mesh (the trainer's
+    step); a no-op without one (inference) and inside shard_map (manual axes)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.manual_axes:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_spec(axes, x.shape, mesh))
 
 
 def shardings(specs: Any, mesh: Mesh) -> Any:

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import jax
 import optax
 
-MEMORY_KEYS = ("global_mem", "temp_mem")
+from comet_jax.model import schema
 
 
 def lr_schedule(lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> optax.Schedule:
@@ -20,27 +20,19 @@ def lr_schedule(lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: fl
         end_value=lr * min_lr_ratio)
 
 
-def _path_names(path) -> list[str]:
-    return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+def _path_names(path) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
 def param_groups(params: Any) -> Any:
-    """'memory' for the memory-net leaves, 'base' for everything else."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: "memory" if any(n in MEMORY_KEYS for n in _path_names(path)) else "base", params)
+    """Each leaf's learning-rate group from the parameter schema: 'memory' for the memory
+    nets, 'base' for everything else."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: schema.entry(_path_names(path)).group, params)
 
 
 def decay_mask(params: Any) -> Any:
-    """Weight decay on matrices only: not on norm scales, the gate vector or anything 1-D
-    per layer (stacked leaves carry a leading layer axis)."""
-    def decays(path, x) -> bool:
-        names = _path_names(path)
-        if any("norm" in n for n in names):
-            return False
-        per_layer_ndim = x.ndim - 1 if names and names[0] == "layers" else x.ndim
-        return per_layer_ndim >= 2
-
-    return jax.tree_util.tree_map_with_path(decays, params)
+    """Weight decay on matrices only (the schema's `decay`): not on norm scales or the gate vector."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: schema.entry(_path_names(path)).decay, params)
 
 
 def make_optimizer(params: Any, *, lr: float, total_steps: int, warmup_steps: int = 10,

@@ -112,6 +112,9 @@ class MeshSection:
     tensor: int = 1
     stage: int = 1
     slices: int = 1  # TPU slices joined over DCN (multi-slice); the data axis spans them
+    # logical axis -> mesh axes, over the defaults of parallel/sharding.RULES, e.g.
+    # {mlp: "tensor", embed: "fsdp", vocab: ""} ("" = replicated, "data,fsdp" = over both)
+    rules: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -472,6 +475,9 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
                               f"({item.seq_len}); raise that stage's seq_len")
 
     # batch and mesh
+    from comet_jax.parallel.sharding import check_rules
+
+    check_rules(mesh.rules)
     if mesh.data % mesh.slices:
         raise ConfigError(f"mesh.data ({mesh.data}) must be a multiple of mesh.slices ({mesh.slices}): the data axis "
                           f"spans the slices (e.g. mesh.data={mesh.slices})")

@@ -151,7 +151,7 @@ class Trainer:
     def init_state(self):
         cfg = self.cfg
         p_abstract = jax.eval_shape(lambda: init_params(self.model, self.comet, jax.random.key(0)))
-        p_shard = sharding.shardings(sharding.param_specs(p_abstract, self.mesh), self.mesh)
+        p_shard = sharding.shardings(sharding.param_specs(p_abstract, self.mesh, cfg.mesh.rules), self.mesh)
         if cfg.model.init == "scratch":
             params = jax.jit(lambda: init_params(self.model, self.comet, jax.random.key(cfg.run.seed)),
                              out_shardings=p_shard)()
@@ -303,7 +303,9 @@ class Trainer:
                 seq_len = stage.seq_len
                 local = next(loader)
                 t0 = time.perf_counter()
-                with attention.mesh_scope(self.mesh, self.model):  # a kernel is split over the mesh
+                # traced under the mesh and the rules: activations are pinned to them, a kernel is
+                # split over the mesh
+                with sharding.use_rules(cfg.mesh.rules), jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
                     state, metrics = step_fn(state, self.global_batch(local))
                 metrics = jax.device_get(metrics)
                 dt = time.perf_counter() - t0
