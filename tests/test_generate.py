@@ -160,3 +160,72 @@ def test_bad_arguments():
         Generator(params, MODEL, COMET, mode="fast")
     with pytest.raises(ValueError, match="at least one token"):
         Generator(params, MODEL, COMET).generate([np.zeros(0, np.int32)])
+
+
+# ------------------------------------------------------------------ the official layout
+
+def test_official_layout_by_hand():
+    """C 7, stride 3, G 3, budget 4, a full temp queue: the slots of one chunk written out.
+    Slots: 3 global placeholders, 4 temp placeholders, 7 text slots each followed (after every
+    third) by a beacon slot, 3 global beacons; P = placeholder, T = temp beacon, B = global."""
+    sl = Slots.of(COMET)
+    text = np.arange(1, 8, dtype=np.int32)[None]  # tokens 1..7
+    P, T = COMET.placeholder_id, COMET.temp_beacon_id
+    cases = {  # (n_text, closed) -> the valid slots' tokens in order
+        (7, True): [P] * 7 + [1, 2, 3, T, 4, 5, 6, T, 7] + [52, 53, 54],  # training: also a T after 7
+        (6, True): [P] * 7 + [1, 2, 3, T, 4, 5, 6] + [52, 53, 54],  # complete final group: no T
+        (3, True): [P] * 7 + [1, 2, 3] + [52, 53, 54],
+        (5, False): [P] * 7 + [1, 2, 3, T, 4, 5],  # open: no global beacons
+        (6, False): [P] * 7 + [1, 2, 3, T, 4, 5, 6],  # ours would add a T after 6 here
+        (1, True): [P] * 7 + [1] + [52, 53, 54],
+    }
+    for (n, closed), want in cases.items():
+        lay = decode.chunk_layout(jnp.asarray(text), jnp.asarray([n]), jnp.asarray([False]),
+                                  jnp.ones((1, COMET.budget), bool), closed, jnp.asarray([True]), COMET, official=True)
+        valid = np.asarray(lay["valid"][0])
+        assert list(np.asarray(lay["tokens"][0])[valid]) == want, (n, closed)
+        np.testing.assert_array_equal(np.asarray(lay["positions"][0])[valid], np.arange(len(want)))
+        assert valid.shape == (sl.size,)
+
+
+def official_layout(seqs, comet):
+    """The official generation layout built from the training one: take away the temp beacon
+    after the final group of every chunk (closed or open), so the temp queue fills more
+    slowly (its placeholders are valid for the min(budget, beacons so far) newest entries,
+    right-aligned), and renumber the positions."""
+    lay = generation_layout(seqs, comet)
+    sl = Slots.of(comet)
+    valid = lay.valid.copy()
+    g, k = sl.global_size, sl.budget
+    for r in range(valid.shape[1]):
+        pushed = 0
+        for c in range(valid.shape[0]):
+            n = int((lay.raw_index[c, r] >= 0).sum())
+            if n:
+                valid[c, r, g:g + k] = np.arange(k) >= k - min(k, pushed)
+                valid[c, r, sl.beacon_slots[(n - 1) // comet.stride]] = False
+                pushed += int(valid[c, r, sl.beacon_slots].sum())
+    positions = np.where(valid, np.cumsum(valid, axis=-1) - 1, 0).astype(np.int32)
+    return lay, {**lay.as_dict(), "valid": valid, "positions": positions}
+
+
+def test_official_decoding_equals_teacher_forcing_over_the_official_layout():
+    params = random_params(COMET)
+    prompts, forced = prompts_and_forced(4)
+    gen = Generator(params, MODEL, COMET, block_chunks=2, official=True)
+    out = gen.generate(prompts, Sampling(max_new_tokens=NEW), forced=forced, record=True)
+    seqs = [np.concatenate([p, f[:-1]]) for p, f in zip(prompts, forced)]
+    lay, batch = official_layout(seqs, COMET)
+    logits = np.asarray(cm.text_logits(params, batch, MODEL, COMET))
+    ours = Generator(params, MODEL, COMET, block_chunks=2).generate(prompts, Sampling(max_new_tokens=NEW),
+                                                                     forced=forced, record=True)
+    differs = 0
+    for r, p in enumerate(prompts):
+        ref = np.zeros((len(seqs[r]), logits.shape[-1]), np.float32)
+        where = lay.raw_index[:, r] >= 0
+        ref[lay.raw_index[:, r][where]] = logits[:, r][where]
+        want, got = ref[len(p) - 1:], out.logits[r]
+        live = np.isfinite(want)
+        assert rel_err(got[live], want[live]) < 1e-5, r
+        differs += rel_err(ours.logits[r][live], got[live]) > 1e-3
+    assert differs  # the two layouts give different numbers

@@ -97,7 +97,8 @@ def parse_record(obj: Any, where: str, tokenizer: Any = None, vocab_size: int | 
     else:
         raise DataError(f"{where}: needs an 'input_ids' or a 'text' key, found {sorted(obj)}")
     if len(ids) < min_tokens:
-        raise DataError(f"{where}: {len(ids)} token(s); a sequence needs at least 2 to have a label")
+        what = "a sequence needs at least 2 to have a label" if min_tokens == 2 else f"at least {min_tokens} needed"
+        raise DataError(f"{where}: {len(ids)} token(s); {what}")
     arr = np.asarray(ids, dtype=np.int64)
     if arr.size and (arr.min() < 0 or (vocab_size is not None and arr.max() >= vocab_size)):
         bad = int(arr[(arr < 0) | (arr >= (vocab_size or np.iinfo(np.int64).max))][0])
@@ -136,17 +137,17 @@ def parse_bytes(raw: bytes, where: str, tokenizer: Any = None, vocab_size: int |
 
 
 def iter_jsonl(path: str | Path, tokenizer: Any = None, vocab_size: int | None = None, *,
-               reserved: Mapping[int, str] | None = None) -> Iterator[np.ndarray]:
-    """Yield the token ids of every line, in file order."""
+               reserved: Mapping[int, str] | None = None, min_tokens: int = 2) -> Iterator[np.ndarray]:
+    """Yield the token ids of every line, in file order (prompts need 1 token, sequences to score 2)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     # binary, so that a line that is not UTF-8 is a DataError naming it, like any bad line
     with path.open("rb") as f:
         for lineno, line in enumerate(f, start=1):
-            yield parse_bytes(line, f"{path}:{lineno}", tokenizer, vocab_size, reserved=reserved)
+            yield parse_bytes(line, f"{path}:{lineno}", tokenizer, vocab_size, min_tokens, reserved=reserved)
 
 
 def read_jsonl(path: str | Path, tokenizer: Any = None, vocab_size: int | None = None, *,
-               reserved: Mapping[int, str] | None = None) -> list[np.ndarray]:
-    return list(iter_jsonl(path, tokenizer, vocab_size, reserved=reserved))
+               reserved: Mapping[int, str] | None = None, min_tokens: int = 2) -> list[np.ndarray]:
+    return list(iter_jsonl(path, tokenizer, vocab_size, reserved=reserved, min_tokens=min_tokens))

@@ -78,9 +78,10 @@ def chunk_layout(text: jnp.ndarray, n_text: jnp.ndarray, first: jnp.ndarray, q_v
     """tokens, valid, positions [B, S] of one chunk holding text[:, :n_text] (text [B, C]).
 
     closed: the chunk ends with its global beacons and a temp beacon after a final partial
-    group (training layout); open: neither. official: closed chunks also leave out the temp
-    beacon after a final partial group (the official generation code, docs/design.md §1.7).
-    Rows that are not live are fully masked (they leave the memories untouched)."""
+    group (training layout); open: neither. official: the official generation code's layout
+    (docs/design.md §1.7): no temp beacon after the final group of any chunk, complete or
+    partial, open or closed. Rows that are not live are fully masked (they leave the memories
+    untouched)."""
     sl = Slots.of(comet)
     b = text.shape[0]
     closed = jnp.broadcast_to(jnp.asarray(closed), (b,))
@@ -97,8 +98,10 @@ def chunk_layout(text: jnp.ndarray, n_text: jnp.ndarray, first: jnp.ndarray, q_v
     tokens = tokens.at[:, ts].set(text)
     valid = valid.at[:, ts].set(jnp.arange(sl.chunk_size)[None] < n_text[:, None])
     if sl.num_beacons:
-        complete = n_text // sl.stride
-        nb = complete if official else jnp.where(closed, -(-n_text // sl.stride), complete)
+        if official:
+            nb = jnp.maximum(n_text - 1, 0) // sl.stride  # every group but the last one
+        else:
+            nb = jnp.where(closed, -(-n_text // sl.stride), n_text // sl.stride)
         bs = sl.beacon_slots
         tokens = tokens.at[:, bs].set(comet.temp_beacon_id)
         valid = valid.at[:, bs].set(jnp.arange(sl.num_beacons)[None] < nb[:, None])
