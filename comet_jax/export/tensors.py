@@ -49,12 +49,12 @@ def choose_layout(model: ModelConfig, comet: CometConfig, layout: str | None, dr
         raise ExportError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if drop_memory and layout != "plain":
         raise ExportError(f"--drop-memory writes the plain layout; it cannot be combined with --layout {layout}")
-    if layout == "official" and model.family != "qwen3":
-        raise ExportError(f"--layout official is MemQwen3ForCausalLM, Qwen3 only; this is a {model.family} model: "
-                          "use --layout native (or plain)")
     if layout == "official" and not memory:
         raise ExportError("--layout official needs memory nets and this model has none (G=0, stride=-1): use "
                           "--layout plain")
+    if layout == "official" and model.family != "qwen3":
+        raise ExportError(f"--layout official is MemQwen3ForCausalLM, Qwen3 only; this is a {model.family} model: "
+                          "use --layout native (or plain)")
     if layout == "plain" and memory and not drop_memory:
         raise ExportError(f"the model has memory nets (G={comet.global_size}, stride={comet.stride}) that --layout "
                           "plain cannot hold: pass --drop-memory to leave them out, or use --layout "
