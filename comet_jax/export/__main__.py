@@ -52,11 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
-    from comet_jax.checkpoint import CheckpointError
+    from comet_jax.checkpoint import CheckpointError, mmap_large_buffers
     from comet_jax.config import ConfigError
     from comet_jax.export import ExportError
     from comet_jax.export.write import export
 
+    mmap_large_buffers()  # host memory stays at about one block (README, "Exporting")
     try:
         summary = export(args.src, args.dst, step=args.step, dtype=args.dtype, layout=args.layout,
                          shard_size=args.shard_size, overwrite=args.overwrite, drop_memory=args.drop_memory, log=log)
