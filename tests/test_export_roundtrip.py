@@ -170,6 +170,16 @@ def test_native_export_of_a_llama_with_memory(tmp_path):
     ours = np.asarray(backbone.full_logits(params, tokens, np.array([13]), model))[..., :104]
     np.testing.assert_allclose(hf_models.hf_logits(back, tokens), ours, rtol=1e-5, atol=1e-5)
 
+    # --drop-memory: the same backbone, plain (CoMeT rows kept as vocabulary); --overwrite replaces
+    summary = export(tmp_path / "ckpt", tmp_path / "hf_plain", drop_memory=True, **quiet)
+    summary = export(tmp_path / "ckpt", tmp_path / "hf_plain", drop_memory=True, overwrite=True, **quiet)
+    assert summary["layout"] == "plain" and summary["vocab_size"] == 104
+    assert not [n for n in read_tensors(tmp_path / "hf_plain") if "memory_net" in n]
+    assert "comet_jax" not in json.loads((tmp_path / "hf_plain" / "config.json").read_text())
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf_plain", attn_implementation="eager",
+                                                              dtype=torch.float32)
+    np.testing.assert_array_equal(hf_models.hf_logits(plain, tokens), hf_models.hf_logits(back, tokens))
+
     # and our converter takes all of it back: settings, ids, memory nets, every real row
     convert(tmp_path / "hf", tmp_path / "back", **quiet)
     assert checkpoint.read_meta(tmp_path / "back")[:2] == checkpoint.read_meta(tmp_path / "ckpt")[:2]
