@@ -121,3 +121,22 @@ def test_run_directory_refusals(run, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "parameter layers.wq differs from what was saved" in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_export_digest_is_the_trainers(dtype):
+    """The export recomputes the trainer's digest from slabs along any axis, in pieces."""
+    import jax.numpy as jnp
+    import ml_dtypes
+
+    from comet_jax.export.leaves import Digest
+    from comet_jax.train.train_checkpoint import digest
+
+    x = np.random.default_rng(0).standard_normal((3, 5, 7)).astype(np.dtype(getattr(ml_dtypes, dtype, dtype)))
+    want = digest({"params": {"x": jnp.asarray(x)}})[0]["['params']['x']"]
+    for axis in range(3):
+        d = Digest(x.shape)
+        d.ELEMENTS = 4  # several pieces per slab
+        for a in range(0, x.shape[axis], 2):
+            d.add(x[(slice(None),) * axis + (slice(a, a + 2),)], axis, a)
+        assert d.result() == want, axis
