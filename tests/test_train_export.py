@@ -6,9 +6,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import json
+import shutil
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 from test_train import ROOT, env
 
 from comet_jax import checkpoint
@@ -32,9 +36,15 @@ def train(run_dir, *extra, devices=1):
     return proc
 
 
-def test_finished_run_exports_an_inference_checkpoint(tmp_path):
-    # fsdp=2 on two devices: the exported parameters are gathered from shards
-    proc = train(tmp_path, "mesh.fsdp=2", devices=2)
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One finished run, shared: fsdp=2 on two devices, so its arrays are stored in shards."""
+    run_dir = tmp_path_factory.mktemp("train_export")
+    return run_dir, train(run_dir, "mesh.fsdp=2", devices=2)
+
+
+def test_finished_run_exports_an_inference_checkpoint(run):
+    tmp_path, proc = run
     model_dir = tmp_path / "model"
     assert f"exported inference checkpoint to {model_dir}" in proc.stderr
     assert {"comet_jax.json", "params", "tokenizer.json"} <= {p.name for p in model_dir.iterdir()}
@@ -57,3 +67,76 @@ def test_finished_run_exports_an_inference_checkpoint(tmp_path):
     assert tok.get_vocab_size() == model.num_real_tokens <= model.vocab_size
 
 # Full mode exports too: tests/test_demo.py trains and evaluates a full-attention model from its export.
+
+
+def test_run_directory_exports_to_hf_and_converts_back(run, tmp_path):
+    """`python -m comet_jax.export RUN_DIR DST`: the newest checkpoint, as HF (native: a Llama
+    with memory), which the converter takes back to the same parameters."""
+    from comet_jax.convert.hf_import import convert
+    from comet_jax.export.write import export
+
+    run_dir, _ = run
+    summary = export(run_dir, tmp_path / "hf", log=lambda m: None)
+    assert summary["source"] == f"run {run_dir}, step 2" and summary["layout"] == "native"
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert cfg["pad_token_id"] == 0 and cfg["rope_theta"] == cfg["rope_parameters"]["rope_theta"] == 10000.0
+    assert cfg["max_position_embeddings"] == 131072 and cfg["bos_token_id"] is None  # from scratch: the defaults
+    import transformers
+
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    _, comet, _ = checkpoint.read_meta(run_dir / "model")
+    for token_id, name in comet_token_names(comet).items():
+        assert hf_tok.convert_tokens_to_ids(name) == token_id
+
+    convert(tmp_path / "hf", tmp_path / "back", log=lambda m: None)
+    back, model, comet_back, _ = checkpoint.load(tmp_path / "back")
+    assert comet_back == comet and model.num_real_tokens == 305  # passkey tokenizer + 6 CoMeT tokens
+    state = ocp.StandardCheckpointer().restore(run_dir / "checkpoints" / "2" / "state")
+    trained, back = checkpoint.flatten(state["params"]), checkpoint.flatten(back)
+    assert trained.keys() == back.keys()
+    for path in trained:
+        a, b = np.asarray(trained[path]), np.asarray(back[path])
+        if path == "embed":  # the rows past the real ones are padding, drawn anew by the converter
+            a, b = a[:305], b[:305]
+        if path == "lm_head":
+            a, b = a[:, :305], b[:, :305]
+        np.testing.assert_array_equal(b, a, err_msg=path)
+
+
+def test_run_directory_refusals(run, tmp_path, capsys):
+    from comet_jax.export.__main__ import main
+
+    run_dir, _ = run
+    assert main([str(run_dir), str(tmp_path / "hf"), "--quiet", "--step", "7"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --step 7 is not a checkpoint in {run_dir / 'checkpoints'} (steps: 2)"]
+    # a checkpoint whose arrays do not match the digest the trainer recorded is not exported
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("model", ".lock"))
+    meta_file = copy / "checkpoints" / "2" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta["digest"]["['params']['layers']['wq']"][1] += 1
+    meta_file.write_text(json.dumps(meta))
+    assert main([str(copy), str(tmp_path / "hf"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "parameter layers.wq differs from what was saved" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_export_digest_is_the_trainers(dtype):
+    """The export recomputes the trainer's digest from slabs along any axis, in pieces."""
+    import jax.numpy as jnp
+    import ml_dtypes
+
+    from comet_jax.export.leaves import Digest
+    from comet_jax.train.train_checkpoint import digest
+
+    x = np.random.default_rng(0).standard_normal((3, 5, 7)).astype(np.dtype(getattr(ml_dtypes, dtype, dtype)))
+    want = digest({"params": {"x": jnp.asarray(x)}})[0]["['params']['x']"]
+    for axis in range(3):
+        d = Digest(x.shape)
+        d.ELEMENTS = 4  # several pieces per slab
+        for a in range(0, x.shape[axis], 2):
+            d.add(x[(slice(None),) * axis + (slice(a, a + 2),)], axis, a)
+        assert d.result() == want, axis

@@ -1,67 +1,100 @@
-"""Our parameters -> an HF safetensors directory (plain Llama/Qwen3, or the official
-CoMeT layout when the model has memory nets). The inverse of `hf_import`: a renaming
-and a transpose, per `hf_names`."""
+"""Our model -> a Hugging Face directory: the config.json (`hf_config`) and, for parameters
+in memory, the whole export (`export_hf`). The command `python -m comet_jax.export` streams
+a checkpoint from disk through the same code (`comet_jax/export/`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import jax
-import numpy as np
-from safetensors.numpy import save_file
+from comet_jax.config import CometConfig, ModelConfig, to_dict
+from comet_jax.convert.hf_names import NATIVE_KEY
 
-from comet_jax.checkpoint import atomic_dir, flatten
-from comet_jax.config import CometConfig, ModelConfig
-from comet_jax.convert.hf_names import TOP_NAMES, LAYER_NAMES, MEMORY_NAMES, ours_to_hf
+# The official CoMeT settings keys (docs/design.md §1.8).
+OFFICIAL_KEYS = ("chunk_size", "placeholder_id", "temp_beacon_id", "temp_beacon_stride", "temp_mem_budget",
+                 "global_beacon_ids")
+# When neither the source config nor the checkpoint says (a model trained from scratch): the
+# context of current Llama / Qwen3 releases. CoMeT restarts positions in every chunk, so this
+# bounds a chunk, not a sequence.
+DEFAULT_MAX_POSITIONS = 131072
+# Keys computed here from our configs, whatever the source config said.
+_OWNED = {"architectures", "model_type", "auto_map", "vocab_size", "hidden_size", "intermediate_size",
+          "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps",
+          "tie_word_embeddings", "hidden_act", "initializer_range", "rope_theta", "rope_scaling",
+          "rope_parameters", "torch_dtype", "dtype", "transformers_version", NATIVE_KEY, *OFFICIAL_KEYS}
 
-_TRANSPOSED = {p for p, t in (*TOP_NAMES.values(), *LAYER_NAMES.values(), *MEMORY_NAMES.values()) if t}
+
+def rope_fields(model: ModelConfig) -> dict[str, Any]:
+    """RoPE in both spellings: transformers 4 reads `rope_theta` and `rope_scaling` (and would
+    silently use its default theta without them), transformers 5 reads `rope_parameters`."""
+    r = model.rope
+    scaling: dict[str, Any] | None = None
+    if r.type != "default":
+        scaling = {"rope_type": r.type, "factor": r.factor}
+    if r.type == "linear":
+        scaling["type"] = "linear"  # the key older transformers 4 releases read
+    if r.type == "llama3":
+        scaling.update(low_freq_factor=r.low_freq_factor, high_freq_factor=r.high_freq_factor,
+                       original_max_position_embeddings=r.original_max_position_embeddings)
+    parameters = {"rope_type": r.type, "rope_theta": r.theta, **{k: v for k, v in (scaling or {}).items()
+                                                                  if k not in ("rope_type", "type")}}
+    return {"rope_theta": r.theta, "rope_scaling": scaling, "rope_parameters": parameters}
 
 
-def hf_config(model: ModelConfig, comet: CometConfig) -> dict[str, Any]:
-    rope: dict[str, Any] = {"rope_type": model.rope.type, "rope_theta": model.rope.theta}
-    if model.rope.type != "default":
-        rope["factor"] = model.rope.factor
-    if model.rope.type == "llama3":
-        rope.update(low_freq_factor=model.rope.low_freq_factor, high_freq_factor=model.rope.high_freq_factor,
-                    original_max_position_embeddings=model.rope.original_max_position_embeddings)
-    official = comet.has_memory
-    arch = "MemQwen3ForCausalLM" if official else {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}[model.family]
-    cfg = {"architectures": [arch], "model_type": "qwen3" if official else model.family,
-           "vocab_size": model.vocab_size, "hidden_size": model.hidden_size,
-           "intermediate_size": model.intermediate_size, "num_hidden_layers": model.num_layers,
-           "num_attention_heads": model.num_heads, "num_key_value_heads": model.num_kv_heads,
-           "head_dim": model.head_dim, "rms_norm_eps": model.rms_eps, "tie_word_embeddings": model.tie_embeddings,
-           "hidden_act": "silu", "initializer_range": model.initializer_range, "rope_parameters": rope,
-           "dtype": model.param_dtype}
+def _first(token_id: Any) -> Any:
+    return token_id[0] if isinstance(token_id, list) and token_id else token_id
+
+
+def hf_config(model: ModelConfig, comet: CometConfig, layout: str = "plain", *, dtype: str | None = None,
+              source: dict[str, Any] | None = None, max_position_embeddings: int | None = None) -> dict[str, Any]:
+    """config.json of an export in `layout` (plain, official or native; tensors.choose_layout
+    decides which is allowed). Starts from the source's config.json when the checkpoint kept it,
+    keeping every field we do not compute (token ids, attention_bias, use_cache, ...). Without
+    one: bos/eos null, pad_token_id the eos id or else 0, max_position_embeddings the one the
+    checkpoint recorded or else DEFAULT_MAX_POSITIONS."""
+    dtype = dtype or model.param_dtype
+    cfg = {k: v for k, v in (source or {}).items() if k not in _OWNED}
+    cfg.setdefault("bos_token_id", None)
+    cfg.setdefault("eos_token_id", None)
+    if cfg.get("pad_token_id") is None:  # the official code needs one
+        eos = _first(cfg["eos_token_id"])
+        cfg["pad_token_id"] = eos if eos is not None else 0
+    if not isinstance(cfg.get("max_position_embeddings"), int):
+        cfg["max_position_embeddings"] = max_position_embeddings or DEFAULT_MAX_POSITIONS
+    cfg.setdefault("attention_bias", False)
+    if model.family == "llama":
+        cfg.setdefault("mlp_bias", False)
+    cfg.setdefault("use_cache", True)
+    official = layout == "official"
+    head = {"architectures": ["MemQwen3ForCausalLM" if official else
+                              {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}[model.family]],
+            "model_type": model.family}
+    cfg.update(vocab_size=model.real_vocab, hidden_size=model.hidden_size, intermediate_size=model.intermediate_size,
+               num_hidden_layers=model.num_layers, num_attention_heads=model.num_heads,
+               num_key_value_heads=model.num_kv_heads, head_dim=model.head_dim, rms_norm_eps=model.rms_eps,
+               tie_word_embeddings=model.tie_embeddings, hidden_act="silu",
+               initializer_range=model.initializer_range, **rope_fields(model), torch_dtype=dtype, dtype=dtype)
     if official:
-        if model.family != "qwen3":
-            raise ValueError("the official CoMeT layout is Qwen3-only; export a Qwen3 model or one without memory")
         cfg.update(chunk_size=comet.chunk_size, placeholder_id=comet.placeholder_id,
                    temp_beacon_id=comet.temp_beacon_id, temp_beacon_stride=comet.stride,
                    temp_mem_budget=comet.budget, global_beacon_ids=list(comet.global_beacon_ids))
-    return cfg
+    if layout == "native":
+        cfg[NATIVE_KEY] = {"format": 1, **to_dict(comet)}
+    return {**head, **cfg}
 
 
-def export_hf(params: dict, model: ModelConfig, comet: CometConfig, dst: str | Path,
-              overwrite: bool = False) -> Path:
-    """Write config.json + model.safetensors (torch (out, in) layout) at dst, atomically."""
-    flat = flatten(jax.device_get(params))
-    tensors: dict[str, np.ndarray] = {}
-    for path, value in flat.items():
-        value = np.asarray(value)
-        if path.startswith("layers."):
-            for layer in range(value.shape[0]):
-                v = value[layer]
-                if path == "layers.global_mem.gate":
-                    v = v[None, :]  # (2D,) -> torch (1, 2D)
-                elif path in _TRANSPOSED:
-                    v = v.T
-                tensors[ours_to_hf(path, layer, official=comet.has_memory)] = np.ascontiguousarray(v)
-        else:
-            tensors[ours_to_hf(path, None)] = np.ascontiguousarray(value.T if path in _TRANSPOSED else value)
-    with atomic_dir(dst, overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(hf_config(model, comet), indent=2))
+def export_hf(params: dict, model: ModelConfig, comet: CometConfig, dst: str | Path, overwrite: bool = False,
+              layout: str | None = None, dtype: str | None = None, shard_size: str | int = "5GB",
+              drop_memory: bool = False) -> Path:
+    """Write an in-memory parameter tree as an HF directory at dst, atomically (no tokenizer).
+    Default layout: official for a Qwen3 with memory, plain without memory, native otherwise."""
+    import jax
+
+    from comet_jax.checkpoint import flatten
+    from comet_jax.export.leaves import MemoryLeaves
+    from comet_jax.export.write import write_hf
+
+    leaves = MemoryLeaves(flatten(jax.device_get(params)))
+    write_hf(leaves, model, comet, Path(dst), layout=layout, dtype=dtype, shard_size=shard_size,
+             overwrite=overwrite, drop_memory=drop_memory)
     return Path(dst)

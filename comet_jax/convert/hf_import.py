@@ -8,8 +8,9 @@ again, so no shard stays mapped). Host memory holds about one block (32 MB, or o
 of a stacked leaf where a layer is larger), never a whole leaf or the model. CoMeT is
 added as docs/design.md §1.4 says: new token rows around the mean of the existing rows,
 vocabulary padded to a multiple of 256 (padding rows masked), and fresh memory nets per
-layer, unless the source is an official CoMeT checkpoint, whose rows, ids and memory nets
-are kept.
+layer, unless the source is an official CoMeT checkpoint or our `native` export (its
+settings under NATIVE_KEY in config.json), whose rows, ids and memory nets are kept. The
+source's config.json is kept in the meta ("hf_config"), for `comet_jax.export`.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from safetensors import SafetensorError, safe_open
 
 from comet_jax.checkpoint import StreamingWriter, atomic_dir, write_meta
 from comet_jax.config import (MEMORY_RANK, CometConfig, ConfigError, ModelConfig, architecture_of,
-                              model_config_from_hf)
+                              comet_config_from_dict, model_config_from_hf)
 from comet_jax.convert import tokenizer_files
-from comet_jax.convert.hf_names import hf_to_ours
+from comet_jax.convert.hf_names import NATIVE_KEY, hf_to_ours
 from comet_jax.resources import peak_rss_bytes
 from comet_jax.vocab import added_tokens, comet_for_vocab, padded_vocab
 
@@ -156,6 +157,15 @@ def _comet_from_official(cfg: dict[str, Any]) -> CometConfig:
         raise ConvertError(f"official CoMeT config.json lacks {e.args[0]!r}") from None
 
 
+def _comet_from_native(cfg: dict[str, Any]) -> CometConfig:
+    """The settings our `native` export layout writes under NATIVE_KEY (README, "Exporting")."""
+    settings = cfg[NATIVE_KEY]
+    try:
+        return comet_config_from_dict({k: v for k, v in settings.items() if k != "format"})
+    except (ConfigError, TypeError, AttributeError) as e:
+        raise ConvertError(f"config.json: {NATIVE_KEY} is not a set of CoMeT settings ({e})") from None
+
+
 def _expected_layer_leaves(model: ModelConfig) -> list[str]:
     leaves = ["attn_norm", "mlp_norm", "wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"]
     if model.qk_norm:
@@ -184,15 +194,15 @@ def init_memory_leaf(path: str, shape: tuple[int, ...], num_layers: int, std: fl
     return (rng.standard_normal((num_layers, *shape)) * std).astype(np.float32)
 
 
-def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
+def check_destination(src: Path, dst: Path, overwrite: bool, error: type[Exception] = ConvertError) -> None:
     """DST must not be SRC, lie inside it or (with --overwrite, which deletes DST) contain it."""
     s, d = src.resolve(), dst.resolve()
     if d == s or s in d.parents:
-        raise ConvertError(f"DST {dst} is the source directory or inside it; choose another destination")
+        raise error(f"DST {dst} is the source directory or inside it; choose another destination")
     if d in s.parents:
-        raise ConvertError(f"SRC {src} is inside DST {dst}; replacing DST would delete the source")
+        raise error(f"SRC {src} is inside DST {dst}; replacing DST would delete the source")
     if dst.exists() and not overwrite:
-        raise ConvertError(f"{dst} already exists; pass --overwrite to replace it")
+        raise error(f"{dst} already exists; pass --overwrite to replace it")
 
 
 def _write_vocab_leaf(writer: StreamingWriter, leaf: str, name: str, transpose: bool, index: TensorIndex,
@@ -241,7 +251,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise ConvertError(f"source directory {src} does not exist")
-    _check_destination(src, dst, overwrite)
+    check_destination(src, dst, overwrite)
     cfg_path = src / "config.json"
     if not cfg_path.is_file():
         raise ConvertError(f"{cfg_path} is missing: SRC must be a Hugging Face model directory")
@@ -249,6 +259,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
     try:
         arch = architecture_of(hf_cfg)
         official = arch == "MemQwen3ForCausalLM"
+        # an official checkpoint or our native export: settings, token rows and memory nets are the source's
+        keeps = official or NATIVE_KEY in hf_cfg
         if dtype is None:
             dtype = str(hf_cfg.get("dtype") or hf_cfg.get("torch_dtype") or "float32")
             dtype = dtype if dtype in ("float32", "bfloat16") else "float32"
@@ -259,10 +271,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
         raise ConvertError(str(e)) from None
 
     src_vocab = model.vocab_size
-    if official:
-        comet = _comet_from_official(hf_cfg)
+    if keeps:
+        comet = _comet_from_official(hf_cfg) if official else _comet_from_native(hf_cfg)
         if global_size is not None and global_size != comet.global_size:
-            raise ConvertError("--global-size cannot change an official checkpoint's G (its beacon rows are trained)")
+            raise ConvertError("--global-size cannot change a CoMeT checkpoint's G (its beacon rows are trained)")
         comet = CometConfig(**{**comet.__dict__, **{k: v for k, v in
                                {"chunk_size": chunk_size, "stride": stride, "budget": budget}.items()
                                if v is not None}})
@@ -292,7 +304,12 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
         if target is not None:
             by_leaf[target.path][target.layer] = (name, target.transpose)
     memory_shapes = memory_leaf_shapes(model, comet)
-    required = _expected_layer_leaves(model) + (list(memory_shapes) if official else [])
+    stray = sorted(leaf for leaf in by_leaf if leaf.startswith(("layers.global_mem.", "layers.temp_mem.")))
+    if stray and not keeps:
+        # fresh memory nets would silently replace trained ones
+        raise ConvertError(f"{src}: it has CoMeT memory-net tensors ({stray[0]}) but config.json has no CoMeT "
+                           f"settings (the official keys, or {NATIVE_KEY!r})")
+    required = _expected_layer_leaves(model) + (list(memory_shapes) if keeps else [])
     layer_shapes: dict[str, tuple[int, ...]] = {}
     for leaf in required:
         have = by_leaf.get(leaf, {})
@@ -347,16 +364,17 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
         for leaf in required:
             _write_stacked_leaf(writer, leaf, by_leaf[leaf], layer_shapes[leaf], index, np_dtype)
             done(leaf, (model.num_layers, *layer_shapes[leaf]))
-        if not official:
+        if not keeps:
             for i, (leaf, shape) in enumerate(memory_shapes.items()):
                 leaf_rng = np.random.default_rng([seed, i])
                 value = init_memory_leaf(leaf, shape, model.num_layers, model.initializer_range, leaf_rng)
                 writer.write(leaf, value.astype(np_dtype))
                 done(leaf, value.shape, " (new)")
         writer.finalize()
-        tok = tokenizer_files.copy_with_comet_tokens(src, tmp, comet, added=not official)
+        tok = tokenizer_files.copy_with_comet_tokens(src, tmp, comet, added=not keeps)
+        # the source's config.json, so that an export can give back every field we do not model
         extra = {"source": {"path": str(src.absolute()), "architecture": arch, "vocab_size": src_vocab},
-                 "tokenizer": tok}
+                 "tokenizer": tok, "hf_config": hf_cfg}
         max_pos = hf_cfg.get("max_position_embeddings")
         if isinstance(max_pos, int) and not isinstance(max_pos, bool):
             extra["max_position_embeddings"] = max_pos

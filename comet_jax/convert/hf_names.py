@@ -35,6 +35,9 @@ MEMORY_NAMES: dict[str, tuple[str, bool]] = {
     "temp_memory_net.1.down_proj.weight": ("layers.temp_mem.down", True),
     "temp_memory_net.1.up_proj.weight": ("layers.temp_mem.up", True),
 }
+# config.json key of our `native` export layout: the CoMeT settings (CometConfig's fields and
+# a "format"), beside a plain Llama/Qwen3 config; tensors use the plain names plus MEMORY_NAMES.
+NATIVE_KEY = "comet_jax"
 TOP_NAMES: dict[str, tuple[str, bool]] = {
     "model.embed_tokens.weight": ("embed", False),
     "model.norm.weight": ("final_norm", False),

@@ -150,10 +150,15 @@ def _short(value: Any) -> str:
 
 
 class TrainCheckpointer:
-    def __init__(self, directory: str | Path, *, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: str | Path, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
+        """`read_only`: for readers of a run that may still be training (the export): nothing is
+        created, and a save in progress (Orbax's temporary directory) is left alone."""
         self.directory = Path(directory).absolute()
+        if read_only:  # Orbax warns that the directory is read-only, which is what was asked for
+            logging.getLogger("absl").addFilter(_READ_ONLY_FILTER)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                               create=True, cleanup_tmp_directories=True)
+                                               create=not read_only, cleanup_tmp_directories=not read_only,
+                                               read_only=read_only)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         for name in _FILTERED:  # kept after close: abandoned writes may still report at exit
             logging.getLogger(name).addFilter(_FILTER)
@@ -308,6 +313,15 @@ class _OrbaxErrorFilter(logging.Filter):
 
 
 _FILTER = _OrbaxErrorFilter()
+
+
+class _ReadOnlyNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return "read only" not in text and "read_only=True" not in text
+
+
+_READ_ONLY_FILTER = _ReadOnlyNotice()
 _FILTERED = ("absl", "asyncio")
 
 

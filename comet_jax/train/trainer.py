@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import shutil
 import signal
 import sys
 import time
@@ -98,6 +99,22 @@ def save_tokenizer(tokenizer, directory: Path, comet: CometConfig, log=print) ->
             log(f"tokenizer saved without CoMeT tokens: {e}")
             tokenizer.save(str(Path(directory) / "tokenizer.json"))
             return "tokenizer.json"
+
+
+def carried_from_init(cfg) -> tuple[dict[str, Any], list[Path]]:
+    """What a run started from a converted checkpoint passes on to its exports: the meta keys
+    that describe the source HF model (its config.json, max_position_embeddings) and the side
+    files an HF directory needs (generation_config.json; with data.tokenizer=checkpoint, the
+    tokenizer's files, which already hold the CoMeT tokens). Nothing for a run from scratch."""
+    from comet_jax.convert.tokenizer_files import TOKENIZER_FILES
+
+    init = Path(cfg.model.init)
+    if cfg.model.init == "scratch" or not (init / checkpoint.META_FILE).is_file():
+        return {}, []
+    _, _, meta = checkpoint.read_meta(init)
+    keep = {k: meta[k] for k in ("hf_config", "max_position_embeddings") if k in meta}
+    names = TOKENIZER_FILES if cfg.data.tokenizer == "checkpoint" else ("generation_config.json",)
+    return keep, [init / n for n in names if (init / n).is_file()]
 
 
 def build_model(cfg, tokenizer) -> tuple[ModelConfig, CometConfig]:
@@ -379,6 +396,11 @@ class Trainer:
                     writer.write(path, value)
                 writer.finalize()
                 extra["tokenizer"] = save_tokenizer(self.tokenizer, tmp, self.comet, self.log)
+                carried, files = carried_from_init(cfg)
+                extra.update(carried)
+                for f in files:
+                    if not (tmp / f.name).exists():  # the tokenizer just saved stays
+                        shutil.copy2(f, tmp / f.name)
                 checkpoint.write_meta(tmp, self.model, self.comet, extra)
         except Exception as e:  # noqa: BLE001 - disk full, permissions: one line, the state is safe
             raise CheckpointSaveError(f"exporting the inference checkpoint to {dst} failed: {root_cause(e)}; the "
