@@ -28,11 +28,12 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from comet_jax.checkpoint import StreamingWriter, atomic_dir, write_meta
-from comet_jax.config import (MEMORY_RANK, CometConfig, ConfigError, ModelConfig, architecture_of,
+from comet_jax.config import (CometConfig, ConfigError, ModelConfig, architecture_of,
                               comet_config_from_dict, model_config_from_hf)
 from comet_jax.convert import tokenizer_files
 from comet_jax.convert.hf_names import NATIVE_KEY, hf_to_ours
 from comet_jax.resources import peak_rss_bytes
+from comet_jax.model import schema
 from comet_jax.vocab import added_tokens, comet_for_vocab, padded_vocab
 
 # Recipe defaults (docs/design.md §1.4) for a plain backbone converted without flags.
@@ -167,29 +168,20 @@ def _comet_from_native(cfg: dict[str, Any]) -> CometConfig:
 
 
 def _expected_layer_leaves(model: ModelConfig) -> list[str]:
-    leaves = ["attn_norm", "mlp_norm", "wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"]
-    if model.qk_norm:
-        leaves += ["q_norm", "k_norm"]
-    return [f"layers.{x}" for x in leaves]
+    """The backbone's stacked leaves (from the parameter schema), which every source must have."""
+    return [path for path, (leaf, _) in schema.leaves(model, CometConfig()).items()
+            if path.startswith("layers.") and leaf.group == "base"]
 
 
 def memory_leaf_shapes(model: ModelConfig, comet: CometConfig) -> dict[str, tuple[int, ...]]:
-    """Shapes (one layer) of the memory-net leaves that this CoMeT config needs."""
-    d, r = model.hidden_size, MEMORY_RANK
-    shapes: dict[str, tuple[int, ...]] = {}
-    if comet.has_global:
-        shapes.update({"layers.global_mem.norm": (d,), "layers.global_mem.gate": (2 * d,),
-                       "layers.global_mem.down": (d, r), "layers.global_mem.up": (r, d)})
-    if comet.has_temp:
-        shapes.update({"layers.temp_mem.norm": (d,), "layers.temp_mem.down": (d, r),
-                       "layers.temp_mem.up": (r, d)})
-    return shapes
+    """Shapes (one layer) of the memory-net leaves that this CoMeT config needs (the schema's)."""
+    return {path: shape[1:] for path, (leaf, shape) in schema.leaves(model, comet).items() if leaf.group == "memory"}
 
 
 def init_memory_leaf(path: str, shape: tuple[int, ...], num_layers: int, std: float,
                      rng: np.random.Generator) -> np.ndarray:
     """Norm scales start at 1, linear weights N(0, initializer_range) (docs/design.md §1.4)."""
-    if path.endswith(".norm"):
+    if schema.entry(path).init == "ones":
         return np.ones((num_layers, *shape), np.float32)
     return (rng.standard_normal((num_layers, *shape)) * std).astype(np.float32)
 
