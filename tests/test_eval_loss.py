@@ -143,3 +143,29 @@ def test_comet_mode_without_memory_in_one_chunk_equals_full(comet_ckpt, capsys):
     comet = run_main(capsys, "--checkpoint", str(root / "plain"), "--data", str(data), "--mode", "comet")
     np.testing.assert_allclose([p["loss"] for p in comet["per_sequence"]],
                                [p["loss"] for p in full["per_sequence"]], rtol=1e-5)
+
+
+def test_position_buckets_by_hand():
+    from comet_jax.infer.scoring import position_buckets
+
+    results = [(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1, 2, 3, 4])), (np.array([10.0, 20.0]), np.array([1, 5]))]
+    got = position_buckets(results, [2, 4])
+    assert got == [{"from": 0, "to": 2, "n_tokens": 2, "loss": 5.5},  # positions 1, 1: (1 + 10) / 2
+                   {"from": 2, "to": 4, "n_tokens": 2, "loss": 2.5},  # 2, 3
+                   {"from": 4, "to": None, "n_tokens": 2, "loss": 12.0}]  # 4, 5
+    assert position_buckets(results, [100])[1] == {"from": 100, "to": None, "n_tokens": 0, "loss": None}
+
+
+@pytest.mark.parametrize("mode", ["comet", "full"])
+def test_by_position_buckets_add_up_to_the_loss(comet_ckpt, capsys, tmp_path, mode):
+    root, seqs, data = comet_ckpt
+    out = run_main(capsys, "--checkpoint", str(root / "ckpt"), "--data", str(data), "--mode", mode,
+                   "--by-position", "8,16", "--plot", str(tmp_path / "pos.png"))
+    buckets = out["by_position"]
+    assert [b["n_tokens"] for b in buckets] == [sum(min(len(s), hi) - lo for s in seqs if len(s) > lo)
+                                                for lo, hi in ((1, 8), (8, 16), (16, 10 ** 9))]
+    total = sum(b["loss"] * b["n_tokens"] for b in buckets)
+    assert total == pytest.approx(out["loss"] * out["n_tokens"], rel=1e-9)
+    assert (tmp_path / "pos.png").stat().st_size > 1000
+    assert eval_loss.main(["--checkpoint", str(root / "ckpt"), "--data", str(data), "--by-position", "16,8"]) == 2
+    assert "increasing" in capsys.readouterr().err

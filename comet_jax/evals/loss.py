@@ -1,10 +1,14 @@
 """python -m eval.loss --checkpoint DIR --data FILE.jsonl [--mode full|comet] [--batch-size N]
-                    [--attention auto|xla|splash|cudnn]
+                    [--attention auto|xla|splash|cudnn] [--by-position 1k,4k,16k --plot FILE.png]
 
 Mean next-token cross-entropy of a converted checkpoint over a JSONL file of
 `{"input_ids": [...]}` (or `{"text": ...}` when the checkpoint has a tokenizer).
 The last line of stdout is one JSON object:
   {"loss": float, "n_tokens": int, "per_sequence": [{"loss": float, "n_tokens": int}, ...]}
+With --by-position E1,E2,... it also holds "by_position": the mean loss of the tokens whose
+position in their sequence lies in [0, E1), [E1, E2), ..., [E_last, end) (position = index of
+the predicted token), the curve that shows whether later tokens gain from what came before;
+--plot writes it as a PNG.
 
 A line that is not UTF-8 or JSON, or holds a CoMeT special token id (placeholder or beacon: rows
 the model inserts itself), is an error naming its file:line. Sequences whose positions reach
@@ -19,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from comet_jax.checkpoint import CheckpointError
 from comet_jax.config import ATTENTION_HELP, ATTENTIONS
@@ -62,7 +67,40 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--stride", type=int, help="comet mode: override the temp beacon stride")
     ap.add_argument("--budget", type=int, help="comet mode: override the temp memory budget")
     ap.add_argument("--attention", choices=ATTENTIONS, default="auto", help=ATTENTION_HELP)
+    ap.add_argument("--by-position", metavar="E1,E2,...",
+                    help="also report the mean loss per bucket of token positions (k/M suffixes), e.g. 1k,4k,16k")
+    ap.add_argument("--plot", metavar="FILE.png", help="with --by-position: write the curve as a PNG")
     return ap
+
+
+def parse_edges(text: str) -> list[int]:
+    """'1k,4k,16k' -> [1024, 4096, 16384]; ValueError unless strictly increasing lengths."""
+    from comet_jax.evals.common import parse_length
+
+    edges = [parse_length(x) for x in text.split(",") if x.strip()]
+    if not edges or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"--by-position {text!r}: give increasing positions, e.g. 1k,4k,16k")
+    return edges
+
+
+def plot_buckets(buckets: list[dict], mode: str, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from comet_jax.evals.common import format_length, save_png
+
+    live = [b for b in buckets if b["loss"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    labels = [f"{format_length(b['from'])}-{format_length(b['to']) if b['to'] else 'end'}" for b in live]
+    ax.plot(range(len(live)), [b["loss"] for b in live], marker="o", label=mode)
+    ax.set_xticks(range(len(live)), labels, rotation=30)
+    ax.set_xlabel("token position")
+    ax.set_ylabel("mean loss (nats)")
+    ax.legend()
+    fig.tight_layout()
+    save_png(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,13 +108,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size <= 0:
         print(f"error: --batch-size must be > 0, got {args.batch_size}", file=sys.stderr)
         return 2
+    edges = None
+    try:
+        if args.plot and not args.by_position:
+            raise ValueError("--plot needs --by-position")
+        if args.by_position:
+            edges = parse_edges(args.by_position)
+        if args.plot:
+            from comet_jax.evals.common import check_out_dir
+
+            check_out_dir(Path(args.plot).parent or ".", "--plot")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     # Heavy imports after argument parsing, so --help and usage errors are instant.
     from tqdm import tqdm
 
     from comet_jax import build, checkpoint
     from comet_jax.config import ConfigError
     from comet_jax.data.jsonl import DataError, comet_token_names, read_jsonl
-    from comet_jax.infer.scoring import score_batch
+    from comet_jax.infer.scoring import position_buckets, token_losses_batch
     from comet_jax.io.tokenizer import load_tokenizer
 
     try:
@@ -96,17 +147,22 @@ def main(argv: list[str] | None = None) -> int:
         print(warning, file=sys.stderr)
 
     start = time.time()
-    results: list[tuple[float, int]] = []
+    tokens = []
     with tqdm(total=len(seqs), desc=f"loss ({args.mode})", unit="seq", file=sys.stderr) as bar:
         for i in range(0, len(seqs), args.batch_size):
             batch = seqs[i: i + args.batch_size]
-            results += score_batch(params, batch, args.batch_size, model, comet, args.mode)
+            tokens += token_losses_batch(params, batch, args.batch_size, model, comet, args.mode)
             bar.update(len(batch))
+    results = [(float(x.sum()), len(x)) for x, _ in tokens]
     total = sum(s for s, _ in results)
     count = sum(n for _, n in results)
     print(f"{count} tokens in {time.time() - start:.1f}s", file=sys.stderr)
     out = {"loss": total / count, "n_tokens": count,
            "per_sequence": [{"loss": s / n, "n_tokens": n} for s, n in results]}
+    if edges is not None:
+        out["by_position"] = position_buckets(tokens, edges)
+        if args.plot:
+            plot_buckets(out["by_position"], args.mode, Path(args.plot))
     print(json.dumps(out))
     return 0
 

@@ -52,9 +52,10 @@ def pad_batch(seqs: list[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.n
     return tokens, lengths
 
 
-def score_batch(params, seqs: list[np.ndarray], batch_size: int, model: ModelConfig,
-                comet: CometConfig | None = None, mode: str = "full") -> list[tuple[float, int]]:
-    """(sum of token losses, number of labeled tokens) for each sequence."""
+def token_losses_batch(params, seqs: list[np.ndarray], batch_size: int, model: ModelConfig,
+                       comet: CometConfig | None = None, mode: str = "full") -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each sequence, (losses, positions): the loss of every labeled token and the
+    position (index in the sequence, from 1) of the token it predicts."""
     if mode == "full":
         tokens, lengths = pad_batch(seqs, batch_size)
         nll, labels = full_token_nll(params, jnp.asarray(tokens), jnp.asarray(lengths), model)
@@ -73,4 +74,19 @@ def score_batch(params, seqs: list[np.ndarray], batch_size: int, model: ModelCon
     else:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     labeled = labels != IGNORE
-    return [(float(nll[i][labeled[i]].sum()), int(labeled[i].sum())) for i in range(len(seqs))]
+    # row index k (the input token; chunks of the fixed planner are in order) predicts token k+1
+    return [(nll[i][labeled[i]], np.flatnonzero(labeled[i]) + 1) for i in range(len(seqs))]
+
+
+def position_buckets(results: list[tuple[np.ndarray, np.ndarray]], edges: list[int]) -> list[dict]:
+    """Mean loss per bucket of predicted-token positions: [0, e1), [e1, e2), ..., [e_last, inf)
+    for edges e1 < e2 < ...; empty buckets have loss None."""
+    bounds = [0, *edges, None]
+    losses = np.concatenate([x for x, _ in results]) if results else np.zeros(0)
+    positions = np.concatenate([p for _, p in results]) if results else np.zeros(0, int)
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        inside = (positions >= lo) & (positions < hi if hi is not None else True)
+        n = int(inside.sum())
+        out.append({"from": lo, "to": hi, "n_tokens": n, "loss": float(losses[inside].mean()) if n else None})
+    return out
