@@ -139,6 +139,19 @@ def test_cli_writes_the_curve(ckpt, tmp_path, mode, capsys):
     assert (out / "results.json").read_bytes() == before
 
 
+def test_resume(ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["--checkpoint", str(ckpt[0]), "--samples", "1", "--out", str(out), "--quiet"]
+    assert main(base + ["--lengths", "40"]) == 0  # as if interrupted after its first length
+    first = json.loads((out / "results.json").read_text())["curve"][0]
+    assert main(base + ["--lengths", "64", "--resume"]) == 0  # lengths may be added, none dropped
+    res = json.loads((out / "results.json").read_text())
+    assert [e["length"] for e in res["curve"]] == [40, 64] and res["curve"][0] == first and res["complete"]
+    capsys.readouterr()
+    assert main(base + ["--lengths", "40", "--resume", "--seed", "1"]) == 2
+    assert "seed" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("bad, message", [
     (["--lengths", "41"], "even"), (["--lengths", "1"], "even"), (["--lengths", "4q"], "bad length"),
     (["--samples", "0"], "--samples"), (["--lengths", "40,40"], "repeats"), (["--batch-size", "0"], "--batch"),

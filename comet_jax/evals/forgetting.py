@@ -99,6 +99,13 @@ def samples_for(seed: int, length: int, samples: int, vocab: np.ndarray) -> list
     return [make_pair(rng, vocab, length) for _ in range(samples)]
 
 
+def vocab_digest(x) -> str:
+    import hashlib
+
+    data = x.encode() if isinstance(x, str) else np.asarray(x, np.int64).tobytes()
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+
+
 def second_half_correct(seq: np.ndarray, index: np.ndarray, pred: np.ndarray) -> tuple[int, int]:
     """(correct, scored) over predictions `pred` made after raw positions `index` (-1: none):
     only targets in the second half (positions L/2 .. L-1) count."""
@@ -201,18 +208,28 @@ def save_results(results: dict, out: Path) -> None:
         raise OutputError(f"cannot write the results to {out}: {e}") from None
 
 
-def refuse_existing(path: Path) -> None:
-    """ValueError when `path` holds results (hours of work are never overwritten silently)."""
+def previous_curve(path: Path, settings: dict, resume: bool) -> dict[int, dict]:
+    """The measured lengths of an earlier run in `path` to keep, by length; ValueError (one line)
+    when there are some but no --resume, or they were made with other settings. (Hours of
+    results are never overwritten silently.)"""
     if not path.exists():
-        return
+        return {}
     try:
         old = json.loads(path.read_text())
-        held = len(old["curve"])
+        done = {e["length"]: e for e in old["curve"]}
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
         raise ValueError(f"{path} exists but is not a results file of eval.forgetting: move it away or use "
                          "another --out") from None
-    if held:
-        raise ValueError(f"{path} already holds {held} length(s) of an earlier run: use another --out")
+    if not done:
+        return {}
+    if not resume:
+        raise ValueError(f"{path} already holds {len(done)} length(s) of an earlier run: pass --resume to "
+                         "continue it, or another --out")
+    for key in sorted(set(settings) | set(old.get("settings") or {})):
+        if (old.get("settings") or {}).get(key) != settings.get(key):
+            raise ValueError(f"cannot resume from {path}: it was made with {key} "
+                             f"{(old.get('settings') or {}).get(key)!r}, this run has {settings.get(key)!r}")
+    return done
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="seed of the random strings (default 0)")
     ap.add_argument("--out", default="runs/forgetting", help="output directory (default runs/forgetting)")
     ap.add_argument("--full-max", default="16k", help="full mode: longest length run (default 16k)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run whose OUT/results.json exists (same settings): skip its lengths")
     ap.add_argument("--tokenizer", help="byte, passkey or a tokenizer.json path: only limits the vocabulary "
                     "(its size, its special tokens); default: the checkpoint's, if any")
     ap.add_argument("--batch-size", type=int, default=2, help="sequences per compiled batch (default 2)")
@@ -266,35 +285,45 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out = check_out_dir(args.out)  # before hours of work, not after them
-        refuse_existing(out / RESULTS)
         model, comet, meta = build.from_checkpoint(args.checkpoint, chunk_size=args.chunk_size, dtype=args.dtype,
                                                    attention=args.attention)
         tokenizer = tokenizer_by_name(args.tokenizer) if args.tokenizer else load_tokenizer(args.checkpoint, meta)
         vocab = text_vocab(model.real_vocab, comet_token_names(comet), tokenizer)
+        comet_mode = args.mode == "comet"
+        to_str = getattr(tokenizer, "to_str", None)
+        # everything that decides a length's numbers, which a resumed run must share
+        settings = {"checkpoint": str(Path(args.checkpoint).resolve()),
+                    "checkpoint_files": checkpoint_files(args.checkpoint), "mode": args.mode, "seed": args.seed,
+                    "samples": args.samples, "full_max": None if comet_mode else full_max, "dtype": model.dtype,
+                    "chunk_size": comet.chunk_size if comet_mode else None, "text_vocab": vocab_digest(vocab),
+                    "tokenizer": vocab_digest(to_str()) if to_str else type(tokenizer).__name__}
+        done = previous_curve(out / RESULTS, settings, args.resume)
+        lengths = sorted(set(lengths) | set(done))  # a resumed run may add lengths, never drop any
         params = checkpoint.load_params(args.checkpoint)
     except (checkpoint.CheckpointError, ConfigError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
-    comet_mode = args.mode == "comet"
-    base = {"checkpoint": str(args.checkpoint), "checkpoint_files": checkpoint_files(args.checkpoint),
-            "mode": args.mode, "seed": args.seed, "samples": args.samples, "lengths": lengths,
+    base = {"checkpoint": str(args.checkpoint), "settings": settings, "mode": args.mode, "seed": args.seed, "samples": args.samples, "lengths": lengths,
             "full_max": None if comet_mode else full_max, "dtype": model.dtype,
             "chunk_size": comet.chunk_size if comet_mode else None, "text_vocab_size": int(vocab.size),
             "fine_threshold": args.fine_threshold, "coarse_margin": args.coarse_margin,
             "definitions": {"copy": "R R", "lm": "P R (P another random string)", "scored": "second half",
                             "fine_memory_length": "longest L with copy_accuracy >= fine_threshold at every L' <= L",
                             "coarse_memory_length": "longest L with copy - lm >= coarse_margin at every L' <= L"}}
-    run = [n for n in lengths if comet_mode or n <= full_max]
+    run = [n for n in lengths if (comet_mode or n <= full_max) and n not in done]
     total = 2 * args.samples * sum(run)
     print(f"forgetting ({args.mode}): lengths {[format_length(n) for n in lengths]}, {args.samples} samples each, "
-          f"{total:,} tokens, {vocab.size} text ids", file=sys.stderr, flush=True)
+          f"{total:,} tokens, {vocab.size} text ids"
+          + (f"; {len(done)} length(s) done before (--resume)" if done else ""), file=sys.stderr, flush=True)
     curve: list[dict] = []
     try:
         with tqdm(total=total, unit="tok", unit_scale=True, disable=args.quiet, file=sys.stderr,
                   desc=f"forgetting {args.mode}") as bar:
             for n in lengths:
-                if n not in run:
+                if n in done:
+                    curve.append(done[n])
+                elif n not in run:
                     curve.append({"length": n, "copy_accuracy": None, "lm_accuracy": None, "difference": None,
                                   "samples": 0, "skipped": f"full mode runs up to --full-max "
                                   f"{format_length(full_max)} tokens (memory grows with the length)"})
@@ -312,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"\ninterrupted: every finished length is in {out / RESULTS}", file=sys.stderr)
+        print(f"\ninterrupted: every finished length is in {out / RESULTS}; the same command with --resume "
+              "continues the run", file=sys.stderr)
         return 130
     results = summarize(base, curve, len(lengths), args.fine_threshold, args.coarse_margin)
     for e in curve:
