@@ -37,6 +37,12 @@ def test_vocab_and_pairs():
     vocab = text_vocab(MODEL.real_vocab, comet_token_names(COMET))
     assert MODEL.vocab_size > MODEL.real_vocab  # padding rows exist and are left out
     assert set(vocab) == set(range(VOCAB))  # CoMeT ids (VOCAB..) left out
+    from tokenizers import Tokenizer, models
+
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(50)}, unk_token="w0"))
+    tok.add_special_tokens(["<eos>"])  # id 50: never in plain text
+    tok.add_tokens(["plain"])  # id 51: an ordinary added word
+    assert set(text_vocab(MODEL.real_vocab, comet_token_names(COMET), tok)) == set(range(50)) | {51}
     rng = np.random.default_rng(0)
     for length in (2, 10, 64):
         copy, lm = make_pair(rng, vocab, length)
