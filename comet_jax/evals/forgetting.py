@@ -26,7 +26,7 @@ comet_jax/infer/argmax.py); full mode is the plain backbone over the whole seque
 up to --full-max tokens (default 16k); longer lengths are recorded as skipped with the reason.
 
 Writes OUT/results.json (settings, the curve: per length copy_accuracy, lm_accuracy,
-difference, samples, seconds, peak_rss_mb; the memory lengths) and OUT/forgetting.png
+difference, samples, seconds, peak_rss_mb, device_peak_mb; the memory lengths) and OUT/forgetting.png
 (accuracy against length, log x), both atomically after every length ("complete": false until
 the last). An OUT whose results.json already holds a curve is refused. The last stdout line
 is one JSON object.
@@ -44,6 +44,7 @@ import numpy as np
 
 from comet_jax.config import ATTENTION_HELP, ATTENTIONS
 from comet_jax.evals.common import atomic_write, check_out_dir, format_length, parse_length, save_png
+from comet_jax.resources import device_peak_mb
 
 DEFAULT_LENGTHS = "1k,4k,16k,64k,256k,1M"
 FINE_THRESHOLD, COARSE_MARGIN = 0.99, 0.01
@@ -335,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 args.block_chunks, progress=bar.update)
                     curve.append({"length": n, "copy_accuracy": float(copy), "lm_accuracy": float(lm),
                                   "difference": float(copy - lm), "samples": args.samples,
-                                  "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(mem.peak, 1)})
+                                  "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(mem.peak, 1),
+                                  "device_peak_mb": device_peak_mb()})  # None on CPU
                 save_results(summarize(base, curve, len(lengths), args.fine_threshold, args.coarse_margin), out)
     except OutputError as e:
         print(f"error: {e}", file=sys.stderr)
