@@ -126,3 +126,21 @@ def test_bad_args(setup, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err
     assert not out.exists()
+    data2 = ["--checkpoint", str(root / "ckpt"), "--tokenizer", "byte"]
+    assert main(data2 + ["--data", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(data2 + ["--data", str(data), "--out", str(tmp_path / "file" / "o")]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_shims_exit_2_on_bad_input(tmp_path):
+    import subprocess
+    import sys
+
+    for argv in (["-m", "eval.tasks", "--checkpoint", "x", "--data", "y", "--max-new-tokens", "0"],
+                 ["-m", "eval.forgetting", "--checkpoint", "x", "--lengths", "3"]):
+        proc = subprocess.run([sys.executable, *argv, "--out", str(tmp_path / "o")], capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -135,15 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for name in ("max_new_tokens", "batch_size"):  # before the heavy imports: usage errors are instant
+        if getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
+            return EXIT_USAGE
     from comet_jax import build, checkpoint
     from comet_jax.config import ConfigError
     from comet_jax.data.jsonl import comet_token_names
     from comet_jax.io.tokenizer import load_tokenizer, tokenizer_by_name
 
     try:
-        for name in ("max_new_tokens", "batch_size"):
-            if getattr(args, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
         out = check_out_dir(args.out)  # before the work, not after it
         for name in (RESULTS, PREDICTIONS):
             if (out / name).exists():
