@@ -305,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
-    base = {"checkpoint": str(args.checkpoint), "settings": settings, "mode": args.mode, "seed": args.seed, "samples": args.samples, "lengths": lengths,
+    base = {"checkpoint": str(args.checkpoint), "settings": settings, "mode": args.mode, "seed": args.seed,
+            "samples": args.samples, "lengths": lengths,
             "full_max": None if comet_mode else full_max, "dtype": model.dtype,
             "chunk_size": comet.chunk_size if comet_mode else None, "text_vocab_size": int(vocab.size),
             "fine_threshold": args.fine_threshold, "coarse_margin": args.coarse_margin,
