@@ -1,1 +1,1 @@
-"""The evaluation commands a user installs (comet-loss, comet-passkey) and what the evaluations and benchmarks share. `python -m eval.loss` / `python -m eval.passkey` run the same code."""
+"""The evaluation commands a user installs (comet-loss, comet-passkey, comet-generate, comet-forgetting, comet-tasks) and what the evaluations and benchmarks share. `python -m eval.loss` / `python -m eval.passkey` run the same code."""
