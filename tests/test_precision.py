@@ -19,7 +19,7 @@ from comet_jax.train.train_step import make_train_step
 D, V = 96, 320
 COMET = CometConfig(chunk_size=16, global_size=4, stride=4, budget=8, placeholder_id=300, temp_beacon_id=301,
                     global_beacon_ids=(302, 303, 304, 305))
-STEPS = 12
+STEPS = 8
 
 
 def model(dtype: str) -> ModelConfig:
@@ -57,7 +57,7 @@ def test_bfloat16_training_tracks_float32():
         curves[dtype] = np.array(losses)
     f32, bf16 = curves["float32"], curves["bfloat16"]
     assert f32[-1] < 0.8 * f32[0]  # it learns, so the curves are worth comparing
-    # measured: at most 0.11% apart over the 12 steps
+    # measured: at most 0.11% apart over 12 steps
     np.testing.assert_allclose(bf16, f32, rtol=5e-3)
 
 
