@@ -171,7 +171,7 @@ def memory_stats(compiled) -> dict[str, int] | None:
     return out
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip()
     lines = [ln for ln in text.splitlines() if "RESOURCE_EXHAUSTED" in ln] or text.splitlines() or [type(e).__name__]
     return lines[0][:500]
@@ -193,7 +193,7 @@ def compile_fn(fn: Callable, args: tuple, kwargs: dict | None = None) -> dict[st
         if not out_of_memory(e):
             raise
         return {"compiled": False, "fits": False, "compile_s": round(time.perf_counter() - t0, 1),
-                "error": _first_line(e)}
+                "error": first_line(e)}
     out = {"compiled": True, "compile_s": round(time.perf_counter() - t0, 1), "memory": memory_stats(compiled)}
     out.update(hlo_stats(compiled.as_text()))
     cost = compiled.cost_analysis()

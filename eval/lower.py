@@ -162,7 +162,6 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    import jax
     import numpy as np
 
     from comet_jax import aot, build
@@ -193,8 +192,7 @@ def main(argv=None) -> int:
         with attention.target(args.platform):
             model = attention.for_pipeline(model)
     status = 0
-    with attention.target(args.platform), sharding.use_rules(cfg.mesh.rules), \
-            jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+    with attention.target(args.platform), sharding.tracing(mesh, cfg.mesh.rules):
         fns = build_functions(cfg, model, comet, mesh, set(args.functions.split(",")), args.decode_batch,
                               args.prefill_chunks)
         for name, fn, fargs, kwargs in fns:
@@ -206,7 +204,7 @@ def main(argv=None) -> int:
                 else:
                     record.update(aot.export_fn(fn, fargs, "cuda" if args.platform == "cuda" else args.platform, kwargs))
             except Exception as e:  # noqa: BLE001 - reported per function, the others still run
-                record.update({"compiled": False, "error": aot._first_line(e)})
+                record.update({"compiled": False, "error": aot.first_line(e)})
                 status = max(status, 1)
             if record.get("fits") is False:
                 status = max(status, EXIT_OOM)

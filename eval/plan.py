@@ -70,8 +70,10 @@ def per_device_bytes(tree) -> int:
     """Bytes one device holds of a tree of sharded abstract arrays (the largest shard)."""
     import math
 
+    import jax
+
     total = 0
-    for x in __import__("jax").tree.leaves(tree):
+    for x in jax.tree.leaves(tree):
         shard = x.sharding.shard_shape(x.shape)
         total += math.prod(shard) * x.dtype.itemsize
     return total
@@ -79,7 +81,6 @@ def per_device_bytes(tree) -> int:
 
 def plan_once(cfg, args, devices, compile_target: str):
     """Compile the train step of `cfg` on `devices`; returns the result dict."""
-    import jax
     import numpy as np
 
     from comet_jax import aot, build
@@ -100,8 +101,7 @@ def plan_once(cfg, args, devices, compile_target: str):
     if m.stage > 1:
         with attention.target(kernel_platform):
             model = attention.for_pipeline(model)
-    with attention.target(platform), sharding.use_rules(cfg.mesh.rules), \
-            jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+    with attention.target(platform), sharding.tracing(mesh, cfg.mesh.rules):
         [(_, fn, fargs, _)] = build_functions(cfg, model, comet, mesh, {"train"}, 0, 8)
         result = aot.compile_fn(fn, fargs)
     state = fargs[0]

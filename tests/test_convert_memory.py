@@ -71,18 +71,22 @@ def rss_anon_mb(pid):
     return 0.0
 
 
-def converter_peak_mb(src, dst):
-    """Peak RssAnon of a converter subprocess, sampled every 20 ms."""
-    proc = subprocess.Popen([sys.executable, "-m", "comet_jax.convert", str(src), str(dst), "--quiet",
-                             "--global-size", "4", "--stride", "8", "--budget", "16"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def peak_rss_anon_mb(cmd: list[str]) -> tuple[float, str]:
+    """Run `cmd` (it must succeed): (its peak RssAnon in MB, sampled every 20 ms; its stdout)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0.0
     while proc.poll() is None:
         peak = max(peak, rss_anon_mb(proc.pid))
         time.sleep(0.02)
     out, err = proc.communicate()
     assert proc.returncode == 0, err
-    return peak
+    return peak, out
+
+
+def converter_peak_mb(src, dst):
+    """Peak RssAnon of a converter subprocess."""
+    return peak_rss_anon_mb([sys.executable, "-m", "comet_jax.convert", str(src), str(dst), "--quiet",
+                             "--global-size", "4", "--stride", "8", "--budget", "16"])[0]
 
 
 def test_peak_memory_is_a_block_not_the_model(tmp_path):

@@ -5,9 +5,7 @@ copies, a transposed copy of one layer), less than one shard and not by the mode
 Peaks are RssAnon sampled from /proc, as tests/test_convert_memory.py does for the converter."""
 
 import json
-import subprocess
 import sys
-import time
 
 import numpy as np
 from safetensors import safe_open
@@ -15,7 +13,7 @@ from safetensors import safe_open
 from comet_jax import checkpoint
 from comet_jax.config import CometConfig, ModelConfig
 from comet_jax.export.tensors import expected_shapes
-from test_convert_memory import rss_anon_mb
+from test_convert_memory import peak_rss_anon_mb
 
 
 def write_checkpoint(path, layers, hidden, inter, vocab):
@@ -40,14 +38,8 @@ def write_checkpoint(path, layers, hidden, inter, vocab):
 
 def export_peak_mb(src, dst, shard_size):
     """Peak RssAnon of an export subprocess, sampled every 20 ms, and its summary."""
-    proc = subprocess.Popen([sys.executable, "-m", "comet_jax.export", str(src), str(dst), "--quiet",
-                             "--shard-size", shard_size], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0.0
-    while proc.poll() is None:
-        peak = max(peak, rss_anon_mb(proc.pid))
-        time.sleep(0.02)
-    out, err = proc.communicate()
-    assert proc.returncode == 0, err
+    peak, out = peak_rss_anon_mb([sys.executable, "-m", "comet_jax.export", str(src), str(dst), "--quiet",
+                                  "--shard-size", shard_size])
     return peak, json.loads(out.strip().splitlines()[-1])
 
 

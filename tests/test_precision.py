@@ -6,7 +6,6 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from comet_jax import chunking, layout
 from comet_jax.config import CometConfig, ModelConfig

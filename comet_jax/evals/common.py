@@ -12,6 +12,18 @@ from pathlib import Path
 
 
 
+def add_model_options(ap, dtype_default: str | None = None) -> None:
+    """--dtype, --chunk-size and --attention, which every evaluation command takes (dtype
+    default None: the checkpoint's)."""
+    from comet_jax.config import ATTENTION_HELP, ATTENTIONS
+
+    which = dtype_default or "the checkpoint's"
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=dtype_default,
+                    help=f"compute dtype (default: {which})")
+    ap.add_argument("--chunk-size", type=int, help="comet mode: override the checkpoint's chunk size")
+    ap.add_argument("--attention", choices=ATTENTIONS, default="auto", help=ATTENTION_HELP)
+
+
 def parse_length(text: str) -> int:
     """'8k' -> 8192, '1M' -> 1048576, '512' -> 512 (k = 1024, M = 1024*1024). ValueError if bad."""
     m = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)\s*", text)

@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from comet_jax.config import ATTENTION_HELP, ATTENTIONS
-from comet_jax.evals.common import atomic_write, check_out_dir, format_length, parse_length, save_png
+from comet_jax.evals.common import (add_model_options, atomic_write, check_out_dir, format_length, parse_length,
+                                    save_png)
 from comet_jax.resources import device_peak_mb
 
 DEFAULT_LENGTHS = "1k,4k,16k,64k,256k,1M"
@@ -254,9 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"copy accuracy that counts as exact memory (default {FINE_THRESHOLD})")
     ap.add_argument("--coarse-margin", type=float, default=COARSE_MARGIN,
                     help=f"copy - LM accuracy that counts as some memory (default {COARSE_MARGIN})")
-    ap.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the checkpoint's)")
-    ap.add_argument("--chunk-size", type=int, help="comet mode: override the checkpoint's chunk size")
-    ap.add_argument("--attention", choices=ATTENTIONS, default="auto", help=ATTENTION_HELP)
+    add_model_options(ap)
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
 

@@ -24,7 +24,7 @@ import argparse
 import json
 import sys
 
-from comet_jax.config import ATTENTION_HELP, ATTENTIONS
+from comet_jax.evals.common import add_model_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,9 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comet mode: the official generation code's chunk layout (docs/design.md §1.7)")
     ap.add_argument("--tokenizer", help="byte, passkey or a tokenizer.json path (default: the checkpoint's)")
     ap.add_argument("--batch-size", type=int, default=1, help="prompts generated together (default 1)")
-    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
-    ap.add_argument("--chunk-size", type=int, help="comet mode: override the checkpoint's chunk size")
-    ap.add_argument("--attention", choices=ATTENTIONS, default="auto", help=ATTENTION_HELP)
+    add_model_options(ap, "float32")
     return ap
 
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from comet_jax.checkpoint import CheckpointError
-from comet_jax.config import ATTENTION_HELP, ATTENTIONS
+from comet_jax.evals.common import add_model_options
 
 
 def position_warning(seqs, data: str, mode: str, comet, max_positions) -> str | None:
@@ -62,11 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--mode", choices=("full", "comet"), default="full",
                     help="full: plain backbone over the whole sequence; comet: chunked with memory")
     ap.add_argument("--batch-size", type=int, default=8, help="sequences per compiled batch (default 8)")
-    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
-    ap.add_argument("--chunk-size", type=int, help="comet mode: override the checkpoint's chunk size")
+    add_model_options(ap, "float32")
     ap.add_argument("--stride", type=int, help="comet mode: override the temp beacon stride")
     ap.add_argument("--budget", type=int, help="comet mode: override the temp memory budget")
-    ap.add_argument("--attention", choices=ATTENTIONS, default="auto", help=ATTENTION_HELP)
     ap.add_argument("--by-position", metavar="E1,E2,...",
                     help="also report the mean loss per bucket of token positions (k/M suffixes), e.g. 1k,4k,16k")
     ap.add_argument("--plot", metavar="FILE.png", help="with --by-position: write the curve as a PNG")

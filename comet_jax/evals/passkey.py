@@ -30,8 +30,8 @@ import threading
 import time
 from pathlib import Path
 
-from comet_jax.config import ATTENTION_HELP, ATTENTIONS
-from comet_jax.evals.common import atomic_write, check_out_dir, format_length, parse_length, save_png
+from comet_jax.evals.common import (add_model_options, atomic_write, check_out_dir, format_length, parse_length,
+                                    save_png)
 from comet_jax.resources import device_peak_mb, rss_bytes
 
 DEFAULT_LENGTHS = "4k,16k,64k,256k,1M"
@@ -72,9 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue the run whose OUT/results.json exists (same settings): skip its cells")
     ap.add_argument("--tokenizer", help="byte, passkey or a tokenizer.json path (default: the checkpoint's)")
     ap.add_argument("--batch-size", type=int, default=8, help="prompts per compiled batch (default 8)")
-    ap.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the checkpoint's)")
-    ap.add_argument("--chunk-size", type=int, help="comet mode: override the checkpoint's chunk size")
-    ap.add_argument("--attention", choices=ATTENTIONS, default="auto", help=ATTENTION_HELP)
+    add_model_options(ap)
     ap.add_argument("--block-chunks", type=int, default=8, help="closed chunks per compiled prefill step")
     ap.add_argument("--official-layout", action="store_true",
                     help="lay closed chunks out as the official generation code (docs/design.md §1.7)")

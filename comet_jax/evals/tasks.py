@@ -31,8 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from comet_jax.config import ATTENTION_HELP, ATTENTIONS
-from comet_jax.evals.common import atomic_write, check_out_dir
+from comet_jax.evals.common import add_model_options, atomic_write, check_out_dir
 from comet_jax.evals.metrics import METRICS, score
 
 EXIT_USAGE = 2
@@ -126,9 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--stop", type=int, nargs="*", default=[], metavar="ID", help="token ids that end an answer")
     ap.add_argument("--tokenizer", help="byte, passkey or a tokenizer.json path (default: the checkpoint's)")
     ap.add_argument("--batch-size", type=int, default=1, help="items generated together (default 1)")
-    ap.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the checkpoint's)")
-    ap.add_argument("--chunk-size", type=int, help="comet mode: override the checkpoint's chunk size")
-    ap.add_argument("--attention", choices=ATTENTIONS, default="auto", help=ATTENTION_HELP)
+    add_model_options(ap)
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
 

@@ -231,7 +231,7 @@ def _splash_local(q, k, v, segments):
 def _sharded(fn, q, k, v, segments):
     """fn(q, k, v, segments) under shard_map over the batch and head axes of the mesh in
     context (the trainer, eval.lower and eval.plan trace under
-    `jax.sharding.use_abstract_mesh`), or directly when there is none."""
+    `parallel.sharding.tracing`), or directly when there is none."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return fn(q, k, v, segments)

@@ -89,6 +89,15 @@ def use_rules(overrides: dict[str, str] | None):
         _ACTIVE.pop()
 
 
+@contextlib.contextmanager
+def tracing(mesh: Mesh, overrides: dict[str, str] | None):
+    """Trace a step for `mesh` under the rule table with `overrides`: activations are pinned
+    by the rules and a kernel call is split over the mesh. Only the abstract mesh is set, so
+    `mesh` may hold devices of another machine (eval.lower, eval.plan)."""
+    with use_rules(overrides), jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        yield
+
+
 def _flax_rules(rules: dict[str, str]) -> tuple:
     out = []
     for logical, target in rules.items():

@@ -320,9 +320,7 @@ class Trainer:
                 seq_len = stage.seq_len
                 local = next(loader)
                 t0 = time.perf_counter()
-                # traced under the mesh and the rules: activations are pinned to them, a kernel is
-                # split over the mesh
-                with sharding.use_rules(cfg.mesh.rules), jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
+                with sharding.tracing(self.mesh, cfg.mesh.rules):
                     state, metrics = step_fn(state, self.global_batch(local))
                 metrics = jax.device_get(metrics)
                 dt = time.perf_counter() - t0
