@@ -75,3 +75,5 @@ def test_bfloat16_matmuls_over_the_hidden_size_are_bfloat16():
     assert not f32, f"float32 matmuls over the hidden size: {f32}"
     lm_head = [d for d in over_hidden if any(V in dims(t) for t in d[:2])]
     assert any(d[2].endswith("xf32>") for d in lm_head)  # the logits are float32
+    gate = [d for d in dots if any(2 * D in dims(t) for t in d[:2])]  # the memory gate reads [x̂; s], 2D wide
+    assert gate and all(d[2].endswith("xf32>") for d in gate if d[0].endswith("xbf16>"))  # its logit is float32
