@@ -188,6 +188,8 @@ def test_make_source(tmp_path, tok):
     assert isinstance(pk, PasskeySource) and pk.digits == 4 and pk.min_len == 400 and pk.max_len == 600
     assert all(400 <= len(pk[i]["input_ids"]) <= 600 for i in range(5))
     assert make_source(Cfg(), None, seed=6)[0]["input_ids"].tolist() != pk[0]["input_ids"].tolist()
+    many = make_source(Cfg(), None, passkey_needles=3, passkey_end=".")
+    assert many.needles == 3 and max(len(many.episodes(i)) for i in range(10)) > 1
     with pytest.raises(ValueError, match="unknown source"):
         make_source(source="parquet", path="x")
 

@@ -10,7 +10,7 @@ from comet_jax.config import ModelConfig
 from comet_jax.convert.hf_import import added_tokens, comet_for_vocab, padded_vocab
 from comet_jax.data.byte_tokenizer import BYTE_VOCAB
 from comet_jax.model.init import init_params
-from comet_jax.evals.passkey import first_number, is_correct, main, parse_length
+from comet_jax.evals.passkey import evaluate, first_number, is_correct, is_exact, main, parse_length
 
 COMET = comet_for_vocab(BYTE_VOCAB, 64, 4, 8, 8)
 MODEL = ModelConfig(vocab_size=padded_vocab(BYTE_VOCAB + added_tokens(COMET)),
@@ -32,6 +32,38 @@ def test_parse_length():
     assert first_number(" 01234. The") == "01234" and first_number("none") is None
     assert is_correct(" 012345", "01234") and is_correct(" 01234.", "01234")
     assert not is_correct(" 0123", "01234") and not is_correct(" 1 01234", "01234") and not is_correct("x", "01234")
+    assert is_exact(" 01234.", "01234") and is_exact(" 01234", "01234") and is_exact(" 01234 is", "01234")
+    assert not is_exact(" 012345", "01234") and not is_exact(" 0123", "01234")
+
+
+class EchoGenerator:
+    """Answers every prompt with its needle's key, followed by a digit on odd rows."""
+
+    def __init__(self, tok):
+        self.tok, self.prompts = tok, []
+
+    def generate(self, prompts, sampling, batch_size, progress=None):
+        import re
+        from types import SimpleNamespace
+
+        texts = [self.tok.decode([int(t) for t in p]) for p in prompts]
+        self.prompts += texts
+        keys = [re.search(r"pass key is (\d+)\.", t).group(1) for t in texts]
+        return SimpleNamespace(tokens=[self.tok.encode(f" {k}{'7' if i % 2 else '.'}").ids
+                                       for i, k in enumerate(keys)])
+
+
+@pytest.mark.parametrize("variant", ["train", "held_out"])
+def test_evaluate_scores_exact_and_uses_the_prompt_variant(variant):
+    from comet_jax.data.passkey import QUESTION, QUESTION_HELD_OUT
+    from comet_jax.data.passkey_tokenizer import passkey_tokenizer
+
+    tok = passkey_tokenizer()
+    gen = EchoGenerator(tok)
+    (cell,) = evaluate(gen, tok, [300], [0.5], samples=4, seed=0, batch_size=4, variant=variant)
+    assert cell["accuracy"] == 1.0 and cell["exact"] == 0.5  # rows 1 and 3 run on past the key
+    question = QUESTION if variant == "train" else QUESTION_HELD_OUT
+    assert len(gen.prompts) == 4 and all(p.endswith(question) for p in gen.prompts)
 
 
 @pytest.mark.parametrize("mode", ["comet", "full"])
@@ -42,6 +74,7 @@ def test_writes_results_and_heatmap(ckpt, tmp_path, mode, capsys):
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert res["mode"] == mode and res["lengths"] == [300, 1024] and res["depths"] == [0.0, 1.0]
+    assert res["prompt_variant"] == "train" and set(res["exact_by_length"]) == {"300", "1024"}
     assert len(res["cells"]) == 4
     for c in res["cells"]:
         assert set(c) >= {"length", "depth", "accuracy", "samples", "prompt_tokens", "seconds", "peak_memory_mb"}

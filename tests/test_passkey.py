@@ -153,3 +153,72 @@ def test_source_loss_on_all_tokens(tok):
     assert rec["loss_mask"][1:].all() and not rec["loss_mask"][0]
     with pytest.raises(ValueError, match="loss_on"):
         PasskeySource(tok, max_len=400, loss_on="needle")
+
+
+def test_needles_one_and_no_end_give_the_plain_records(tok):
+    plain = PasskeySource(tok, min_len=300, max_len=900, seed=4)
+    same = PasskeySource(tok, min_len=300, max_len=900, seed=4, needles=1, end="")
+    for i in range(8):
+        for k in ("input_ids", "loss_mask"):
+            np.testing.assert_array_equal(plain[i][k], same[i][k])
+
+
+def test_several_needles_each_answered_by_its_own_key(tok):
+    src = PasskeySource(tok, min_len=600, max_len=1500, seed=2, needles=3, end=".")
+    counts = []
+    for i in range(30):
+        rec, episodes = src[i], src.episodes(i)
+        ids, mask = rec["input_ids"], rec["loss_mask"]
+        assert 600 <= len(ids) <= 1500 and not mask[0]
+        assert np.array_equal(ids, np.concatenate([x for p, a, _ in episodes for x in (p, a)]))
+        text = tok.decode(ids.tolist())
+        keys = re.findall(r"The pass key is (\d+)\. Remember it\. (\d+) is the pass key\.", text)
+        assert [a for a, b in keys] == [b for a, b in keys] == [e[2]["key"] for e in episodes]
+        # every question is answered by the key of the needle just before it, then the end text
+        answers = re.findall(re.escape(QUESTION) + r" (\d+)\.", text)
+        assert answers == [e[2]["key"] for e in episodes]
+        assert text.count(TASK.strip()) == 1 and text.startswith(TASK.strip())
+        # the loss is on the answers (" " + key + "."), nowhere else
+        starts = np.cumsum([0] + [len(x) for p, a, _ in episodes for x in (p, a)])[:-1]
+        want = np.zeros(len(ids), bool)
+        for (p, a, _), s in zip(episodes, starts[1::2]):
+            want[s: s + len(a)] = True
+        np.testing.assert_array_equal(mask, want)
+        assert tok.decode(ids[mask].tolist()) == "".join(f" {k}." for k in answers)
+        counts.append(len(episodes))
+    assert set(counts) == {1, 2, 3}
+
+
+def test_needles_fit_short_records(tok):
+    src = PasskeySource(tok, max_len=src_len(tok), needles=8)
+    for i in range(10):  # room for one episode only: never more than fits
+        assert len(src.episodes(i)) == 1 and len(src[i]["input_ids"]) <= src.max_len
+
+
+def src_len(tok):
+    return PasskeySource(tok, max_len=10_000).shortest
+
+
+def test_bad_needles_and_end(tok):
+    with pytest.raises(ValueError, match="needles"):
+        PasskeySource(tok, max_len=400, needles=0)
+    with pytest.raises(ValueError, match="digits"):
+        PasskeySource(tok, max_len=400, end=" 1.")
+
+
+def test_held_out_variant_uses_new_sentences_of_trained_words():
+    from comet_jax.data.passkey import FILLER_HELD_OUT, QUESTION_HELD_OUT, sentences
+    from comet_jax.data.passkey_tokenizer import passkey_tokenizer
+
+    assert not set(sentences(FILLER_HELD_OUT)) & set(FILLER_SENTENCES) and QUESTION_HELD_OUT != QUESTION
+    tok = passkey_tokenizer()
+    ids, answer, info = build_prompt(tok, 400, 0.5, "12345", variant="held_out")
+    text = tok.decode(ids.tolist())
+    assert text.endswith(QUESTION_HELD_OUT) and "The sun is blue." in text and "The grass is green." not in text
+    assert needle("12345").strip() in text and len(ids) <= 400
+    # every word is one token of the vocabulary (none falls back to its bytes)
+    for part in (" " + FILLER_HELD_OUT, " " + QUESTION_HELD_OUT):
+        assert len(tok.encode(part).ids) == len(tok.pre_tokenizer.pre_tokenize_str(part))
+    assert len(tok.encode(" The sun is purple.").ids) > len(tok.pre_tokenizer.pre_tokenize_str(" The sun is purple."))
+    with pytest.raises(ValueError, match="variant"):
+        build_prompt(tok, 400, 0.5, "12345", variant="other")

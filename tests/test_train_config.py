@@ -153,6 +153,10 @@ def test_validate_mesh_and_batch():
      r"unknown key data\.curriculum\[0\]\.chunks.*did you mean data\.curriculum\[0\]\.chunk_size"),
     (["data.curriculum=[{until_step: 10, seq_len: 64, passkey_min_len: -1}]"],
      r"data\.curriculum\[0\]\.passkey_min_len must be a positive"),
+    (["data.curriculum=[{until_step: 10, seq_len: 64, passkey_needles: -1}]"],
+     r"data\.curriculum\[0\]\.passkey_needles must be a positive"),
+    (["data.passkey_needles=0"], r"data\.passkey_needles"),
+    (["data.passkey_end=1."], r"data\.passkey_end must not contain digits"),
 ])
 def test_validate_errors(overrides, match):
     raises(match, lambda: validate(load_config(None, overrides)))
@@ -197,3 +201,14 @@ def test_shipped_recipes():
         assert cfg.model.dtype == "bfloat16" and cfg.model.remat == "full" and cfg.model.init != "scratch"
         assert cfg.data.tokenizer == "checkpoint" and cfg.data.source == "jsonl"
         validate(cfg, device_count=8)
+
+
+def test_curriculum_stage_needles():
+    from comet_jax.train.trainer import curriculum_stage
+
+    cfg = load_config(None, ["data.passkey_needles=3", "data.passkey_end=.",
+                             "data.curriculum=[{until_step: 10, seq_len: 128, passkey_needles: 1}, "
+                             "{until_step: 20, seq_len: 256}]"])
+    validate(cfg)
+    assert [curriculum_stage(cfg, s).needles for s in (0, 10, 20)] == [1, 3, 3]
+    assert cfg.data.passkey_end == "."

@@ -27,13 +27,23 @@ FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and "
         "memorize it. I will quiz you about the important information there. ")
 QUESTION = "What is the pass key? The pass key is"
+# A prompt variant no training example uses (eval.passkey --prompt-variant held_out): other
+# filler sentences and another question, made of the same words, so that a word-level
+# tokenizer built from the texts above has a trained token for every one of them.
+FILLER_HELD_OUT = "The sun is blue. The grass is yellow. There we go again. The sky is green. Here and back. "
+QUESTION_HELD_OUT = "I will quiz you about the pass key. What is it? The pass key is"
+VARIANTS = {"train": (FILLER, QUESTION), "held_out": (FILLER_HELD_OUT, QUESTION_HELD_OUT)}
 
 
 def needle(key: str) -> str:
     return f"The pass key is {key}. Remember it. {key} is the pass key. "
 
 
-FILLER_SENTENCES = tuple(s.strip() for s in re.findall(r"[^.]*\.", FILLER))
+def sentences(filler: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in re.findall(r"[^.]*\.", filler))
+
+
+FILLER_SENTENCES = sentences(FILLER)
 
 
 def encode(tokenizer: Any, text: str) -> np.ndarray:
@@ -48,13 +58,16 @@ def encode(tokenizer: Any, text: str) -> np.ndarray:
 class _Parts:
     """Token ids of the fixed units of a prompt for one tokenizer (computed once)."""
 
-    def __init__(self, tokenizer: Any, prefix_ids: Sequence[int] = ()):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: Any, prefix_ids: Sequence[int] = (), variant: str = "train", end: str = ""):
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown prompt variant {variant!r}: use one of {sorted(VARIANTS)}")
+        filler, question = VARIANTS[variant]
+        self.tokenizer, self.end = tokenizer, end
         self.prefix = np.asarray(list(prefix_ids), dtype=np.int32)
         # TASK without its trailing space; every later unit starts with the space before it.
         self.task = encode(tokenizer, TASK.rstrip(" "))
-        self.sentences = [encode(tokenizer, " " + s) for s in FILLER_SENTENCES]
-        self.question = encode(tokenizer, " " + QUESTION)
+        self.sentences = [encode(tokenizer, " " + s) for s in sentences(filler)]
+        self.question = encode(tokenizer, " " + question)
         self.cycle = np.concatenate(self.sentences)
         self.cum = np.cumsum([len(s) for s in self.sentences])  # tokens of the first j+1 sentences
         if any(len(s) == 0 for s in self.sentences):
@@ -64,11 +77,15 @@ class _Parts:
         return encode(self.tokenizer, " " + needle(key).rstrip(" "))
 
     def answer(self, key: str) -> np.ndarray:
-        return encode(self.tokenizer, " " + key)
+        return encode(self.tokenizer, " " + key + self.end)
 
     def minimum(self, key: str) -> int:
         """Shortest prompt (no filler) for this key."""
-        return len(self.prefix) + len(self.task) + len(self.needle(key)) + len(self.question)
+        return len(self.prefix) + len(self.task) + self.episode_minimum(key)
+
+    def episode_minimum(self, key: str) -> int:
+        """Shortest needle + question (no filler, no task line) for this key."""
+        return len(self.needle(key)) + len(self.question)
 
     def filler(self, count: int) -> np.ndarray:
         """The first `count` filler sentences (cycling), concatenated."""
@@ -81,27 +98,33 @@ class _Parts:
         q, rest = divmod(budget, int(self.cum[-1]))
         return q * len(self.sentences) + int(np.searchsorted(self.cum, rest, side="right"))
 
-    def build(self, n_tokens: int, depth: float, key: str):
+    def episode(self, n_tokens: int, depth: float, key: str):
+        """Filler with the needle after `depth` of it, then the question: at most n_tokens.
+        Returns (ids, needle offset in them, sentences before the needle, sentences)."""
         ndl = self.needle(key)
-        fixed = len(self.prefix) + len(self.task) + len(ndl) + len(self.question)
+        n_sent = self.fitting(n_tokens - len(ndl) - len(self.question))
+        before = int(round(depth * n_sent))
+        head = self.filler(before)
+        body = self.filler(n_sent)
+        return np.concatenate([head, ndl, body[len(head):], self.question]), len(head), before, n_sent
+
+    def build(self, n_tokens: int, depth: float, key: str):
+        fixed = self.minimum(key)
         if n_tokens < fixed:
             raise ValueError(f"n_tokens={n_tokens} is too small for the passkey prompt: the task line, "
                              f"needle and question alone take {fixed} tokens (the minimum)")
         if not 0.0 <= depth <= 1.0:
             raise ValueError(f"depth must be in [0, 1], got {depth}")
-        n_sent = self.fitting(n_tokens - fixed)
-        before = int(round(depth * n_sent))
-        head = self.filler(before)
-        body = self.filler(n_sent)
-        offset = len(self.prefix) + len(self.task) + len(head)
-        ids = np.concatenate([self.prefix, self.task, head, ndl, body[len(head):], self.question])
-        info = dict(needle_offset=int(offset), needle_len=int(len(ndl)), sentences_before=before,
+        lead = len(self.prefix) + len(self.task)
+        body, offset, before, n_sent = self.episode(n_tokens - lead, depth, key)
+        ids = np.concatenate([self.prefix, self.task, body])
+        info = dict(needle_offset=int(lead + offset), needle_len=int(len(self.needle(key))), sentences_before=before,
                     num_sentences=int(n_sent), depth=float(depth), key=key, minimum=int(fixed))
         return ids.astype(np.int32), self.answer(key), info
 
 
 def build_prompt(tokenizer: Any, n_tokens: int, depth: float, key: str | int,
-                 prefix_ids: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray, dict]:
+                 prefix_ids: Sequence[int] = (), variant: str = "train") -> tuple[np.ndarray, np.ndarray, dict]:
     """A passkey prompt of at most `n_tokens` tokens (the answer not included).
 
     The needle sits after round(depth * S) of the S filler sentences (depth 0: right after the
@@ -110,8 +133,9 @@ def build_prompt(tokenizer: Any, n_tokens: int, depth: float, key: str | int,
     = the ids of " " + key, info) with info["needle_offset"] (token offset of the needle),
     ["sentences_before"], ["num_sentences"] and ["minimum"] (shortest possible prompt).
     Raises ValueError, naming the minimum, when n_tokens cannot hold task, needle and question.
+    variant "held_out" uses filler sentences and a question that training never uses.
     """
-    return _Parts(tokenizer, prefix_ids).build(int(n_tokens), float(depth), str(key))
+    return _Parts(tokenizer, prefix_ids, variant).build(int(n_tokens), float(depth), str(key))
 
 
 def random_key(rng: np.random.Generator, digits: int = 5) -> str:
@@ -130,20 +154,34 @@ class PasskeySource:
     tokens. Returns {"input_ids": int32 prompt + answer, "loss_mask": bool, True only on the
     answer tokens, or with loss_on="all" on every token but the first (language modelling of
     the whole prompt: the needle repeats its key, so copying is learned from it too)}. `min_len=None` uses the shortest length every key fits in.
+
+    needles > 1: a record holds 1..needles episodes (uniform; as many as fit the length),
+    each its own filler with its own key at its own depth, then the question and that key
+    as the answer, all after one task line: several supervised answers per sequence, each
+    about the latest key. end: text after every answer's digits (e.g. "." so that a model
+    learns where the key stops and exact match can be scored). needles=1 and end="" give
+    the records of the plain source, unchanged.
     """
 
     def __init__(self, tokenizer: Any, *, max_len: int, min_len: int | None = None, digits: int = 5,
-                 seed: int = 0, num_records: int = 10**9, prefix_ids: Sequence[int] = (), loss_on: str = "answer"):
+                 seed: int = 0, num_records: int = 10**9, prefix_ids: Sequence[int] = (), loss_on: str = "answer",
+                 needles: int = 1, end: str = ""):
         if digits < 1:
             raise ValueError(f"digits must be >= 1, got {digits}")
+        if needles < 1:
+            raise ValueError(f"passkey needles must be >= 1, got {needles}")
         if loss_on not in LOSS_ON:
             raise ValueError(f"passkey loss_on must be one of {LOSS_ON}, got {loss_on!r}")
-        self.loss_on = loss_on
-        self._parts = _Parts(tokenizer, prefix_ids)
+        if any(ch.isdigit() for ch in end):
+            raise ValueError(f"passkey end {end!r} must not contain digits (it marks where the key stops)")
+        self.loss_on, self.needles = loss_on, int(needles)
+        self._parts = _Parts(tokenizer, prefix_ids, end=end)
         self.digits, self.seed, self.num_records = int(digits), int(seed), int(num_records)
         # Keys can tokenize to different lengths (BPE); take the longest of a few probes.
         probes = ["0" * digits, "9" * digits, "1234567890" * (digits // 10) + "1234567890"[: digits % 10]]
         self.shortest = max(self._parts.minimum(k) + len(self._parts.answer(k)) for k in probes)
+        # tokens one more episode adds at least (needle, question, answer)
+        self.episode_tokens = max(self._parts.episode_minimum(k) + len(self._parts.answer(k)) for k in probes)
         self.min_len = self.shortest if min_len is None else int(min_len)
         self.max_len = int(max_len)
         if self.min_len < self.shortest:
@@ -157,16 +195,21 @@ class PasskeySource:
 
     def __repr__(self) -> str:
         return (f"PasskeySource(min_len={self.min_len}, max_len={self.max_len}, digits={self.digits}, "
-                f"seed={self.seed}, num_records={self.num_records}, prefix={self._parts.prefix.tolist()})")
+                f"seed={self.seed}, num_records={self.num_records}, prefix={self._parts.prefix.tolist()}, "
+                f"needles={self.needles}, end={self._parts.end!r})")
 
-    def example(self, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
-        """(prompt ids, answer ids, info) of record `index`."""
+    def _draw(self, index: int):
         if not 0 <= index < self.num_records:
             raise IndexError(f"index {index} outside [0, {self.num_records})")
         rng = np.random.default_rng([self.seed, int(index)])
         key = random_key(rng, self.digits)
         depth = float(rng.random())
         length = int(rng.integers(self.min_len, self.max_len + 1))
+        return rng, key, depth, length
+
+    def example(self, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(prompt ids, answer ids, info) of record `index` (its first episode when needles > 1)."""
+        _, key, depth, length = self._draw(index)
         answer = self._parts.answer(key)
         n = max(length - len(answer), self._parts.minimum(key))
         if n + len(answer) > self.max_len:
@@ -174,9 +217,37 @@ class PasskeySource:
                              f"max_len={self.max_len}")
         return self._parts.build(n, depth, key)
 
+    def episodes(self, index: int) -> list[tuple[np.ndarray, np.ndarray, dict]]:
+        """Record `index` as (prompt ids, answer ids, info) per episode; the first prompt starts
+        with the prefix and task line, their concatenation (with the answers) is the record."""
+        rng, key, depth, length = self._draw(index)
+        count = int(rng.integers(1, self.needles + 1)) if self.needles > 1 else 1
+        # as many episodes as fit: the first one takes `shortest`, each further one `episode_tokens`
+        count = max(1, min(count, 1 + (length - self.shortest) // self.episode_tokens))
+        if count == 1:
+            return [self.example(index)]
+        keys = [key] + [random_key(rng, self.digits) for _ in range(count - 1)]
+        depths = [depth] + [float(d) for d in rng.random(count - 1)]
+        answers = [self._parts.answer(k) for k in keys]
+        lead = len(self._parts.prefix) + len(self._parts.task)
+        minima = [self._parts.episode_minimum(k) + len(a) for k, a in zip(keys, answers)]
+        slack = length - lead - sum(minima)
+        cuts = np.diff(np.concatenate([[0], np.sort(rng.integers(0, slack + 1, size=count - 1)), [slack]]))
+        out = []
+        for i, (k, d, a, m, extra) in enumerate(zip(keys, depths, answers, minima, cuts)):
+            body, offset, before, n_sent = self._parts.episode(int(m + extra - len(a)), d, k)
+            head = np.concatenate([self._parts.prefix, self._parts.task]) if i == 0 else body[:0]
+            out.append((np.concatenate([head, body]).astype(np.int32), a,
+                        dict(needle_offset=int(len(head) + offset), sentences_before=before, num_sentences=int(n_sent),
+                             depth=d, key=k)))
+        return out
+
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        prompt, answer, _ = self.example(int(index))
-        ids = np.concatenate([prompt, answer]).astype(np.int32)
-        mask = np.zeros(len(ids), bool)
-        mask[len(prompt) if self.loss_on == "answer" else 1:] = True
+        parts, masks = [], []
+        for prompt, answer, _ in (self.episodes(int(index)) if self.needles > 1 else [self.example(int(index))]):
+            parts += [prompt, answer]
+            masks += [np.full(len(prompt), self.loss_on == "all"), np.ones(len(answer), bool)]
+        ids = np.concatenate(parts).astype(np.int32)
+        mask = np.concatenate(masks)
+        mask[0] = False  # nothing predicts the first token
         return {"input_ids": ids, "loss_mask": mask}

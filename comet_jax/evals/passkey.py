@@ -5,7 +5,10 @@ Passkey retrieval: for every (length, depth) cell, `samples` prompts of `length`
 (task line, repeated filler, the needle "The pass key is {key}. Remember it. {key} is the
 pass key." after `depth` of the filler, then "What is the pass key? The pass key is"), a
 random 5-digit key each; greedy generation; a sample is correct when the first number in
-the generated text starts with exactly the key's digits. Lengths take k (x1024) and M (x1024^2).
+the generated text starts with exactly the key's digits ("accuracy"); "exact" also asks
+that the number stop there (five digits, then no digit: the answer format of a model trained
+with data.passkey_end). Lengths take k (x1024) and M (x1024^2). --prompt-variant held_out
+uses filler sentences and a question wording that no training example has.
 
 comet mode runs CoMeT's constant-memory generation; full mode is the plain backbone with a
 KV cache over the whole prompt (the baseline; memory and time grow with the length).
@@ -65,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--depths", default=DEFAULT_DEPTHS, help=f"needle depths in [0, 1] (default {DEFAULT_DEPTHS})")
     ap.add_argument("--samples", type=int, default=5, help="prompts per (length, depth) cell (default 5)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the keys (default 0)")
+    ap.add_argument("--prompt-variant", choices=("train", "held_out"), default="train",
+                    help="train: the training texts; held_out: other filler sentences and question (default train)")
     ap.add_argument("--mode", choices=("comet", "full"), default="comet",
                     help="comet: constant-memory CoMeT generation; full: plain backbone, KV cache over everything")
     ap.add_argument("--out", default="runs/passkey", help="output directory (default runs/passkey)")
@@ -118,6 +123,11 @@ def is_correct(generated: str, key: str) -> bool:
     return number is not None and number[: len(key)] == key
 
 
+def is_exact(generated: str, key: str) -> bool:
+    """The first number generated is exactly the key (nothing but its digits)."""
+    return first_number(generated) == key
+
+
 def prefix_ids(tokenizer) -> list[int]:
     """The ids the tokenizer puts before any text (a BOS token), if it adds any."""
     try:
@@ -127,7 +137,7 @@ def prefix_ids(tokenizer) -> list[int]:
 
 
 def evaluate(gen, tokenizer, lengths, depths, samples, seed, batch_size, progress=None, done=None,
-             on_cell=None):
+             on_cell=None, variant="train"):
     """Run every cell; returns the list of cell dicts (see module docstring), in grid order.
     done: cells already evaluated, by (length, depth), taken as they are (each cell has its
     own keys' seed, so skipping some changes no other); on_cell(cells so far) after each new one."""
@@ -146,9 +156,9 @@ def evaluate(gen, tokenizer, lengths, depths, samples, seed, batch_size, progres
                 continue
             rng = np.random.default_rng([seed, li, di])
             keys = [random_key(rng) for _ in range(samples)]
-            built = [build_prompt(tokenizer, length, depth, k, prefix_ids=prefix) for k in keys]
+            built = [build_prompt(tokenizer, length, depth, k, prefix_ids=prefix, variant=variant) for k in keys]
             max_new = max(len(a) for _, a, _ in built) + 2
-            correct, outputs, t0 = 0, [], time.perf_counter()
+            correct, exact, outputs, t0 = 0, 0, [], time.perf_counter()
             with PeakMemory() as mem:
                 for i in range(0, samples, batch_size):
                     part = built[i: i + batch_size]
@@ -167,8 +177,10 @@ def evaluate(gen, tokenizer, lengths, depths, samples, seed, batch_size, progres
                         text = tokenizer.decode([int(t) for t in toks])
                         ok = is_correct(text, info["key"])
                         correct += ok
+                        exact += is_exact(text, info["key"])
                         outputs.append({"key": info["key"], "output": text, "correct": bool(ok)})
             cells.append({"length": length, "depth": depth, "accuracy": correct / samples, "correct": correct,
+                          "exact": exact / samples,
                           "samples": samples,
                           "prompt_tokens": int(round(np.mean([len(p) for p, _, _ in built]))),
                           "seconds": round(time.perf_counter() - t0, 3), "peak_memory_mb": round(mem.peak, 1),
@@ -229,7 +241,7 @@ def run_settings(args, lengths, depths, model, comet, tokenizer) -> dict:
     to_str = getattr(tokenizer, "to_str", None)
     return {"checkpoint": str(Path(args.checkpoint).resolve()), "checkpoint_files": checkpoint_files(args.checkpoint),
             "tokenizer": _digest(to_str()) if to_str else type(tokenizer).__name__,
-            "mode": args.mode, "seed": args.seed, "samples": args.samples, "lengths": lengths, "depths": depths,
+            "mode": args.mode, "prompt_variant": args.prompt_variant, "seed": args.seed, "samples": args.samples, "lengths": lengths, "depths": depths,
             "dtype": model.dtype, "chunk_size": comet.chunk_size if comet_mode else None,
             "official_layout": args.official_layout if comet_mode else None}
 
@@ -263,9 +275,10 @@ def previous_cells(path: Path, settings: dict, resume: bool) -> dict:
 def summarize(base: dict, cells: list[dict], lengths: list[int], depths: list[float]) -> dict:
     """results.json: run settings, accuracies over the cells done (a length's only once all its
     depths are), the cells. Seconds are the cells' own, so a resumed run sums to what one run would."""
-    by_length = {str(n): sum(c["accuracy"] for c in row) / len(depths)
-                 for n in lengths if len(row := [c for c in cells if c["length"] == n]) == len(depths)}
-    return {**base, "accuracy_by_length": by_length,
+    rows = {n: row for n in lengths if len(row := [c for c in cells if c["length"] == n]) == len(depths)}
+    by_length = {str(n): sum(c["accuracy"] for c in row) / len(depths) for n, row in rows.items()}
+    exact = {str(n): sum(c.get("exact", 0.0) for c in row) / len(depths) for n, row in rows.items()}
+    return {**base, "accuracy_by_length": by_length, "exact_by_length": exact,
             "accuracy": sum(c["accuracy"] for c in cells) / len(cells) if cells else None,
             "seconds": round(sum(c["seconds"] for c in cells), 1),
             "complete": len(cells) == len(lengths) * len(depths), "cells": cells}
@@ -323,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"{model.vocab_size} embedding rows: wrong --tokenizer?")
         prefix = prefix_ids(tokenizer)
         for n in lengths:  # fail before any work when a length cannot hold the prompt
-            build_prompt(tokenizer, n, 0.5, "00000", prefix_ids=prefix)
+            build_prompt(tokenizer, n, 0.5, "00000", prefix_ids=prefix, variant=args.prompt_variant)
         settings = run_settings(args, lengths, depths, model, comet, tokenizer)
         done = previous_cells(out / RESULTS, settings, args.resume)
         params = checkpoint.load_params(args.checkpoint)
@@ -333,10 +346,11 @@ def main(argv: list[str] | None = None) -> int:
 
     gen = Generator(params, model, comet, mode=args.mode, block_chunks=args.block_chunks,
                     official=args.official_layout)
-    base = {"checkpoint": str(args.checkpoint), "mode": args.mode, "seed": args.seed, "samples": args.samples,
+    base = {"checkpoint": str(args.checkpoint), "mode": args.mode, "prompt_variant": args.prompt_variant,
+            "seed": args.seed, "samples": args.samples,
             "lengths": lengths, "depths": depths, "train": meta.get("train"),
             "chunk_size": comet.chunk_size if args.mode == "comet" else None, "settings": settings}
-    total = sum(len(build_prompt(tokenizer, n, 0.5, "00000", prefix_ids=prefix)[0])
+    total = sum(len(build_prompt(tokenizer, n, 0.5, "00000", prefix_ids=prefix, variant=args.prompt_variant)[0])
                 for n in lengths for d in depths if (n, d) not in done) * args.samples
     resumed = f"; {len(done)} of {len(lengths) * len(depths)} cells done before (--resume)" if done else ""
     if args.resume and not done:
@@ -348,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
                   desc=f"passkey {args.mode}") as bar:
             cells = evaluate(gen, tokenizer, lengths, depths, args.samples, args.seed, args.batch_size,
                              progress=bar.update, done=done,
-                             on_cell=lambda cells: save_results(summarize(base, cells, lengths, depths), out))
+                             on_cell=lambda cells: save_results(summarize(base, cells, lengths, depths), out),
+                             variant=args.prompt_variant)
         results = summarize(base, cells, lengths, depths)
         save_results(results, out)
     except OutputError as e:
@@ -364,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
               + f"  ({sum(c['seconds'] for c in row):.1f}s, peak {max(c['peak_memory_mb'] for c in row):.0f} MB)",
               file=sys.stderr)
     print(f"wrote {out / RESULTS} and {out / HEATMAP}", file=sys.stderr)
-    print(json.dumps({k: results[k] for k in ("mode", "accuracy", "accuracy_by_length", "seconds")}))
+    print(json.dumps({k: results[k] for k in ("mode", "prompt_variant", "accuracy", "accuracy_by_length",
+                                              "exact_by_length", "seconds")}))
     return 0
 
 

@@ -64,6 +64,7 @@ class StageSection:
     seq_len: int
     chunk_size: int = 0  # 0 = comet.chunk_size (comet.mode=full ignores it)
     passkey_min_len: int = 0  # 0 = data.passkey_min_len
+    passkey_needles: int = 0  # 0 = data.passkey_needles
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class DataSection:
     passkey_min_len: int = 0  # 0 = seq_len
     passkey_digits: int = 5
     passkey_loss: str = "answer"  # "answer": loss on the answer only; "all": on every token
+    # up to this many (needle, question, answer) episodes per sequence: more supervised answers
+    passkey_needles: int = 1
+    passkey_end: str = ""  # text after each answer's key (e.g. "."): the model learns where it stops
     # stages in order; after the last one, the data and comet sections themselves apply
     curriculum: list[StageSection] = field(default_factory=list)
 
@@ -391,7 +395,7 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     `device_count`/`process_count` (from jax) enable the checks against the mesh."""
     m, c, d, o, t, mesh = cfg.model, cfg.comet, cfg.data, cfg.optim, cfg.train, cfg.mesh
     _positive(cfg, "comet.min_chunk data.seq_len "
-                   "data.passkey_digits optim.grad_accum train.steps train.batch_size train.log_every "
+                   "data.passkey_digits data.passkey_needles optim.grad_accum train.steps train.batch_size train.log_every "
                    "mesh.data mesh.fsdp mesh.tensor mesh.stage mesh.slices checkpoint.every checkpoint.keep")
     _positive(cfg, "model.vocab_size data.num_workers data.passkey_min_len "
                    "optim.warmup_steps optim.weight_decay optim.clip_norm optim.memory_lr_mult "
@@ -452,6 +456,9 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     _one_of(cfg, "data.source", SOURCES)
     if d.passkey_loss not in ("answer", "all"):
         raise ConfigError(f"data.passkey_loss must be answer or all, got {d.passkey_loss!r}")
+    if any(ch.isdigit() for ch in d.passkey_end):
+        raise ConfigError(f"data.passkey_end must not contain digits (it marks the end of the key), "
+                          f"got {d.passkey_end!r}; e.g. data.passkey_end=.")
     if d.source != "passkey" and not d.path:
         raise ConfigError(f"data.source={d.source} needs data.path (the {d.source} file or directory)")
     if d.tokenizer == "checkpoint" and m.init == "scratch":
@@ -460,7 +467,8 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     last = 0
     for i, item in enumerate(d.curriculum):
         key = f"data.curriculum[{i}]"
-        for k, minimum in (("until_step", 1), ("seq_len", 1), ("chunk_size", 0), ("passkey_min_len", 0)):
+        for k, minimum in (("until_step", 1), ("seq_len", 1), ("chunk_size", 0), ("passkey_min_len", 0),
+                           ("passkey_needles", 0)):
             if getattr(item, k) < minimum:
                 what = "a positive int" if minimum else "a positive int (or 0: the section's value)"
                 raise ConfigError(f"{key}.{k} must be {what}, got {getattr(item, k)!r}")

@@ -132,6 +132,7 @@ class Stage(NamedTuple):
     seq_len: int
     chunk_size: int
     min_len: int  # shortest passkey example (0: seq_len)
+    needles: int = 1  # most passkey episodes per sequence
 
 
 def curriculum_stage(cfg, step: int) -> Stage:
@@ -140,8 +141,9 @@ def curriculum_stage(cfg, step: int) -> Stage:
     d, c = cfg.data, cfg.comet
     for i, item in enumerate(d.curriculum):
         if step < item.until_step:
-            return Stage(i, item.seq_len, item.chunk_size or c.chunk_size, item.passkey_min_len or d.passkey_min_len)
-    return Stage(len(d.curriculum), d.seq_len, c.chunk_size, d.passkey_min_len)
+            return Stage(i, item.seq_len, item.chunk_size or c.chunk_size, item.passkey_min_len or d.passkey_min_len,
+                         item.passkey_needles or d.passkey_needles)
+    return Stage(len(d.curriculum), d.seq_len, c.chunk_size, d.passkey_min_len, d.passkey_needles)
 
 
 class Trainer:
@@ -198,7 +200,8 @@ class Trainer:
         seq_len, comet = stage.seq_len, self.stage_comet(stage)
         local_batch = cfg.train.batch_size // self.n_processes
         src = make_source(cfg.data, self.tokenizer, seq_len=seq_len,
-                          passkey_min_len=min(stage.min_len or seq_len, seq_len), seed=cfg.run.seed + stage.index,
+                          passkey_min_len=min(stage.min_len or seq_len, seq_len), passkey_needles=stage.needles,
+                          seed=cfg.run.seed + stage.index,
                           vocab_size=self.model.real_vocab, reserved=comet_token_names(self.comet))
         num_chunks = None
         if self.mode == "comet" and self.stages > 1:
