@@ -169,3 +169,31 @@ def test_by_position_buckets_add_up_to_the_loss(comet_ckpt, capsys, tmp_path, mo
     assert (tmp_path / "pos.png").stat().st_size > 1000
     assert eval_loss.main(["--checkpoint", str(root / "ckpt"), "--data", str(data), "--by-position", "16,8"]) == 2
     assert "increasing" in capsys.readouterr().err
+
+
+def test_loss_mask_scores_only_the_marked_tokens(comet_ckpt, capsys, tmp_path):
+    from comet_jax import checkpoint
+    from comet_jax.infer.scoring import token_losses_batch
+
+    root, seqs, _ = comet_ckpt
+    masks = [[int(k % 4 == 3) for k in range(len(s))] for s in seqs]
+    masks[1] = None  # a line without a mask is scored whole
+    data = tmp_path / "masked.jsonl"
+    data.write_text("".join(json.dumps({"input_ids": s, **({"loss_mask": m} if m else {})}) + "\n"
+                            for s, m in zip(seqs, masks)))
+    out = run_main(capsys, "--checkpoint", str(root / "ckpt"), "--data", str(data), "--mode", "comet",
+                   "--by-position", "8")
+    params, model, comet, _ = checkpoint.load(root / "ckpt")
+    full = token_losses_batch(params, [np.asarray(s, np.int32) for s in seqs], 4, model, comet, "comet")
+    want = [x if m is None else x[np.asarray(m, bool)[p]] for (x, p), m in zip(full, masks)]
+    assert [p["n_tokens"] for p in out["per_sequence"]] == [len(w) for w in want]
+    np.testing.assert_allclose([p["loss"] for p in out["per_sequence"]], [w.mean() for w in want], rtol=1e-5)
+    assert sum(b["n_tokens"] for b in out["by_position"]) == sum(len(w) for w in want)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"input_ids": seqs[0], "loss_mask": [1, 0]}) + "\n")
+    assert eval_loss.main(["--checkpoint", str(root / "ckpt"), "--data", str(bad)]) == 2
+    assert "bad.jsonl:1: loss_mask must be" in capsys.readouterr().err
+    none = tmp_path / "none.jsonl"
+    none.write_text(json.dumps({"input_ids": seqs[0], "loss_mask": [1] + [0] * (len(seqs[0]) - 1)}) + "\n")
+    assert eval_loss.main(["--checkpoint", str(root / "ckpt"), "--data", str(none)]) == 2
+    assert "mark no token" in capsys.readouterr().err

@@ -19,7 +19,12 @@ position before them. copy - LM is what memory adds. From the curve (pure functi
   coarse-grained memory length: the longest L such that copy - LM >= --coarse-margin
     (default 0.01: copy still measurably above LM) at L and every shorter length.
 Beyond the coarse length the model is in "amnesia": copying is no better than language
-modelling. Either is null when already the shortest length fails.
+modelling. Either is null when already the shortest length fails. The paper's words: "fine-grained
+memory where the model achieves 99% token replication accuracy, coarse-grained memory where copy
+accuracy surpasses LM accuracy, and the amnesia area where the model completely ignores the
+prefix". Two conventions of the authors' code differ from ours: its x-axis is the length of the
+copied string (our L/2), and it scores the last half of the second copy only (we score all of
+it); it also reports a paired t-test of copy vs LM per length, which we do not.
 
 comet mode scores chunk by chunk, carrying only the memories (constant memory at any length,
 comet_jax/infer/argmax.py); full mode is the plain backbone over the whole sequence, run only

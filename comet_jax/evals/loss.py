@@ -2,7 +2,9 @@
                     [--attention auto|xla|splash|cudnn] [--by-position 1k,4k,16k --plot FILE.png]
 
 Mean next-token cross-entropy of a converted checkpoint over a JSONL file of
-`{"input_ids": [...]}` (or `{"text": ...}` when the checkpoint has a tokenizer).
+`{"input_ids": [...]}` (or `{"text": ...}` when the checkpoint has a tokenizer). A line with
+input_ids may also hold `"loss_mask": [0/1 per token]`: only the tokens it marks are scored
+(e.g. the answers in a long document of questions; the first token is never scored).
 The last line of stdout is one JSON object:
   {"loss": float, "n_tokens": int, "per_sequence": [{"loss": float, "n_tokens": int}, ...]}
 With --by-position E1,E2,... it also holds "by_position": the mean loss of the tokens whose
@@ -52,6 +54,34 @@ def position_warning(seqs, data: str, mode: str, comet, max_positions) -> str | 
     return (f"warning: CoMeT positions are per chunk and a chunk here spans up to {span} positions ({c} text, "
             f"beacons and memory slots), more than the checkpoint's max_position_embeddings {max_positions}; "
             "a smaller --chunk-size keeps them in range")
+
+
+def read_loss_masks(path, seqs) -> list | None:
+    """The "loss_mask" of every line (bool arrays; None for a line without one), or None when no
+    line has one. DataError (naming file:line) for a mask that is not 0/1 of the line's length."""
+    import numpy as np
+
+    from comet_jax.data.jsonl import DataError
+
+    masks = []
+    with open(path, "rb") as f:
+        for lineno, (line, ids) in enumerate(zip(f, seqs), start=1):
+            mask = json.loads(line).get("loss_mask")
+            if mask is not None:
+                arr = np.asarray(mask)
+                if arr.shape != ids.shape or not np.isin(arr, (0, 1)).all():
+                    raise DataError(f"{path}:{lineno}: loss_mask must be {len(ids)} zeros and ones (one per "
+                                    f"token), got {arr.size} values")
+                mask = arr.astype(bool)
+            masks.append(mask)
+    return masks if any(m is not None for m in masks) else None
+
+
+def apply_masks(tokens, masks):
+    """Keep the (loss, position) pairs of the tokens a line's mask marks."""
+    if masks is None:
+        return tokens
+    return [(x, p) if m is None else (x[m[p]], p[m[p]]) for (x, p), m in zip(tokens, masks)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                           reserved=comet_token_names(comet))
         if not seqs:
             raise DataError(f"{args.data}: no sequences")
+        masks = read_loss_masks(args.data, seqs)
         params = checkpoint.load_params(args.checkpoint)
     except (CheckpointError, ConfigError, DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -151,12 +182,16 @@ def main(argv: list[str] | None = None) -> int:
             batch = seqs[i: i + args.batch_size]
             tokens += token_losses_batch(params, batch, args.batch_size, model, comet, args.mode)
             bar.update(len(batch))
+    tokens = apply_masks(tokens, masks)
+    if not sum(len(x) for x, _ in tokens):
+        print(f"error: {args.data}: the loss masks mark no token after the first of its line", file=sys.stderr)
+        return 2
     results = [(float(x.sum()), len(x)) for x, _ in tokens]
     total = sum(s for s, _ in results)
     count = sum(n for _, n in results)
     print(f"{count} tokens in {time.time() - start:.1f}s", file=sys.stderr)
     out = {"loss": total / count, "n_tokens": count,
-           "per_sequence": [{"loss": s / n, "n_tokens": n} for s, n in results]}
+           "per_sequence": [{"loss": s / n if n else None, "n_tokens": n} for s, n in results]}
     if edges is not None:
         out["by_position"] = position_buckets(tokens, edges)
         if args.plot:
