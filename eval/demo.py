@@ -1,4 +1,4 @@
-"""python -m eval.demo [--out docs/demo] [--work runs/demo] [--samples 20] [--quick]
+"""python -m eval.demo [--out docs/demo] [--work runs/demo] [--samples 50] [--seed 0] [--quick]
 
 The passkey demo in one command, on CPU: train three small models from scratch with the
 same budget (configs/demo_passkey.yaml) and evaluate each with `python -m eval.passkey` at
@@ -11,7 +11,13 @@ same budget (configs/demo_passkey.yaml) and evaluate each with `python -m eval.p
 The models train and evaluate side by side, --jobs at a time (default: one per CPU core, at
 most 3), each process pinned to its own share of the cores: on a 2-core CPU two
 single-core processes get ~1.3x the work done of one process using both cores. Child output
-is prefixed with the model's name.
+is prefixed with the model's name. A model that starts when no other is waiting for a core
+group gets every core (it shares them with the models still running, then has them alone).
+
+CoMeT is also evaluated on a held-out prompt (`eval.passkey --prompt-variant held_out`: filler
+sentences and a question wording no training example has). A cell is scored twice: "exact"
+(the first number generated is the key: its digits, then no digit) and "starts with" (the first
+number starts with the key's digits); the table prints exact (starts with).
 
 Full attention costs O(length^2): it is evaluated up to --full-max-mult x the training length
 (default 4x: at 16x one prompt costs ~10 s here, 100 prompts a cell) and reported as not run
@@ -50,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", default="configs/demo_passkey.yaml", help="training config of all three models")
     ap.add_argument("--out", default="docs/demo", help="artefacts directory (default docs/demo)")
     ap.add_argument("--work", default="runs/demo", help="training runs and raw eval outputs (default runs/demo)")
-    ap.add_argument("--samples", type=int, default=20, help="prompts per (length, depth) cell (default 20)")
+    ap.add_argument("--samples", type=int, default=50, help="prompts per (length, depth) cell (default 50)")
+    ap.add_argument("--seed", type=int, default=0, help="training seed of every model (run.seed; default 0)")
     ap.add_argument("--multipliers", default="1,4,16,32,128", help="eval lengths as multiples of the training length")
     ap.add_argument("--depths", default=DEPTHS, help=f"needle depths (default {DEPTHS})")
     ap.add_argument("--full-max-mult", type=float, default=4,
@@ -141,12 +148,17 @@ def train_and_eval(name: str, cores, args, sets, seq_len, samples, depths, mults
     if args.retrain:
         shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.time()
-    if not (run_dir / "model" / "comet_jax.json").is_file():
-        log(f"training {name} ({LABELS[name]})" + (f" on cores {cores}" if cores else ""), name)
-        run(["-m", "train", "--config", args.config, f"run.dir={run_dir}", f"run.name=demo_{name}",
-             *sets, *MODELS[name]], name, cores)
+    overrides = [f"run.dir={run_dir}", f"run.name=demo_{name}", f"run.seed={args.seed}", *sets, *MODELS[name]]
+    finished = (run_dir / "model" / "comet_jax.json").is_file()
+    if finished and not same_config(run_dir, args.config, overrides):
+        log(f"the run in {run_dir} was trained with another config: training again", name)
+        shutil.rmtree(run_dir)
+        finished = False
+    if not finished:
+        log(f"training {name} ({LABELS[name]})" + (f" on cores {cores}" if cores else " on every core"), name)
+        run(["-m", "train", "--config", args.config, *overrides], name, cores)
     else:
-        log(f"reusing the finished run in {run_dir} (--retrain to redo)", name)
+        log(f"reusing the finished run in {run_dir} (same config; --retrain to redo)", name)
     train_s = time.time() - t0
     limit = args.full_max_mult if name == "full" else float("inf")
     lengths = [int(round(m * seq_len)) for m in mults if m <= limit]
@@ -154,12 +166,19 @@ def train_and_eval(name: str, cores, args, sets, seq_len, samples, depths, mults
     t1 = time.time()
     log(f"evaluating at {lengths}" + (f" (not run: {skipped}, full attention is quadratic)" if skipped else ""),
         name)
-    # a fresh evaluation every time (eval.passkey refuses to overwrite the results of an earlier one)
-    shutil.rmtree(work / f"passkey_{name}", ignore_errors=True)
-    run(["-m", "eval.passkey", "--checkpoint", str(run_dir / "model"), "--lengths", ",".join(map(str, lengths)),
-         "--depths", depths, "--samples", str(samples), "--batch-size", str(min(samples, 20)),
-         "--mode", "full" if name == "full" else "comet", "--out", str(work / f"passkey_{name}")], name, cores)
+    variants = ["train", "held_out"] if name == "comet" else ["train"]
+    for variant in variants:
+        out = work / (f"passkey_{name}" + ("" if variant == "train" else f"_{variant}"))
+        # a fresh evaluation every time (eval.passkey refuses to overwrite the results of an earlier one)
+        shutil.rmtree(out, ignore_errors=True)
+        run(["-m", "eval.passkey", "--checkpoint", str(run_dir / "model"), "--lengths", ",".join(map(str, lengths)),
+             "--depths", depths, "--samples", str(samples), "--batch-size", str(min(samples, 25)),
+             "--mode", "full" if name == "full" else "comet", "--prompt-variant", variant, "--out", str(out)],
+            name, cores)
     res = json.loads((work / f"passkey_{name}" / "results.json").read_text())
+    if "held_out" in variants:
+        held = json.loads((work / f"passkey_{name}_held_out" / "results.json").read_text())
+        res["held_out"] = {k: held[k] for k in ("accuracy_by_length", "exact_by_length", "cells")}
     steps, losses = loss_curve(run_dir)
     res.update(train_seconds=round(train_s, 1), eval_seconds=round(time.time() - t1, 1), cores=cores,
                not_run_lengths=skipped, train_loss={"steps": steps, "loss": losses},
@@ -167,6 +186,14 @@ def train_and_eval(name: str, cores, args, sets, seq_len, samples, depths, mults
     log(f"done: trained in {train_s / 60:.1f} min, evaluated in {(time.time() - t1) / 60:.1f} min, "
         f"accuracy by length {res['accuracy_by_length']}", name)
     return res
+
+
+def same_config(run_dir: Path, config: str, overrides: list[str]) -> bool:
+    """Whether the run in run_dir was trained with exactly this config (its resolved config.yaml)."""
+    from comet_jax.train.train_config import dump_yaml, load_config
+
+    saved = run_dir / "config.yaml"
+    return saved.is_file() and saved.read_text() == dump_yaml(load_config(config, overrides))
 
 
 def train_seq_len(config: str, overrides: list[str]) -> int:
@@ -258,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    results: dict = {"config": args.config, "overrides": sets, "train_seq_len": seq_len, "samples": samples,
+    results: dict = {"config": args.config, "overrides": sets, "seed": args.seed, "train_seq_len": seq_len,
+                     "samples": samples,
                      "multipliers": mults, "models": {}}
     jobs = args.jobs or min(len(available_cores()), 3)
     jobs = max(1, min(jobs, len(models)))
@@ -269,11 +297,18 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{len(models)} models, {jobs} at a time" + (f", cores {groups}" if jobs > 1 else ""))
 
     first_error: list[RuntimeError] = []
+    waiting = list(models)
+    waiting_lock = threading.Lock()
 
     def one_model(name: str) -> dict:
         cores = free.get()
+        with waiting_lock:
+            waiting.remove(name)
+            last = not waiting
         try:
-            return train_and_eval(name, cores, args, sets, seq_len, samples, depths, mults, work)
+            # the last model to start takes every core: once the others finish, none idles
+            use = None if last and jobs > 1 and len(models) > jobs else cores
+            return train_and_eval(name, use, args, sets, seq_len, samples, depths, mults, work)
         except RuntimeError as e:
             if stop_children():
                 log(f"error: {e}; stopping the other models", name)
@@ -305,16 +340,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary_table(results: dict) -> str:
-    """Markdown table: model x length, mean accuracy over depths."""
+    """Markdown table: model x length, mean over depths of exact match (and of "starts with")."""
     seq = results["train_seq_len"]
     lengths = sorted({int(n) for r in results["models"].values() for n in r["accuracy_by_length"]}
                      | {int(n) for r in results["models"].values() for n in r.get("not_run_lengths", [])})
     head = "| model | " + " | ".join(f"{n} ({n / seq:g}x)" for n in lengths) + " |"
     rows = [head, "|" + " --- |" * (len(lengths) + 1)]
-    for name, r in results["models"].items():
+
+    def row(label: str, r: dict) -> str:
         acc = {int(k): v for k, v in r["accuracy_by_length"].items()}
-        rows.append(f"| {LABELS.get(name, name)} | " + " | ".join(
-            f"{acc[n]:.2f}" if n in acc else "not run" for n in lengths) + " |")
+        exact = {int(k): v for k, v in r.get("exact_by_length", {}).items()}
+        return f"| {label} | " + " | ".join(
+            (f"{exact[n]:.2f} ({acc[n]:.2f})" if n in exact else f"{acc[n]:.2f}") if n in acc else "not run"
+            for n in lengths) + " |"
+
+    for name, r in results["models"].items():
+        rows.append(row(LABELS.get(name, name), r))
+        if "held_out" in r:
+            rows.append(row(LABELS.get(name, name) + ", held-out prompt", r["held_out"]))
     return "\n".join(rows)
 
 

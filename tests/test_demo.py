@@ -24,8 +24,18 @@ def test_quick_demo_writes_every_artefact(tmp_path):
     for name, r in res["models"].items():
         assert len(r["cells"]) == 2 * 2 and r["train_loss"]["steps"] == [1, 2, 3, 4]
         assert r["train"]["mode"] == ("full" if name == "full" else "comet")
-    assert "| CoMeT (memory) |" in proc.stdout  # the summary table
+    assert "| CoMeT (memory) |" in proc.stdout and "| CoMeT (memory), held-out prompt |" in proc.stdout
     assert "[comet] " in proc.stderr and "[nomem] " in proc.stderr  # child output, prefixed
+    assert set(res["models"]["comet"]["held_out"]["exact_by_length"]) == set(res["models"]["comet"]["accuracy_by_length"])
+    assert res["seed"] == 0
+    # the last model to start (nomem, with 2+ cores) runs on every core
+    assert "training nomem (CoMeT, memory off) on every core" in proc.stderr or len(os.sched_getaffinity(0)) < 2
+    # a finished run is reused only when its config is the same
+    again = [sys.executable, "-m", "eval.demo", "--quick", "--out", str(out), "--work", str(work), "--models", "nomem"]
+    proc = subprocess.run(again, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0 and "reusing the finished run" in proc.stderr, proc.stderr[-3000:]
+    proc = subprocess.run(again + ["--seed", "1"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0 and "trained with another config" in proc.stderr, proc.stderr[-3000:]
 
 
 def test_bad_arguments():
