@@ -222,3 +222,22 @@ def test_held_out_variant_uses_new_sentences_of_trained_words():
     assert len(tok.encode(" The sun is purple.").ids) > len(tok.pre_tokenizer.pre_tokenize_str(" The sun is purple."))
     with pytest.raises(ValueError, match="variant"):
         build_prompt(tok, 400, 0.5, "12345", variant="other")
+
+
+def test_questions_ask_the_same_key_again(tok):
+    src = PasskeySource(tok, min_len=700, max_len=1500, seed=5, questions=3, end=".")
+    counts = []
+    for i in range(20):
+        rec, episodes = src[i], src.episodes(i)
+        ids, mask = rec["input_ids"], rec["loss_mask"]
+        text = tok.decode(ids.tolist())
+        keys = re.findall(r"The pass key is (\d+)\. Remember it\.", text)
+        answers = re.findall(re.escape(QUESTION) + r" (\d+)\.", text)
+        assert len(keys) == 1 and answers == keys * len(episodes) and len(ids) <= 1500
+        assert episodes[0][2]["needle_offset"] is not None
+        assert all(e[2]["needle_offset"] is None for e in episodes[1:])  # no needle before a repeat
+        assert tok.decode(ids[mask].tolist()) == f" {keys[0]}." * len(episodes)
+        counts.append(len(episodes))
+    assert set(counts) == {1, 2, 3}
+    with pytest.raises(ValueError, match="questions"):
+        PasskeySource(tok, max_len=400, questions=0)

@@ -156,6 +156,7 @@ def test_validate_mesh_and_batch():
     (["data.curriculum=[{until_step: 10, seq_len: 64, passkey_needles: -1}]"],
      r"data\.curriculum\[0\]\.passkey_needles must be a positive"),
     (["data.passkey_needles=0"], r"data\.passkey_needles"),
+    (["data.passkey_questions=0"], r"data\.passkey_questions"),
     (["data.passkey_end=1."], r"data\.passkey_end must not contain digits"),
 ])
 def test_validate_errors(overrides, match):

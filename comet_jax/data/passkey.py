@@ -158,23 +158,25 @@ class PasskeySource:
     needles > 1: a record holds 1..needles episodes (uniform; as many as fit the length),
     each its own filler with its own key at its own depth, then the question and that key
     as the answer, all after one task line: several supervised answers per sequence, each
-    about the latest key. end: text after every answer's digits (e.g. "." so that a model
-    learns where the key stops and exact match can be scored). needles=1 and end="" give
+    about the latest key. questions > 1: each needle is asked about 1..questions times (uniform;
+    as many as fit), each question after more filler, each answer supervised (more labelled
+    tokens per sequence with no newer key to forget the old one for). end: text after every answer's digits (e.g. "." so that a model
+    learns where the key stops and exact match can be scored). needles=1, questions=1 and end="" give
     the records of the plain source, unchanged.
     """
 
     def __init__(self, tokenizer: Any, *, max_len: int, min_len: int | None = None, digits: int = 5,
                  seed: int = 0, num_records: int = 10**9, prefix_ids: Sequence[int] = (), loss_on: str = "answer",
-                 needles: int = 1, end: str = ""):
+                 needles: int = 1, questions: int = 1, end: str = ""):
         if digits < 1:
             raise ValueError(f"digits must be >= 1, got {digits}")
-        if needles < 1:
-            raise ValueError(f"passkey needles must be >= 1, got {needles}")
+        if needles < 1 or questions < 1:
+            raise ValueError(f"passkey needles and questions must be >= 1, got {needles} and {questions}")
         if loss_on not in LOSS_ON:
             raise ValueError(f"passkey loss_on must be one of {LOSS_ON}, got {loss_on!r}")
         if any(ch.isdigit() for ch in end):
             raise ValueError(f"passkey end {end!r} must not contain digits (it marks where the key stops)")
-        self.loss_on, self.needles = loss_on, int(needles)
+        self.loss_on, self.needles, self.questions = loss_on, int(needles), int(questions)
         self._parts = _Parts(tokenizer, prefix_ids, end=end)
         self.digits, self.seed, self.num_records = int(digits), int(seed), int(num_records)
         # Keys can tokenize to different lengths (BPE); take the longest of a few probes.
@@ -182,6 +184,7 @@ class PasskeySource:
         self.shortest = max(self._parts.minimum(k) + len(self._parts.answer(k)) for k in probes)
         # tokens one more episode adds at least (needle, question, answer)
         self.episode_tokens = max(self._parts.episode_minimum(k) + len(self._parts.answer(k)) for k in probes)
+        self.question_tokens = len(self._parts.question) + max(len(self._parts.answer(k)) for k in probes)
         self.min_len = self.shortest if min_len is None else int(min_len)
         self.max_len = int(max_len)
         if self.min_len < self.shortest:
@@ -196,7 +199,7 @@ class PasskeySource:
     def __repr__(self) -> str:
         return (f"PasskeySource(min_len={self.min_len}, max_len={self.max_len}, digits={self.digits}, "
                 f"seed={self.seed}, num_records={self.num_records}, prefix={self._parts.prefix.tolist()}, "
-                f"needles={self.needles}, end={self._parts.end!r})")
+                f"needles={self.needles}, questions={self.questions}, end={self._parts.end!r})")
 
     def _draw(self, index: int):
         if not 0 <= index < self.num_records:
@@ -218,33 +221,46 @@ class PasskeySource:
         return self._parts.build(n, depth, key)
 
     def episodes(self, index: int) -> list[tuple[np.ndarray, np.ndarray, dict]]:
-        """Record `index` as (prompt ids, answer ids, info) per episode; the first prompt starts
-        with the prefix and task line, their concatenation (with the answers) is the record."""
+        """Record `index` as (prompt ids, answer ids, info) per question; the first prompt starts
+        with the prefix and task line, their concatenation (with the answers) is the record.
+        A prompt that asks again about the key before it has no needle (info["needle_offset"] None)."""
         rng, key, depth, length = self._draw(index)
         count = int(rng.integers(1, self.needles + 1)) if self.needles > 1 else 1
-        # as many episodes as fit: the first one takes `shortest`, each further one `episode_tokens`
-        count = max(1, min(count, 1 + (length - self.shortest) // self.episode_tokens))
-        if count == 1:
+        asks = int(rng.integers(1, self.questions + 1)) if self.questions > 1 else 1
+        # as many as fit: the first episode takes `shortest`, a further needle `episode_tokens`,
+        # a further question `question_tokens` (fewer questions first, then fewer needles)
+        while count * asks > 1 and (self.shortest + (count - 1) * self.episode_tokens
+                                    + count * (asks - 1) * self.question_tokens) > length:
+            count, asks = (count, asks - 1) if asks > 1 else (count - 1, asks)
+        if count * asks == 1:
             return [self.example(index)]
         keys = [key] + [random_key(rng, self.digits) for _ in range(count - 1)]
         depths = [depth] + [float(d) for d in rng.random(count - 1)]
-        answers = [self._parts.answer(k) for k in keys]
+        plan = [(k, d if j == 0 else None) for k, d in zip(keys, depths) for j in range(asks)]
+        answers = [self._parts.answer(k) for k, _ in plan]
         lead = len(self._parts.prefix) + len(self._parts.task)
-        minima = [self._parts.episode_minimum(k) + len(a) for k, a in zip(keys, answers)]
+        minima = [(self._parts.episode_minimum(k) if d is not None else len(self._parts.question)) + len(a)
+                  for (k, d), a in zip(plan, answers)]
         slack = length - lead - sum(minima)
-        cuts = np.diff(np.concatenate([[0], np.sort(rng.integers(0, slack + 1, size=count - 1)), [slack]]))
+        cuts = np.diff(np.concatenate([[0], np.sort(rng.integers(0, slack + 1, size=len(plan) - 1)), [slack]]))
         out = []
-        for i, (k, d, a, m, extra) in enumerate(zip(keys, depths, answers, minima, cuts)):
-            body, offset, before, n_sent = self._parts.episode(int(m + extra - len(a)), d, k)
+        for i, ((k, d), a, m, extra) in enumerate(zip(plan, answers, minima, cuts)):
+            budget = int(m + extra - len(a))
+            if d is None:  # the same key asked again after more filler
+                n_sent = self._parts.fitting(budget - len(self._parts.question))
+                body, offset, before = np.concatenate([self._parts.filler(n_sent), self._parts.question]), None, None
+            else:
+                body, offset, before, n_sent = self._parts.episode(budget, d, k)
             head = np.concatenate([self._parts.prefix, self._parts.task]) if i == 0 else body[:0]
             out.append((np.concatenate([head, body]).astype(np.int32), a,
-                        dict(needle_offset=int(len(head) + offset), sentences_before=before, num_sentences=int(n_sent),
-                             depth=d, key=k)))
+                        dict(needle_offset=None if offset is None else int(len(head) + offset),
+                             sentences_before=before, num_sentences=int(n_sent), depth=d, key=k)))
         return out
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         parts, masks = [], []
-        for prompt, answer, _ in (self.episodes(int(index)) if self.needles > 1 else [self.example(int(index))]):
+        several = self.needles > 1 or self.questions > 1
+        for prompt, answer, _ in (self.episodes(int(index)) if several else [self.example(int(index))]):
             parts += [prompt, answer]
             masks += [np.full(len(prompt), self.loss_on == "all"), np.ones(len(answer), bool)]
         ids = np.concatenate(parts).astype(np.int32)

@@ -83,6 +83,8 @@ class DataSection:
     passkey_loss: str = "answer"  # "answer": loss on the answer only; "all": on every token
     # up to this many (needle, question, answer) episodes per sequence: more supervised answers
     passkey_needles: int = 1
+    # each needle asked about up to this many times, after more filler each time: more labels
+    passkey_questions: int = 1
     passkey_end: str = ""  # text after each answer's key (e.g. "."): the model learns where it stops
     # stages in order; after the last one, the data and comet sections themselves apply
     curriculum: list[StageSection] = field(default_factory=list)
@@ -395,7 +397,7 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     `device_count`/`process_count` (from jax) enable the checks against the mesh."""
     m, c, d, o, t, mesh = cfg.model, cfg.comet, cfg.data, cfg.optim, cfg.train, cfg.mesh
     _positive(cfg, "comet.min_chunk data.seq_len "
-                   "data.passkey_digits data.passkey_needles optim.grad_accum train.steps train.batch_size train.log_every "
+                   "data.passkey_digits data.passkey_needles data.passkey_questions optim.grad_accum train.steps train.batch_size train.log_every "
                    "mesh.data mesh.fsdp mesh.tensor mesh.stage mesh.slices checkpoint.every checkpoint.keep")
     _positive(cfg, "model.vocab_size data.num_workers data.passkey_min_len "
                    "optim.warmup_steps optim.weight_decay optim.clip_norm optim.memory_lr_mult "
