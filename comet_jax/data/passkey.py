@@ -213,6 +213,9 @@ class PasskeySource:
     def example(self, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
         """(prompt ids, answer ids, info) of record `index` (its first episode when needles > 1)."""
         _, key, depth, length = self._draw(index)
+        return self._one(index, key, depth, length)
+
+    def _one(self, index: int, key: str, depth: float, length: int):
         answer = self._parts.answer(key)
         n = max(length - len(answer), self._parts.minimum(key))
         if n + len(answer) > self.max_len:
@@ -233,7 +236,7 @@ class PasskeySource:
                                     + count * (asks - 1) * self.question_tokens) > length:
             count, asks = (count, asks - 1) if asks > 1 else (count - 1, asks)
         if count * asks == 1:
-            return [self.example(index)]
+            return [self._one(index, key, depth, length)]
         keys = [key] + [random_key(rng, self.digits) for _ in range(count - 1)]
         depths = [depth] + [float(d) for d in rng.random(count - 1)]
         plan = [(k, d if j == 0 else None) for k, d in zip(keys, depths) for j in range(asks)]
@@ -259,8 +262,7 @@ class PasskeySource:
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         parts, masks = [], []
-        several = self.needles > 1 or self.questions > 1
-        for prompt, answer, _ in (self.episodes(int(index)) if several else [self.example(int(index))]):
+        for prompt, answer, _ in self.episodes(int(index)):
             parts += [prompt, answer]
             masks += [np.full(len(prompt), self.loss_on == "all"), np.ones(len(answer), bool)]
         ids = np.concatenate(parts).astype(np.int32)
