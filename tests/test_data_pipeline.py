@@ -190,6 +190,7 @@ def test_make_source(tmp_path, tok):
     assert make_source(Cfg(), None, seed=6)[0]["input_ids"].tolist() != pk[0]["input_ids"].tolist()
     many = make_source(Cfg(), None, passkey_needles=3, passkey_end=".")
     assert many.needles == 3 and max(len(many.episodes(i)) for i in range(10)) > 1
+    assert make_source(Cfg(), None, passkey_filler="random").random_filler and not pk.random_filler
     with pytest.raises(ValueError, match="unknown source"):
         make_source(source="parquet", path="x")
 

@@ -241,3 +241,31 @@ def test_questions_ask_the_same_key_again(tok):
     assert set(counts) == {1, 2, 3}
     with pytest.raises(ValueError, match="questions"):
         PasskeySource(tok, max_len=400, questions=0)
+
+
+@pytest.mark.parametrize("questions", [1, 3])
+def test_random_filler_draws_training_sentences_in_any_order(tok, questions):
+    src = PasskeySource(tok, min_len=400, max_len=1200, seed=3, questions=questions, end=".", filler="random")
+    cyc = PasskeySource(tok, min_len=400, max_len=1200, seed=3, questions=questions, end=".")
+    starts = set()
+    for i in range(12):
+        rec, episodes = src[i], src.episodes(i)
+        ids, mask = rec["input_ids"], rec["loss_mask"]
+        assert 400 <= len(ids) <= 1200 and len(episodes) >= 1
+        # the same key and answers as the cycling source: only the filler differs
+        assert tok.decode(ids[mask].tolist()) == tok.decode(cyc[i]["input_ids"][cyc[i]["loss_mask"]].tolist())
+        info = episodes[0][2]
+        key = info["key"]
+        ndl = tok.encode(" " + needle(key).rstrip(" ")).ids
+        assert ids[info["needle_offset"]: info["needle_offset"] + len(ndl)].tolist() == ndl
+        text = tok.decode(ids.tolist())
+        filler = text.replace(TASK.strip(), "").replace(needle(key).strip(), "")
+        filler = filler.replace(f"{QUESTION} {key}.", "")
+        found = re.findall(r"[^.]*\.", filler)
+        assert found and all(s.strip() in FILLER_SENTENCES for s in found)
+        assert " ".join(s.strip() for s in found) == " ".join(filler.split())  # nothing else left
+        starts.add(tuple(s.strip() for s in found[:4]))
+        assert not np.array_equal(ids, cyc[i]["input_ids"])
+    assert len(starts) > 6  # not a fixed cycle
+    with pytest.raises(ValueError, match="filler"):
+        PasskeySource(tok, max_len=400, filler="shuffled")

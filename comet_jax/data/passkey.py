@@ -87,28 +87,44 @@ class _Parts:
         """Shortest needle + question (no filler, no task line) for this key."""
         return len(self.needle(key)) + len(self.question)
 
-    def filler(self, count: int) -> np.ndarray:
-        """The first `count` filler sentences (cycling), concatenated."""
+    def filler(self, count: int, order: np.ndarray | None = None) -> np.ndarray:
+        """The first `count` filler sentences, concatenated: the fixed cycle, or with `order`
+        (sentence indices) those sentences in that order."""
+        if order is not None:
+            return np.concatenate([self.cycle[:0]] + [self.sentences[i] for i in order[:count]])
         q, r = divmod(count, len(self.sentences))
         tail = self.cycle[: self.cum[r - 1]] if r else self.cycle[:0]
         return np.concatenate([np.tile(self.cycle, q), tail])
 
-    def fitting(self, budget: int) -> int:
-        """Most filler sentences whose tokens fit in `budget`."""
+    def fitting(self, budget: int, order: np.ndarray | None = None) -> int:
+        """Most filler sentences (of the cycle, or of `order`) whose tokens fit in `budget`."""
+        if order is not None:
+            cum = np.cumsum([len(self.sentences[i]) for i in order])
+            if len(cum) and cum[-1] <= budget:
+                raise ValueError(f"a random filler order of {len(order)} sentences is too short for {budget} tokens")
+            return int(np.searchsorted(cum, budget, side="right"))
         q, rest = divmod(budget, int(self.cum[-1]))
         return q * len(self.sentences) + int(np.searchsorted(self.cum, rest, side="right"))
 
-    def episode(self, n_tokens: int, depth: float, key: str):
+    def random_order(self, rng: np.random.Generator, n_tokens: int) -> np.ndarray:
+        """Sentence indices drawn uniformly, enough to fill more than n_tokens."""
+        shortest = min(len(s) for s in self.sentences)
+        return rng.integers(0, len(self.sentences), size=max(n_tokens, 0) // shortest + 1)
+
+    def episode(self, n_tokens: int, depth: float, key: str, rng: np.random.Generator | None = None):
         """Filler with the needle after `depth` of it, then the question: at most n_tokens.
+        The filler cycles through the sentences, or with `rng` draws each sentence at random.
         Returns (ids, needle offset in them, sentences before the needle, sentences)."""
         ndl = self.needle(key)
-        n_sent = self.fitting(n_tokens - len(ndl) - len(self.question))
+        budget = n_tokens - len(ndl) - len(self.question)
+        order = None if rng is None else self.random_order(rng, budget)
+        n_sent = self.fitting(budget, order)
         before = int(round(depth * n_sent))
-        head = self.filler(before)
-        body = self.filler(n_sent)
+        head = self.filler(before, order)
+        body = self.filler(n_sent, order)
         return np.concatenate([head, ndl, body[len(head):], self.question]), len(head), before, n_sent
 
-    def build(self, n_tokens: int, depth: float, key: str):
+    def build(self, n_tokens: int, depth: float, key: str, rng: np.random.Generator | None = None):
         fixed = self.minimum(key)
         if n_tokens < fixed:
             raise ValueError(f"n_tokens={n_tokens} is too small for the passkey prompt: the task line, "
@@ -116,7 +132,7 @@ class _Parts:
         if not 0.0 <= depth <= 1.0:
             raise ValueError(f"depth must be in [0, 1], got {depth}")
         lead = len(self.prefix) + len(self.task)
-        body, offset, before, n_sent = self.episode(n_tokens - lead, depth, key)
+        body, offset, before, n_sent = self.episode(n_tokens - lead, depth, key, rng)
         ids = np.concatenate([self.prefix, self.task, body])
         info = dict(needle_offset=int(lead + offset), needle_len=int(len(self.needle(key))), sentences_before=before,
                     num_sentences=int(n_sent), depth=float(depth), key=key, minimum=int(fixed))
@@ -144,6 +160,7 @@ def random_key(rng: np.random.Generator, digits: int = 5) -> str:
 
 
 LOSS_ON = ("answer", "all")
+FILLER_ORDERS = ("cycle", "random")
 
 
 class PasskeySource:
@@ -161,19 +178,24 @@ class PasskeySource:
     about the latest key. questions > 1: each needle is asked about 1..questions times (uniform;
     as many as fit), each question after more filler, each answer supervised (more labelled
     tokens per sequence with no newer key to forget the old one for). end: text after every answer's digits (e.g. "." so that a model
-    learns where the key stops and exact match can be scored). needles=1, questions=1 and end="" give
-    the records of the plain source, unchanged.
+    learns where the key stops and exact match can be scored). filler="random": every filler
+    sentence drawn at random from the training sentences instead of their fixed cycle (a model
+    then cannot key its read or write on one exact context). needles=1, questions=1, end="" and
+    filler="cycle" give the records of the plain source, unchanged.
     """
 
     def __init__(self, tokenizer: Any, *, max_len: int, min_len: int | None = None, digits: int = 5,
                  seed: int = 0, num_records: int = 10**9, prefix_ids: Sequence[int] = (), loss_on: str = "answer",
-                 needles: int = 1, questions: int = 1, end: str = ""):
+                 needles: int = 1, questions: int = 1, end: str = "", filler: str = "cycle"):
         if digits < 1:
             raise ValueError(f"digits must be >= 1, got {digits}")
         if needles < 1 or questions < 1:
             raise ValueError(f"passkey needles and questions must be >= 1, got {needles} and {questions}")
         if loss_on not in LOSS_ON:
             raise ValueError(f"passkey loss_on must be one of {LOSS_ON}, got {loss_on!r}")
+        if filler not in FILLER_ORDERS:
+            raise ValueError(f"passkey filler must be one of {FILLER_ORDERS}, got {filler!r}")
+        self.random_filler = filler == "random"
         if any(ch.isdigit() for ch in end):
             raise ValueError(f"passkey end {end!r} must not contain digits (it marks where the key stops)")
         self.loss_on, self.needles, self.questions = loss_on, int(needles), int(questions)
@@ -199,7 +221,8 @@ class PasskeySource:
     def __repr__(self) -> str:
         return (f"PasskeySource(min_len={self.min_len}, max_len={self.max_len}, digits={self.digits}, "
                 f"seed={self.seed}, num_records={self.num_records}, prefix={self._parts.prefix.tolist()}, "
-                f"needles={self.needles}, questions={self.questions}, end={self._parts.end!r})")
+                f"needles={self.needles}, questions={self.questions}, end={self._parts.end!r}, "
+                f"filler={'random' if self.random_filler else 'cycle'!r})")
 
     def _draw(self, index: int):
         if not 0 <= index < self.num_records:
@@ -212,16 +235,16 @@ class PasskeySource:
 
     def example(self, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
         """(prompt ids, answer ids, info) of record `index` (its first episode when needles > 1)."""
-        _, key, depth, length = self._draw(index)
-        return self._one(index, key, depth, length)
+        rng, key, depth, length = self._draw(index)
+        return self._one(index, key, depth, length, rng)
 
-    def _one(self, index: int, key: str, depth: float, length: int):
+    def _one(self, index: int, key: str, depth: float, length: int, rng: np.random.Generator):
         answer = self._parts.answer(key)
         n = max(length - len(answer), self._parts.minimum(key))
         if n + len(answer) > self.max_len:
             raise ValueError(f"passkey record {index}: key {key} needs {n + len(answer)} tokens > "
                              f"max_len={self.max_len}")
-        return self._parts.build(n, depth, key)
+        return self._parts.build(n, depth, key, rng if self.random_filler else None)
 
     def episodes(self, index: int) -> list[tuple[np.ndarray, np.ndarray, dict]]:
         """Record `index` as (prompt ids, answer ids, info) per question; the first prompt starts
@@ -236,7 +259,7 @@ class PasskeySource:
                                     + count * (asks - 1) * self.question_tokens) > length:
             count, asks = (count, asks - 1) if asks > 1 else (count - 1, asks)
         if count * asks == 1:
-            return [self._one(index, key, depth, length)]
+            return [self._one(index, key, depth, length, rng)]
         keys = [key] + [random_key(rng, self.digits) for _ in range(count - 1)]
         depths = [depth] + [float(d) for d in rng.random(count - 1)]
         plan = [(k, d if j == 0 else None) for k, d in zip(keys, depths) for j in range(asks)]
@@ -250,10 +273,11 @@ class PasskeySource:
         for i, ((k, d), a, m, extra) in enumerate(zip(plan, answers, minima, cuts)):
             budget = int(m + extra - len(a))
             if d is None:  # the same key asked again after more filler
-                n_sent = self._parts.fitting(budget - len(self._parts.question))
-                body, offset, before = np.concatenate([self._parts.filler(n_sent), self._parts.question]), None, None
+                order = self._parts.random_order(rng, budget) if self.random_filler else None
+                n_sent = self._parts.fitting(budget - len(self._parts.question), order)
+                body, offset, before = np.concatenate([self._parts.filler(n_sent, order), self._parts.question]), None, None
             else:
-                body, offset, before, n_sent = self._parts.episode(budget, d, k)
+                body, offset, before, n_sent = self._parts.episode(budget, d, k, rng if self.random_filler else None)
             head = np.concatenate([self._parts.prefix, self._parts.task]) if i == 0 else body[:0]
             out.append((np.concatenate([head, body]).astype(np.int32), a,
                         dict(needle_offset=None if offset is None else int(len(head) + offset),

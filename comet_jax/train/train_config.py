@@ -86,6 +86,8 @@ class DataSection:
     # each needle asked about up to this many times, after more filler each time: more labels
     passkey_questions: int = 1
     passkey_end: str = ""  # text after each answer's key (e.g. "."): the model learns where it stops
+    # "random": filler sentences drawn at random instead of their fixed cycle (varied contexts)
+    passkey_filler: str = "cycle"
     # stages in order; after the last one, the data and comet sections themselves apply
     curriculum: list[StageSection] = field(default_factory=list)
 
@@ -458,6 +460,8 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     _one_of(cfg, "data.source", SOURCES)
     if d.passkey_loss not in ("answer", "all"):
         raise ConfigError(f"data.passkey_loss must be answer or all, got {d.passkey_loss!r}")
+    if d.passkey_filler not in ("cycle", "random"):
+        raise ConfigError(f"data.passkey_filler must be cycle or random, got {d.passkey_filler!r}")
     if any(ch.isdigit() for ch in d.passkey_end):
         raise ConfigError(f"data.passkey_end must not contain digits (it marks the end of the key), "
                           f"got {d.passkey_end!r}; e.g. data.passkey_end=.")
