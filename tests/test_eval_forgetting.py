@@ -12,7 +12,7 @@ from comet_jax.config import ModelConfig
 from comet_jax.convert.hf_import import added_tokens, comet_for_vocab, padded_vocab
 from comet_jax.data.jsonl import comet_token_names
 from comet_jax.evals.forgetting import (main, make_pair, memory_lengths, parse_lengths, samples_for,
-                                        second_half_correct, text_vocab)
+                                        score_length, second_half_correct, text_vocab)
 from comet_jax.infer.argmax import comet_predictions, full_predictions
 from comet_jax.model import backbone
 from comet_jax.model.comet import text_logits
@@ -52,8 +52,8 @@ def test_vocab_and_pairs():
         assert not np.array_equal(lm[:h], copy[:h])
         assert np.isin(np.concatenate([copy, lm]), vocab).all()
     # each length has its own seed: the same strings whatever else is run
-    a, b = samples_for(3, 64, 2, vocab), samples_for(3, 64, 2, vocab)
-    assert all(np.array_equal(x, y) for p, q in zip(a, b) for x, y in zip(p, q))
+    a, b = list(samples_for(3, 64, 2, vocab)), list(samples_for(3, 64, 2, vocab))
+    assert len(a) == 2 and all(np.array_equal(x, y) for p, q in zip(a, b) for x, y in zip(p, q))
 
 
 def test_second_half_only_is_scored():
@@ -110,6 +110,28 @@ def test_comet_argmax_equals_full_teacher_forced_logits(ckpt):
     full = full_predictions(params, seqs, 2, MODEL)
     ref_full = np.asarray(backbone.full_logits(params, full_tokens(seqs), np.array([70, 37]), MODEL)).argmax(-1)
     assert np.array_equal(full[0], ref_full[0]) and np.array_equal(full[1, :37], ref_full[1, :37])
+
+
+@pytest.mark.parametrize("mode", ["comet", "full"])
+def test_score_length_streams_pairs_in_batches(ckpt, mode):
+    """Pairs drawn lazily, a batch splitting a pair (3 rows of 6): the same counts as scoring each
+    sequence alone with second_half_correct."""
+    _, params = ckpt
+    vocab = text_vocab(MODEL.real_vocab, comet_token_names(COMET))
+    pairs = list(samples_for(7, 48, 3, vocab))
+    want = np.zeros((2, 2), np.int64)
+    for pair in pairs:
+        for k, seq in enumerate(pair):
+            if mode == "full":
+                want[k] += second_half_correct(seq, np.arange(len(seq)), full_predictions(params, [seq], 1, MODEL)[0])
+            else:
+                def add(index, pred, k=k, seq=seq):
+                    want[k] += second_half_correct(seq, index[0], pred[0])
+                comet_predictions(params, [seq], 1, MODEL, COMET, 2, on_block=add)
+    assert 0 < want[0, 0] < want[0, 1]  # some right, some wrong: the counts can tell rows apart
+    copy, lm = score_length(params, MODEL, COMET, mode, samples_for(7, 48, 3, vocab), 3, 2, n_pairs=3)
+    assert (copy, lm) == (want[0, 0] / want[0, 1], want[1, 0] / want[1, 1])
+    assert score_length(params, MODEL, COMET, mode, pairs, 3, 2) == (copy, lm)
 
 
 def full_tokens(seqs):

@@ -40,10 +40,12 @@ is one JSON object.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -99,10 +101,12 @@ def make_pair(rng: np.random.Generator, vocab: np.ndarray, length: int) -> tuple
     return np.concatenate([r, r]).astype(np.int32), np.concatenate([p, r]).astype(np.int32)
 
 
-def samples_for(seed: int, length: int, samples: int, vocab: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The pairs of one length (their own seed: a length's numbers do not depend on the others)."""
+def samples_for(seed: int, length: int, samples: int, vocab: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The pairs of one length (their own seed: a length's numbers do not depend on the others),
+    drawn one at a time as they are consumed: at 1M tokens a pair holds ~12 MB of host memory,
+    and scoring holds only the batch it works on."""
     rng = np.random.default_rng([seed, length])
-    return [make_pair(rng, vocab, length) for _ in range(samples)]
+    return (make_pair(rng, vocab, length) for _ in range(samples))
 
 
 def vocab_digest(x) -> str:
@@ -138,20 +142,23 @@ def memory_lengths(curve: list[dict], fine_threshold: float = FINE_THRESHOLD,
 
 # ----------------------------------------------------------------------------- running
 
-def score_length(params, model, comet, mode: str, pairs, batch_size: int, block_chunks: int,
-                 progress=None) -> tuple[float, float]:
-    """(copy accuracy, lm accuracy) over the pairs of one length."""
+def score_length(params, model, comet, mode: str, pairs: Iterable, batch_size: int, block_chunks: int,
+                 progress=None, n_pairs: int | None = None) -> tuple[float, float]:
+    """(copy accuracy, lm accuracy) over the pairs of one length. `pairs` may be an iterator
+    (then n_pairs is its length): its sequences are drawn one batch at a time."""
     from comet_jax.infer.argmax import comet_predictions, full_predictions
 
-    rows = [s for pair in pairs for s in pair]  # copy, lm, copy, lm, ...
-    counts = np.zeros((len(rows), 2), np.int64)  # correct, scored
-    bs = min(batch_size, len(rows))  # padded rows would cost as much as real ones
-    for i in range(0, len(rows), bs):
-        part = rows[i: i + bs]
+    n_rows = 2 * (len(pairs) if n_pairs is None else n_pairs)
+    rows = (s for pair in pairs for s in pair)  # copy, lm, copy, lm, ...
+    totals = np.zeros((2, 2), np.int64)  # (copy, lm) x (correct, scored)
+    bs = min(batch_size, n_rows)  # padded rows would cost as much as real ones
+    i = 0
+    while part := list(itertools.islice(rows, bs)):
+        counts = np.zeros((bs, 2), np.int64)
         if mode == "comet":
-            def on_block(index, pred, part=part, i=i):
+            def on_block(index, pred, part=part, counts=counts):
                 for r, seq in enumerate(part):
-                    counts[i + r] += second_half_correct(seq, index[r], pred[r])
+                    counts[r] += second_half_correct(seq, index[r], pred[r])
                 if progress is not None:
                     progress(int(np.sum(index[: len(part)] >= 0)))
 
@@ -159,11 +166,14 @@ def score_length(params, model, comet, mode: str, pairs, batch_size: int, block_
         else:
             pred = full_predictions(params, part, bs, model)
             for r, seq in enumerate(part):
-                counts[i + r] += second_half_correct(seq, np.arange(len(seq)), pred[r, : len(seq)])
+                counts[r] += second_half_correct(seq, np.arange(len(seq)), pred[r, : len(seq)])
             if progress is not None:
                 progress(sum(len(s) for s in part))
-    copy, lm = counts[0::2].sum(0), counts[1::2].sum(0)
-    return copy[0] / copy[1], lm[0] / lm[1]
+        for r in range(len(part)):
+            totals[(i + r) % 2] += counts[r]
+        i += len(part)
+    (copy_ok, copy_n), (lm_ok, lm_n) = totals
+    return copy_ok / copy_n, lm_ok / lm_n
 
 
 def summarize(base: dict, curve: list[dict], n_lengths: int, fine_threshold: float, coarse_margin: float) -> dict:
@@ -337,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                     t0 = time.perf_counter()
                     with PeakMemory() as mem:
                         copy, lm = score_length(params, model, comet, args.mode, pairs, args.batch_size,
-                                                args.block_chunks, progress=bar.update)
+                                                args.block_chunks, progress=bar.update, n_pairs=args.samples)
                     curve.append({"length": n, "copy_accuracy": float(copy), "lm_accuracy": float(lm),
                                   "difference": float(copy - lm), "samples": args.samples,
                                   "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(mem.peak, 1),
