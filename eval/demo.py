@@ -15,7 +15,8 @@ is prefixed with the model's name. A model that starts when no other is waiting 
 group gets every core (it shares them with the models still running, then has them alone).
 
 CoMeT is also evaluated on a held-out prompt (`eval.passkey --prompt-variant held_out`: filler
-sentences and a question wording no training example has). A cell is scored twice: "exact"
+sentences and a question wording no training example has) at --held-out-mults (default 1x, 4x
+and 32x: the target's range at a fifth of the cost of every length). A cell is scored twice: "exact"
 (the first number generated is the key: its digits, then no digit) and "starts with" (the first
 number starts with the key's digits); the table prints exact (starts with).
 
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--samples", type=int, default=50, help="prompts per (length, depth) cell (default 50)")
     ap.add_argument("--seed", type=int, default=0, help="training seed of every model (run.seed; default 0)")
     ap.add_argument("--multipliers", default="1,4,16,32,128", help="eval lengths as multiples of the training length")
+    ap.add_argument("--held-out-mults", default="1,4,32",
+                    help="lengths (multiples of the training length) of CoMeT's held-out-prompt "
+                         "evaluation (default 1,4,32; empty: none)")
     ap.add_argument("--depths", default=DEPTHS, help=f"needle depths (default {DEPTHS})")
     ap.add_argument("--full-max-mult", type=float, default=4,
                     help="evaluate full attention only up to this multiple of the training length (default 4)")
@@ -142,7 +146,8 @@ def run(cmd: list[str], tag: str = "demo", cores: list[int] | None = None) -> No
         raise RuntimeError(f"{tag}: command failed with exit code {proc.returncode}: python {' '.join(cmd)}")
 
 
-def train_and_eval(name: str, cores, args, sets, seq_len, samples, depths, mults, work: Path) -> dict:
+def train_and_eval(name: str, cores, args, sets, seq_len, samples, depths, mults, work: Path,
+                   held_mults: list[float] = ()) -> dict:
     """Train one model (unless a finished run is reused) and evaluate it; its results record."""
     run_dir = work / name
     if args.retrain:
@@ -166,19 +171,20 @@ def train_and_eval(name: str, cores, args, sets, seq_len, samples, depths, mults
     t1 = time.time()
     log(f"evaluating at {lengths}" + (f" (not run: {skipped}, full attention is quadratic)" if skipped else ""),
         name)
-    variants = ["train", "held_out"] if name == "comet" else ["train"]
-    for variant in variants:
+    held = [int(round(m * seq_len)) for m in held_mults]
+    variants = {"train": lengths} | ({"held_out": held} if name == "comet" and held else {})
+    for variant, at in variants.items():
         out = work / (f"passkey_{name}" + ("" if variant == "train" else f"_{variant}"))
         # a fresh evaluation every time (eval.passkey refuses to overwrite the results of an earlier one)
         shutil.rmtree(out, ignore_errors=True)
-        run(["-m", "eval.passkey", "--checkpoint", str(run_dir / "model"), "--lengths", ",".join(map(str, lengths)),
+        run(["-m", "eval.passkey", "--checkpoint", str(run_dir / "model"), "--lengths", ",".join(map(str, at)),
              "--depths", depths, "--samples", str(samples), "--batch-size", str(min(samples, 25)),
              "--mode", "full" if name == "full" else "comet", "--prompt-variant", variant, "--out", str(out)],
             name, cores)
     res = json.loads((work / f"passkey_{name}" / "results.json").read_text())
     if "held_out" in variants:
-        held = json.loads((work / f"passkey_{name}_held_out" / "results.json").read_text())
-        res["held_out"] = {k: held[k] for k in ("accuracy_by_length", "exact_by_length", "cells")}
+        held_res = json.loads((work / f"passkey_{name}_held_out" / "results.json").read_text())
+        res["held_out"] = {k: held_res[k] for k in ("accuracy_by_length", "exact_by_length", "cells")}
     steps, losses = loss_curve(run_dir)
     res.update(train_seconds=round(train_s, 1), eval_seconds=round(time.time() - t1, 1), cores=cores,
                not_run_lengths=skipped, train_loss={"steps": steps, "loss": losses},
@@ -265,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--multipliers: comma-separated numbers, got {args.multipliers!r}")
     if not mults or min(mults) <= 0 or args.samples < 1:
         ap.error("--multipliers must be positive and --samples >= 1")
+    try:
+        held_mults = [float(x) for x in args.held_out_mults.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--held-out-mults: comma-separated numbers (or empty), got {args.held_out_mults!r}")
+    if held_mults and min(held_mults) <= 0:
+        ap.error("--held-out-mults must be positive")
     if args.jobs < 0:
         ap.error("--jobs must be >= 0 (0: one per CPU core)")
     sets = list(args.set)
@@ -274,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 "model.num_heads=2", "model.num_kv_heads=1", "model.head_dim=16", "data.seq_len=128",
                 "data.curriculum=[]", "train.log_every=2", "checkpoint.every=100"] + sets
         samples, depths, mults = 2, "0,1", [1, 2]
+        held_mults = mults
 
     from comet_jax.config import ConfigError
 
@@ -287,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     results: dict = {"config": args.config, "overrides": sets, "seed": args.seed, "train_seq_len": seq_len,
                      "samples": samples,
-                     "multipliers": mults, "models": {}}
+                     "multipliers": mults, "held_out_multipliers": held_mults, "models": {}}
     jobs = args.jobs or min(len(available_cores()), 3)
     jobs = max(1, min(jobs, len(models)))
     groups = core_groups(jobs) if jobs > 1 else [None]  # one job alone keeps every core
@@ -308,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             # the last model to start takes every core: once the others finish, none idles
             use = None if last and jobs > 1 and len(models) > jobs else cores
-            return train_and_eval(name, use, args, sets, seq_len, samples, depths, mults, work)
+            return train_and_eval(name, use, args, sets, seq_len, samples, depths, mults, work, held_mults)
         except RuntimeError as e:
             if stop_children():
                 log(f"error: {e}; stopping the other models", name)

@@ -39,6 +39,22 @@ def test_bad_arguments():
     proc = subprocess.run([sys.executable, "-m", "eval.demo", "--jobs", "-1"], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--jobs" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "eval.demo", "--held-out-mults", "1,x"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--held-out-mults" in proc.stderr
+
+
+def test_table_marks_held_out_lengths_not_run():
+    from eval import demo
+
+    def res(by):
+        return {"accuracy_by_length": {str(n): a for n, a in by.items()},
+                "exact_by_length": {str(n): a / 2 for n, a in by.items()}}
+
+    comet = res({512: 1.0, 2048: 0.8, 16384: 0.6}) | {"held_out": res({512: 0.4})}
+    table = demo.summary_table({"train_seq_len": 512, "models": {"comet": comet}})
+    assert "| CoMeT (memory) | 0.50 (1.00) | 0.40 (0.80) | 0.30 (0.60) |" in table
+    assert "| CoMeT (memory), held-out prompt | 0.20 (0.40) | not run | not run |" in table
 
 
 def test_core_groups_split_the_cores(monkeypatch):
