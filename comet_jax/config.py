@@ -29,6 +29,7 @@ MODES = ("comet", "full")  # CoMeT chunks with memory, or the plain backbone (th
 SCHEDULES = ("layer_major", "chunk_major")
 PLANNERS = ("fixed", "right_aligned", "uniform", "random", "semantic")
 SOURCES = ("passkey", "jsonl", "arrayrecord")
+PASSKEY_FILLERS = ("cycle", "random")  # filler sentences in their fixed cycle, or drawn at random
 TRAIN_DTYPES = ("float32", "bfloat16")
 REMATS = ("full", "dots", "none")  # activation recompute policies (comet_jax/model/remat.py)
 # The attention kernel (comet_jax/model/attention.py); "auto" picks one per backend at trace time.

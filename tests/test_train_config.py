@@ -158,7 +158,7 @@ def test_validate_mesh_and_batch():
     (["data.passkey_needles=0"], r"data\.passkey_needles"),
     (["data.passkey_questions=0"], r"data\.passkey_questions"),
     (["data.passkey_end=1."], r"data\.passkey_end must not contain digits"),
-    (["data.passkey_filler=shuffled"], r"data\.passkey_filler must be cycle or random"),
+    (["data.passkey_filler=shuffled"], r"data\.passkey_filler must be one of cycle, random, got 'shuffled'"),
 ])
 def test_validate_errors(overrides, match):
     raises(match, lambda: validate(load_config(None, overrides)))

@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from comet_jax.config import PASSKEY_FILLERS
+
 FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
           "There and back again. ")
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and "
@@ -160,7 +162,6 @@ def random_key(rng: np.random.Generator, digits: int = 5) -> str:
 
 
 LOSS_ON = ("answer", "all")
-FILLER_ORDERS = ("cycle", "random")
 
 
 class PasskeySource:
@@ -193,8 +194,8 @@ class PasskeySource:
             raise ValueError(f"passkey needles and questions must be >= 1, got {needles} and {questions}")
         if loss_on not in LOSS_ON:
             raise ValueError(f"passkey loss_on must be one of {LOSS_ON}, got {loss_on!r}")
-        if filler not in FILLER_ORDERS:
-            raise ValueError(f"passkey filler must be one of {FILLER_ORDERS}, got {filler!r}")
+        if filler not in PASSKEY_FILLERS:
+            raise ValueError(f"passkey filler must be one of {PASSKEY_FILLERS}, got {filler!r}")
         self.random_filler = filler == "random"
         if any(ch.isdigit() for ch in end):
             raise ValueError(f"passkey end {end!r} must not contain digits (it marks where the key stops)")

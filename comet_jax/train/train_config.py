@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from comet_jax.config import (ATTENTIONS, MODES, PLANNERS, REMATS, SCHEDULES, SOURCES, TRAIN_DTYPES, BackboneShape, ConfigError,
+from comet_jax.config import (ATTENTIONS, MODES, PASSKEY_FILLERS, PLANNERS, REMATS, SCHEDULES, SOURCES, TRAIN_DTYPES, BackboneShape, ConfigError,
                               check_comet_settings)
 
 
@@ -460,8 +460,7 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     _one_of(cfg, "data.source", SOURCES)
     if d.passkey_loss not in ("answer", "all"):
         raise ConfigError(f"data.passkey_loss must be answer or all, got {d.passkey_loss!r}")
-    if d.passkey_filler not in ("cycle", "random"):
-        raise ConfigError(f"data.passkey_filler must be cycle or random, got {d.passkey_filler!r}")
+    _one_of(cfg, "data.passkey_filler", PASSKEY_FILLERS)
     if any(ch.isdigit() for ch in d.passkey_end):
         raise ConfigError(f"data.passkey_end must not contain digits (it marks the end of the key), "
                           f"got {d.passkey_end!r}; e.g. data.passkey_end=.")
