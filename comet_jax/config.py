@@ -30,6 +30,8 @@ SCHEDULES = ("layer_major", "chunk_major")
 PLANNERS = ("fixed", "right_aligned", "uniform", "random", "semantic")
 SOURCES = ("passkey", "jsonl", "arrayrecord")
 PASSKEY_FILLERS = ("cycle", "random")  # filler sentences in their fixed cycle, or drawn at random
+# names of the extra passkey keys (data.passkey_named): words the passkey tokenizer already has
+PASSKEY_NAMES = ("blue", "green", "yellow")
 TRAIN_DTYPES = ("float32", "bfloat16")
 REMATS = ("full", "dots", "none")  # activation recompute policies (comet_jax/model/remat.py)
 # The attention kernel (comet_jax/model/attention.py); "auto" picks one per backend at trace time.

@@ -191,6 +191,7 @@ def test_make_source(tmp_path, tok):
     many = make_source(Cfg(), None, passkey_needles=3, passkey_end=".")
     assert many.needles == 3 and max(len(many.episodes(i)) for i in range(10)) > 1
     assert make_source(Cfg(), None, passkey_filler="random").random_filler and not pk.random_filler
+    assert make_source(Cfg(), None, passkey_named=2).named == 2 and pk.named == 0
     with pytest.raises(ValueError, match="unknown source"):
         make_source(source="parquet", path="x")
 

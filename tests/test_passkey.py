@@ -269,3 +269,41 @@ def test_random_filler_draws_training_sentences_in_any_order(tok, questions):
     assert len(starts) > 6  # not a fixed cycle
     with pytest.raises(ValueError, match="filler"):
         PasskeySource(tok, max_len=400, filler="shuffled")
+
+
+@pytest.mark.parametrize("questions", [1, 3])
+def test_named_keys_put_in_the_filler_and_asked_once_at_the_end(tok, questions):
+    from comet_jax.data.passkey import NAMES, named_needle, named_question
+
+    src = PasskeySource(tok, min_len=500, max_len=1200, seed=6, questions=questions, end=".", named=3)
+    plain = PasskeySource(tok, min_len=500, max_len=1200, seed=6, questions=questions, end=".")
+    counts, orders = set(), set()
+    for i in range(24):
+        rec, episodes = src[i], src.episodes(i)
+        ids, mask = rec["input_ids"], rec["loss_mask"]
+        assert 500 <= len(ids) <= 1200 and np.array_equal(ids, np.concatenate([x for p, a, _ in episodes for x in (p, a)]))
+        text = tok.decode(ids.tolist())
+        named = [e[2] for e in episodes if "name" in e[2]]
+        passes = [e[2] for e in episodes if "name" not in e[2]]
+        assert all("name" in e[2] for e in episodes[len(passes):])  # the named questions come last
+        # the pass key's episodes are those of the source without names (only fewer filler tokens)
+        key = passes[0]["key"]
+        assert len(passes) == len(plain.episodes(i)) and key == plain.episodes(i)[0][2]["key"]
+        ndl = tok.encode(" " + needle(key).rstrip(" ")).ids
+        assert ids[passes[0]["needle_offset"]: passes[0]["needle_offset"] + len(ndl)].tolist() == ndl
+        tail = ""
+        for info in named:  # each named needle once, before every question; each asked once, in turn
+            name, k = info["name"], info["key"]
+            assert text.count(named_needle(name, k).strip()) == 1 and text.count(f"the {name} key?") == 1
+            assert text.index(named_needle(name, k).strip()) < text.index(QUESTION)
+            tail += f" {named_question(name)} {k}."
+        assert text.endswith(tail) and len({i["name"] for i in named}) == len(named) <= len(NAMES)
+        answers = f" {key}." * len(passes) + "".join(f" {i['key']}." for i in named)
+        assert tok.decode(ids[mask].tolist()) == answers  # labels: every answer, nothing else
+        counts.add(len(named))
+        orders.add(tuple(i["name"] for i in named))
+    assert counts == {0, 1, 2, 3} and len(orders) > 6
+    short = PasskeySource(tok, max_len=src.shortest + src.named_tokens - 1, named=3)
+    assert all(len(short.episodes(i)) == 1 for i in range(10))  # no room for a named key: none
+    with pytest.raises(ValueError, match="named"):
+        PasskeySource(tok, max_len=400, named=4)

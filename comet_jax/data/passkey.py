@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from comet_jax.config import PASSKEY_FILLERS
+from comet_jax.config import PASSKEY_FILLERS, PASSKEY_NAMES as NAMES
 
 FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
           "There and back again. ")
@@ -39,6 +39,17 @@ VARIANTS = {"train": (FILLER, QUESTION), "held_out": (FILLER_HELD_OUT, QUESTION_
 
 def needle(key: str) -> str:
     return f"The pass key is {key}. Remember it. {key} is the pass key. "
+
+
+# Keys with a name (`named` in PasskeySource): more answers per training sequence that each
+# need the memory (asked once, after every needle) without a second "pass key" to confuse the
+# evaluation prompt.
+def named_needle(name: str, key: str) -> str:
+    return f"The {name} key is {key}. Remember it. {key} is the {name} key. "
+
+
+def named_question(name: str) -> str:
+    return f"What is the {name} key? The {name} key is"
 
 
 def sentences(filler: str) -> tuple[str, ...]:
@@ -75,8 +86,12 @@ class _Parts:
         if any(len(s) == 0 for s in self.sentences):
             raise ValueError("the tokenizer maps a filler sentence to no tokens")
 
-    def needle(self, key: str) -> np.ndarray:
-        return encode(self.tokenizer, " " + needle(key).rstrip(" "))
+    def needle(self, key: str, name: str | None = None) -> np.ndarray:
+        text = needle(key) if name is None else named_needle(name, key)
+        return encode(self.tokenizer, " " + text.rstrip(" "))
+
+    def named_question(self, name: str) -> np.ndarray:
+        return encode(self.tokenizer, " " + named_question(name))
 
     def answer(self, key: str) -> np.ndarray:
         return encode(self.tokenizer, " " + key + self.end)
@@ -113,18 +128,29 @@ class _Parts:
         shortest = min(len(s) for s in self.sentences)
         return rng.integers(0, len(self.sentences), size=max(n_tokens, 0) // shortest + 1)
 
-    def episode(self, n_tokens: int, depth: float, key: str, rng: np.random.Generator | None = None):
+    def episode(self, n_tokens: int, depth: float, key: str, rng: np.random.Generator | None = None,
+                extra: Sequence[tuple[np.ndarray, float]] = ()):
         """Filler with the needle after `depth` of it, then the question: at most n_tokens.
         The filler cycles through the sentences, or with `rng` draws each sentence at random.
+        `extra`: more needles (ids, depth), each put after `depth` of the filler too.
         Returns (ids, needle offset in them, sentences before the needle, sentences)."""
         ndl = self.needle(key)
-        budget = n_tokens - len(ndl) - len(self.question)
+        budget = n_tokens - len(ndl) - len(self.question) - sum(len(ids) for ids, _ in extra)
         order = None if rng is None else self.random_order(rng, budget)
         n_sent = self.fitting(budget, order)
-        before = int(round(depth * n_sent))
-        head = self.filler(before, order)
         body = self.filler(n_sent, order)
-        return np.concatenate([head, ndl, body[len(head):], self.question]), len(head), before, n_sent
+        cut = lambda d: len(self.filler(int(round(d * n_sent)), order))  # noqa: E731
+        # the pass key's needle goes first among needles at the same place (stable sort)
+        places = sorted([(cut(depth), ndl, True)] + [(cut(d), ids, False) for ids, d in extra], key=lambda p: p[0])
+        pieces, offset, at = [], 0, 0
+        for pos, ids, main in places:
+            pieces.append(body[at:pos])
+            if main:
+                offset = sum(len(p) for p in pieces)
+            pieces.append(ids)
+            at = pos
+        pieces += [body[at:], self.question]
+        return np.concatenate(pieces), offset, int(round(depth * n_sent)), n_sent
 
     def build(self, n_tokens: int, depth: float, key: str, rng: np.random.Generator | None = None):
         fixed = self.minimum(key)
@@ -182,24 +208,30 @@ class PasskeySource:
     learns where the key stops and exact match can be scored). filler="random": every filler
     sentence drawn at random from the training sentences instead of their fixed cycle (a model
     then cannot key its read or write on one exact context). needles=1, questions=1, end="" and
-    filler="cycle" give the records of the plain source, unchanged.
+    filler="cycle" give the records of the plain source, unchanged. named > 0: a record also
+    holds 0..named keys with a name ("The blue key is 12345. ..."; names from NAMES), each put
+    at a random depth of the first episode's filler and asked about once at the end of the
+    record, in random order, each answer supervised (as many as fit): labels that all need the
+    memory, none of which can be copied from an earlier answer.
     """
 
     def __init__(self, tokenizer: Any, *, max_len: int, min_len: int | None = None, digits: int = 5,
                  seed: int = 0, num_records: int = 10**9, prefix_ids: Sequence[int] = (), loss_on: str = "answer",
-                 needles: int = 1, questions: int = 1, end: str = "", filler: str = "cycle"):
+                 needles: int = 1, questions: int = 1, end: str = "", filler: str = "cycle", named: int = 0):
         if digits < 1:
             raise ValueError(f"digits must be >= 1, got {digits}")
         if needles < 1 or questions < 1:
             raise ValueError(f"passkey needles and questions must be >= 1, got {needles} and {questions}")
         if loss_on not in LOSS_ON:
             raise ValueError(f"passkey loss_on must be one of {LOSS_ON}, got {loss_on!r}")
+        if not 0 <= named <= len(NAMES):
+            raise ValueError(f"passkey named must be in [0, {len(NAMES)}] (the names {NAMES}), got {named}")
         if filler not in PASSKEY_FILLERS:
             raise ValueError(f"passkey filler must be one of {PASSKEY_FILLERS}, got {filler!r}")
         self.random_filler = filler == "random"
         if any(ch.isdigit() for ch in end):
             raise ValueError(f"passkey end {end!r} must not contain digits (it marks where the key stops)")
-        self.loss_on, self.needles, self.questions = loss_on, int(needles), int(questions)
+        self.loss_on, self.needles, self.questions, self.named = loss_on, int(needles), int(questions), int(named)
         self._parts = _Parts(tokenizer, prefix_ids, end=end)
         self.digits, self.seed, self.num_records = int(digits), int(seed), int(num_records)
         # Keys can tokenize to different lengths (BPE); take the longest of a few probes.
@@ -208,6 +240,9 @@ class PasskeySource:
         # tokens one more episode adds at least (needle, question, answer)
         self.episode_tokens = max(self._parts.episode_minimum(k) + len(self._parts.answer(k)) for k in probes)
         self.question_tokens = len(self._parts.question) + max(len(self._parts.answer(k)) for k in probes)
+        # tokens one named key adds (its needle, question and answer)
+        self.named_tokens = max(len(self._parts.needle(k, n)) + len(self._parts.named_question(n))
+                                + len(self._parts.answer(k)) for k in probes for n in NAMES)
         self.min_len = self.shortest if min_len is None else int(min_len)
         self.max_len = int(max_len)
         if self.min_len < self.shortest:
@@ -222,7 +257,7 @@ class PasskeySource:
     def __repr__(self) -> str:
         return (f"PasskeySource(min_len={self.min_len}, max_len={self.max_len}, digits={self.digits}, "
                 f"seed={self.seed}, num_records={self.num_records}, prefix={self._parts.prefix.tolist()}, "
-                f"needles={self.needles}, questions={self.questions}, end={self._parts.end!r}, "
+                f"needles={self.needles}, questions={self.questions}, named={self.named}, end={self._parts.end!r}, "
                 f"filler={'random' if self.random_filler else 'cycle'!r})")
 
     def _draw(self, index: int):
@@ -259,30 +294,44 @@ class PasskeySource:
         while count * asks > 1 and (self.shortest + (count - 1) * self.episode_tokens
                                     + count * (asks - 1) * self.question_tokens) > length:
             count, asks = (count, asks - 1) if asks > 1 else (count - 1, asks)
-        if count * asks == 1:
+        # named keys: as many as fit beside the episodes (the draws only when named > 0, so
+        # that records without them are unchanged)
+        n_named = int(rng.integers(0, self.named + 1)) if self.named else 0
+        while n_named and (self.shortest + (count - 1) * self.episode_tokens + count * (asks - 1)
+                           * self.question_tokens + n_named * self.named_tokens) > length:
+            n_named -= 1
+        if count * asks == 1 and not n_named:
             return [self._one(index, key, depth, length, rng)]
         keys = [key] + [random_key(rng, self.digits) for _ in range(count - 1)]
         depths = [depth] + [float(d) for d in rng.random(count - 1)]
+        named = [(str(n), random_key(rng, self.digits), float(rng.random()))
+                 for n in rng.permutation(NAMES)[:n_named]] if n_named else []
+        extra = [(self._parts.needle(k, n), d) for n, k, d in named]
+        asked = [(self._parts.named_question(n), self._parts.answer(k), dict(key=k, name=n))
+                 for n, k, _ in (named[i] for i in rng.permutation(n_named))] if n_named else []
         plan = [(k, d if j == 0 else None) for k, d in zip(keys, depths) for j in range(asks)]
         answers = [self._parts.answer(k) for k, _ in plan]
         lead = len(self._parts.prefix) + len(self._parts.task)
         minima = [(self._parts.episode_minimum(k) if d is not None else len(self._parts.question)) + len(a)
                   for (k, d), a in zip(plan, answers)]
-        slack = length - lead - sum(minima)
+        minima[0] += sum(len(ids) for ids, _ in extra)
+        slack = length - lead - sum(minima) - sum(len(q) + len(a) for q, a, _ in asked)
         cuts = np.diff(np.concatenate([[0], np.sort(rng.integers(0, slack + 1, size=len(plan) - 1)), [slack]]))
         out = []
-        for i, ((k, d), a, m, extra) in enumerate(zip(plan, answers, minima, cuts)):
-            budget = int(m + extra - len(a))
+        for i, ((k, d), a, m, more) in enumerate(zip(plan, answers, minima, cuts)):
+            budget = int(m + more - len(a))
             if d is None:  # the same key asked again after more filler
                 order = self._parts.random_order(rng, budget) if self.random_filler else None
                 n_sent = self._parts.fitting(budget - len(self._parts.question), order)
                 body, offset, before = np.concatenate([self._parts.filler(n_sent, order), self._parts.question]), None, None
             else:
-                body, offset, before, n_sent = self._parts.episode(budget, d, k, rng if self.random_filler else None)
+                body, offset, before, n_sent = self._parts.episode(budget, d, k, rng if self.random_filler else None,
+                                                                   extra if i == 0 else ())
             head = np.concatenate([self._parts.prefix, self._parts.task]) if i == 0 else body[:0]
             out.append((np.concatenate([head, body]).astype(np.int32), a,
                         dict(needle_offset=None if offset is None else int(len(head) + offset),
                              sentences_before=before, num_sentences=int(n_sent), depth=d, key=k)))
+        out += [(q.astype(np.int32), a, dict(info, needle_offset=None)) for q, a, info in asked]
         return out
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:

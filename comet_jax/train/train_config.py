@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from comet_jax.config import (ATTENTIONS, MODES, PASSKEY_FILLERS, PLANNERS, REMATS, SCHEDULES, SOURCES, TRAIN_DTYPES, BackboneShape, ConfigError,
+from comet_jax.config import (ATTENTIONS, MODES, PASSKEY_FILLERS, PASSKEY_NAMES, PLANNERS, REMATS, SCHEDULES, SOURCES, TRAIN_DTYPES, BackboneShape, ConfigError,
                               check_comet_settings)
 
 
@@ -88,6 +88,8 @@ class DataSection:
     passkey_end: str = ""  # text after each answer's key (e.g. "."): the model learns where it stops
     # "random": filler sentences drawn at random instead of their fixed cycle (varied contexts)
     passkey_filler: str = "cycle"
+    # up to this many extra keys with a name ("the blue key"), each asked once at the end
+    passkey_named: int = 0
     # stages in order; after the last one, the data and comet sections themselves apply
     curriculum: list[StageSection] = field(default_factory=list)
 
@@ -461,6 +463,9 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     if d.passkey_loss not in ("answer", "all"):
         raise ConfigError(f"data.passkey_loss must be answer or all, got {d.passkey_loss!r}")
     _one_of(cfg, "data.passkey_filler", PASSKEY_FILLERS)
+    if not 0 <= d.passkey_named <= len(PASSKEY_NAMES):
+        raise ConfigError(f"data.passkey_named must be 0..{len(PASSKEY_NAMES)} (one key per name: "
+                          f"{', '.join(PASSKEY_NAMES)}), got {d.passkey_named}")
     if any(ch.isdigit() for ch in d.passkey_end):
         raise ConfigError(f"data.passkey_end must not contain digits (it marks the end of the key), "
                           f"got {d.passkey_end!r}; e.g. data.passkey_end=.")
