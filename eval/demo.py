@@ -259,24 +259,27 @@ def plot(results: dict, out: Path) -> None:
     save_png(fig, out / "train_loss.png")
 
 
+def positive_numbers(ap, flag: str, text: str) -> list[float]:
+    """A comma-separated list of positive numbers (possibly empty), or exit 2 naming `flag`."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"{flag}: comma-separated numbers, got {text!r}")
+    if values and min(values) <= 0:
+        ap.error(f"{flag} must be positive")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     if not models or any(m not in MODELS for m in models):
         ap.error(f"--models: choose from {','.join(MODELS)}")
-    try:
-        mults = [float(x) for x in args.multipliers.split(",") if x]
-    except ValueError:
-        ap.error(f"--multipliers: comma-separated numbers, got {args.multipliers!r}")
-    if not mults or min(mults) <= 0 or args.samples < 1:
+    mults = positive_numbers(ap, "--multipliers", args.multipliers)
+    if not mults or args.samples < 1:
         ap.error("--multipliers must be positive and --samples >= 1")
-    try:
-        held_mults = [float(x) for x in args.held_out_mults.split(",") if x.strip()]
-    except ValueError:
-        ap.error(f"--held-out-mults: comma-separated numbers (or empty), got {args.held_out_mults!r}")
-    if held_mults and min(held_mults) <= 0:
-        ap.error("--held-out-mults must be positive")
+    held_mults = positive_numbers(ap, "--held-out-mults", args.held_out_mults)
     if args.jobs < 0:
         ap.error("--jobs must be >= 0 (0: one per CPU core)")
     sets = list(args.set)

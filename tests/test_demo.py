@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
 
@@ -42,6 +44,18 @@ def test_bad_arguments():
     proc = subprocess.run([sys.executable, "-m", "eval.demo", "--held-out-mults", "1,x"], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--held-out-mults" in proc.stderr
+
+
+@pytest.mark.parametrize("argv, message", [(["--multipliers", "0,4"], "--multipliers must be positive"),
+                                           (["--multipliers", ""], "--multipliers must be positive"),
+                                           (["--multipliers", "1,four"], "--multipliers: comma-separated"),
+                                           (["--held-out-mults", "-1"], "--held-out-mults must be positive")])
+def test_bad_multipliers_exit_2_naming_the_flag(argv, message, capsys):
+    from eval import demo
+
+    with pytest.raises(SystemExit) as e:
+        demo.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_table_marks_held_out_lengths_not_run():
