@@ -34,7 +34,7 @@ def temporaries(parent, name="dst"):
 def start_paused(src, dst):
     """A converter subprocess that sleeps after each leaf; returns once its temporary exists."""
     proc = subprocess.Popen([sys.executable, "-m", "comet_jax.convert", str(src), str(dst), "--quiet"],
-                            env={**os.environ, PAUSE_ENV: "60"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, PAUSE_ENV: "60", "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 120
     while not temporaries(dst.parent):
@@ -49,7 +49,11 @@ def start_paused(src, dst):
 def test_stopped_conversion_removes_its_temporary(src, tmp_path, sig, code):
     proc = start_paused(src, tmp_path / "dst")
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # seen once under load: show where it hangs (faulthandler)
+        proc.send_signal(signal.SIGABRT)
+        pytest.fail(f"no exit within 60 s of {sig.name}; its threads:\n{proc.communicate()[1][-8000:]}")
     assert proc.returncode == code, err
     assert list(tmp_path.iterdir()) == []
 
