@@ -66,6 +66,21 @@ def test_evaluate_scores_exact_and_uses_the_prompt_variant(variant):
     assert len(gen.prompts) == 4 and all(p.endswith(question) for p in gen.prompts)
 
 
+def test_jitter_varies_the_prompt_length_and_keeps_the_keys():
+    from comet_jax.data.passkey_tokenizer import passkey_tokenizer
+
+    tok = passkey_tokenizer()
+    runs = {}
+    for jitter in (0, 64):
+        gen = EchoGenerator(tok)
+        (cell,) = evaluate(gen, tok, [600], [0.5], samples=12, seed=3, batch_size=4, jitter=jitter)
+        runs[jitter] = ([len(tok.encode(p).ids) for p in gen.prompts], [c["key"] for c in cell["examples"]])
+    (fixed, keys0), (varied, keys64) = runs[0], runs[64]
+    assert len(set(fixed)) == 1 and len(set(varied)) >= 3  # several lengths, so several alignments
+    assert all(600 - 64 - 40 < n <= 600 for n in varied)  # whole sentences below the drawn length
+    assert min(varied) < min(fixed) and keys0 == keys64  # the keys do not depend on the jitter
+
+
 @pytest.mark.parametrize("mode", ["comet", "full"])
 def test_writes_results_and_heatmap(ckpt, tmp_path, mode, capsys):
     out = tmp_path / "out"
@@ -83,6 +98,7 @@ def test_writes_results_and_heatmap(ckpt, tmp_path, mode, capsys):
         assert c["peak_memory_mb"] > 0
     assert set(res["accuracy_by_length"]) == {"300", "1024"}
     assert res["complete"] is True and res["settings"]["mode"] == mode  # what --resume checks
+    assert res["jitter"] == 0 and res["settings"]["jitter"] == 0
     assert (out / "heatmap.png").stat().st_size > 1000
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mode"] == mode
 
@@ -94,7 +110,10 @@ def test_errors(ckpt, tmp_path, capsys):
     assert main(base) == 2  # no tokenizer in the checkpoint
     assert "--tokenizer" in capsys.readouterr().err
     assert main(base + ["--tokenizer", "nope.json"]) == 2
-    for bad in (["--depths", "0,1.5"], ["--lengths", "4q"], ["--samples", "0"], ["--lengths", "300,300"]):
+    assert main(base + ["--tokenizer", "byte", "--lengths", "300", "--jitter", "250"]) == 2
+    assert "minus --jitter 250" in capsys.readouterr().err
+    for bad in (["--depths", "0,1.5"], ["--lengths", "4q"], ["--samples", "0"], ["--lengths", "300,300"],
+                ["--jitter", "-1"]):
         with pytest.raises(SystemExit) as e:
             main(base + ["--tokenizer", "byte"] + bad)
         assert e.value.code == 2

@@ -82,6 +82,8 @@ def test_passkey_resume_equals_an_uninterrupted_run(ckpt, tmp_path, monkeypatch,
     assert rc == 2 and "--resume" in one_error_line(err) and not calls
     rc, err = run(part, "--resume", "--seed", "1")  # other settings: refused, the setting named
     assert rc == 2 and "seed" in one_error_line(err) and not calls
+    rc, err = run(part, "--resume", "--jitter", "8")
+    assert rc == 2 and "jitter" in one_error_line(err) and not calls
     assert json.loads((part / "results.json").read_text()) == saved
 
     assert run(part, "--resume")[0] == 0

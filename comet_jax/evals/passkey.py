@@ -1,5 +1,5 @@
 """python -m eval.passkey --checkpoint DIR [--lengths 4k,16k,64k,256k,1M] [--depths 0,0.25,0.5,0.75,1]
-                        [--samples N] [--seed S] [--mode comet|full] [--out DIR] [--resume]
+                        [--samples N] [--seed S] [--jitter N] [--mode comet|full] [--out DIR] [--resume]
 
 Passkey retrieval: for every (length, depth) cell, `samples` prompts of `length` tokens
 (task line, repeated filler, the needle "The pass key is {key}. Remember it. {key} is the
@@ -9,6 +9,12 @@ the generated text starts with exactly the key's digits ("accuracy"); "exact" al
 that the number stop there (five digits, then no digit: the answer format of a model trained
 with data.passkey_end). Lengths take k (x1024) and M (x1024^2). --prompt-variant held_out
 uses filler sentences and a question wording that no training example has.
+
+Every prompt of a cell has the same length, so the chunk boundaries cut the needle and the
+answer at one place per (length, depth): a cell measures one alignment. --jitter N draws each
+prompt's length from [length - N, length] instead (whole filler sentences either way), which
+moves the needle (at depths > 0) and the answer relative to the chunk grid; with N at least
+the chunk size a cell averages over the alignments.
 
 comet mode runs CoMeT's constant-memory generation; full mode is the plain backbone with a
 KV cache over the whole prompt (the baseline; memory and time grow with the length).
@@ -68,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--depths", default=DEFAULT_DEPTHS, help=f"needle depths in [0, 1] (default {DEFAULT_DEPTHS})")
     ap.add_argument("--samples", type=int, default=5, help="prompts per (length, depth) cell (default 5)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the keys (default 0)")
+    ap.add_argument("--jitter", type=int, default=0,
+                    help="each prompt's length uniform in [length - N, length] tokens: varies where the chunk "
+                         "boundaries cut the needle and the answer (default 0: one length per cell)")
     ap.add_argument("--prompt-variant", choices=("train", "held_out"), default="train",
                     help="train: the training texts; held_out: other filler sentences and question (default train)")
     ap.add_argument("--mode", choices=("comet", "full"), default="comet",
@@ -137,8 +146,9 @@ def prefix_ids(tokenizer) -> list[int]:
 
 
 def evaluate(gen, tokenizer, lengths, depths, samples, seed, batch_size, progress=None, done=None,
-             on_cell=None, variant="train"):
+             on_cell=None, variant="train", jitter=0):
     """Run every cell; returns the list of cell dicts (see module docstring), in grid order.
+    jitter: each prompt's length uniform in [length - jitter, length].
     done: cells already evaluated, by (length, depth), taken as they are (each cell has its
     own keys' seed, so skipping some changes no other); on_cell(cells so far) after each new one."""
     import numpy as np
@@ -156,7 +166,10 @@ def evaluate(gen, tokenizer, lengths, depths, samples, seed, batch_size, progres
                 continue
             rng = np.random.default_rng([seed, li, di])
             keys = [random_key(rng) for _ in range(samples)]
-            built = [build_prompt(tokenizer, length, depth, k, prefix_ids=prefix, variant=variant) for k in keys]
+            # drawn after the keys: jitter 0 leaves the keys (and the cells) of earlier runs unchanged
+            sizes = rng.integers(length - jitter, length + 1, size=samples) if jitter else [length] * samples
+            built = [build_prompt(tokenizer, int(n), depth, k, prefix_ids=prefix, variant=variant)
+                     for n, k in zip(sizes, keys)]
             max_new = max(len(a) for _, a, _ in built) + 2
             correct, exact, outputs, t0 = 0, 0, [], time.perf_counter()
             with PeakMemory() as mem:
@@ -242,6 +255,7 @@ def run_settings(args, lengths, depths, model, comet, tokenizer) -> dict:
     return {"checkpoint": str(Path(args.checkpoint).resolve()), "checkpoint_files": checkpoint_files(args.checkpoint),
             "tokenizer": _digest(to_str()) if to_str else type(tokenizer).__name__,
             "mode": args.mode, "prompt_variant": args.prompt_variant, "seed": args.seed, "samples": args.samples, "lengths": lengths, "depths": depths,
+            "jitter": args.jitter,
             "dtype": model.dtype, "chunk_size": comet.chunk_size if comet_mode else None,
             "official_layout": args.official_layout if comet_mode else None}
 
@@ -309,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("samples", "batch_size", "block_chunks"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        if args.jitter < 0:
+            raise ValueError(f"--jitter must be >= 0 tokens, got {args.jitter}")
     except ValueError as e:
         ap.error(str(e))
 
@@ -336,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
                              f"{model.vocab_size} embedding rows: wrong --tokenizer?")
         prefix = prefix_ids(tokenizer)
         for n in lengths:  # fail before any work when a length cannot hold the prompt
-            build_prompt(tokenizer, n, 0.5, "00000", prefix_ids=prefix, variant=args.prompt_variant)
+            try:
+                build_prompt(tokenizer, n - args.jitter, 0.5, "00000", prefix_ids=prefix, variant=args.prompt_variant)
+            except ValueError as e:
+                raise ValueError(f"{e}" + (f" (length {n} minus --jitter {args.jitter})" if args.jitter else "")) from None
         settings = run_settings(args, lengths, depths, model, comet, tokenizer)
         done = previous_cells(out / RESULTS, settings, args.resume)
         params = checkpoint.load_params(args.checkpoint)
@@ -347,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = Generator(params, model, comet, mode=args.mode, block_chunks=args.block_chunks,
                     official=args.official_layout)
     base = {"checkpoint": str(args.checkpoint), "mode": args.mode, "prompt_variant": args.prompt_variant,
-            "seed": args.seed, "samples": args.samples,
+            "seed": args.seed, "samples": args.samples, "jitter": args.jitter,
             "lengths": lengths, "depths": depths, "train": meta.get("train"),
             "chunk_size": comet.chunk_size if args.mode == "comet" else None, "settings": settings}
     total = sum(len(build_prompt(tokenizer, n, 0.5, "00000", prefix_ids=prefix, variant=args.prompt_variant)[0])
@@ -363,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             cells = evaluate(gen, tokenizer, lengths, depths, args.samples, args.seed, args.batch_size,
                              progress=bar.update, done=done,
                              on_cell=lambda cells: save_results(summarize(base, cells, lengths, depths), out),
-                             variant=args.prompt_variant)
+                             variant=args.prompt_variant, jitter=args.jitter)
         results = summarize(base, cells, lengths, depths)
         save_results(results, out)
     except OutputError as e:
