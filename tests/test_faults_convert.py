@@ -33,7 +33,11 @@ def temporaries(parent, name="dst"):
 
 def start_paused(src, dst):
     """A converter subprocess that sleeps after each leaf; returns once its temporary exists."""
-    proc = subprocess.Popen([sys.executable, "-m", "comet_jax.convert", str(src), str(dst), "--quiet"],
+    # Ctrl-C as in a terminal: a shell starts background jobs with SIGINT ignored, which the
+    # child would inherit (and keep ignoring, as it should), so a suite run with `&` would hang here
+    run_as_main = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                   "sys.argv[0] = 'comet_jax.convert'; runpy.run_module('comet_jax.convert', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", run_as_main, str(src), str(dst), "--quiet"],
                             env={**os.environ, PAUSE_ENV: "60", "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 120
