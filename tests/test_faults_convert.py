@@ -38,8 +38,8 @@ def start_paused(src, dst):
     run_as_main = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
                    "sys.argv[0] = 'comet_jax.convert'; runpy.run_module('comet_jax.convert', run_name='__main__')")
     proc = subprocess.Popen([sys.executable, "-c", run_as_main, str(src), str(dst), "--quiet"],
-                            env={**os.environ, PAUSE_ENV: "60", "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            env={**os.environ, PAUSE_ENV: "60", "PYTHONFAULTHANDLER": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not temporaries(dst.parent):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -55,7 +55,7 @@ def test_stopped_conversion_removes_its_temporary(src, tmp_path, sig, code):
     proc.send_signal(sig)
     try:
         _, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:  # seen once under load: show where it hangs (faulthandler)
+    except subprocess.TimeoutExpired:  # show where it waits (faulthandler), e.g. a SIGINT it ignored
         proc.send_signal(signal.SIGABRT)
         pytest.fail(f"no exit within 60 s of {sig.name}; its threads:\n{proc.communicate()[1][-8000:]}")
     assert proc.returncode == code, err

@@ -353,9 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         prefix = prefix_ids(tokenizer)
         for n in lengths:  # fail before any work when a length cannot hold the prompt
             try:
-                build_prompt(tokenizer, n - args.jitter, 0.5, "00000", prefix_ids=prefix, variant=args.prompt_variant)
+                build_prompt(tokenizer, n - args.jitter, 0.5, "00000", prefix_ids=prefix,
+                             variant=args.prompt_variant)
             except ValueError as e:
-                raise ValueError(f"{e}" + (f" (length {n} minus --jitter {args.jitter})" if args.jitter else "")) from None
+                why = f" (length {n} minus --jitter {args.jitter})" if args.jitter else ""
+                raise ValueError(f"{e}{why}") from None
         settings = run_settings(args, lengths, depths, model, comet, tokenizer)
         done = previous_cells(out / RESULTS, settings, args.resume)
         params = checkpoint.load_params(args.checkpoint)
