@@ -30,6 +30,9 @@ SCHEDULES = ("layer_major", "chunk_major")
 PLANNERS = ("fixed", "right_aligned", "uniform", "random", "semantic")
 SOURCES = ("passkey", "jsonl", "arrayrecord")
 PASSKEY_FILLERS = ("cycle", "random")  # filler sentences in their fixed cycle, or drawn at random
+# where a key's later questions go: after more filler each ("spread"), or all straight after its
+# first answer ("end": the first question then comes as late as the length allows)
+PASSKEY_REPEATS = ("spread", "end")
 # names of the extra passkey keys (data.passkey_named): words the passkey tokenizer already has
 PASSKEY_NAMES = ("blue", "green", "yellow")
 TRAIN_DTYPES = ("float32", "bfloat16")

@@ -192,6 +192,7 @@ def test_make_source(tmp_path, tok):
     assert many.needles == 3 and max(len(many.episodes(i)) for i in range(10)) > 1
     assert make_source(Cfg(), None, passkey_filler="random").random_filler and not pk.random_filler
     assert make_source(Cfg(), None, passkey_named=2).named == 2 and pk.named == 0
+    assert make_source(Cfg(), None, passkey_repeats="end").repeats == "end" and pk.repeats == "spread"
     with pytest.raises(ValueError, match="unknown source"):
         make_source(source="parquet", path="x")
 

@@ -243,6 +243,33 @@ def test_questions_ask_the_same_key_again(tok):
         PasskeySource(tok, max_len=400, questions=0)
 
 
+@pytest.mark.parametrize("needles", [1, 2])
+def test_repeats_at_the_end_put_all_filler_before_the_first_question(tok, needles):
+    kw = dict(min_len=500, max_len=1200, seed=7, questions=3, needles=needles, end=".")
+    end, spread = PasskeySource(tok, repeats="end", **kw), PasskeySource(tok, **kw)
+    question = tok.encode(" " + QUESTION).ids
+    longest, farther = max(len(tok.encode(" " + s).ids) for s in FILLER_SENTENCES), 0
+    for i in range(20):
+        rec, eps, ref = end[i], end.episodes(i), spread.episodes(i)
+        assert 500 - len(FILLER) <= len(rec["input_ids"]) <= 1200
+        # the same keys asked the same number of times, labelled the same
+        assert [e[2]["key"] for e in eps] == [e[2]["key"] for e in ref]
+        assert [a.tolist() for _, a, _ in eps] == [a.tolist() for _, a, _ in ref]
+        for (p, _, info), (p_ref, _, info_ref) in zip(eps, ref):
+            if info["needle_offset"] is None:  # a repeat: its question and nothing else
+                assert p.tolist() == question
+            else:  # a first question: the filler of the key's repeats is now before it
+                assert info["depth"] == info_ref["depth"]
+                gap, gap_ref = len(p) - info["needle_offset"], len(p_ref) - info_ref["needle_offset"]
+                # (the needle goes after a whole number of sentences: a few tokens either way)
+                assert gap >= gap_ref - longest
+                farther += gap > gap_ref + longest
+    assert farther >= 5  # the option changes records that have repeats
+    assert "repeats='end'" in repr(end) and "repeats" not in repr(spread)  # old runs still resume
+    with pytest.raises(ValueError, match="repeats"):
+        PasskeySource(tok, max_len=400, repeats="last")
+
+
 @pytest.mark.parametrize("questions", [1, 3])
 def test_random_filler_draws_training_sentences_in_any_order(tok, questions):
     src = PasskeySource(tok, min_len=400, max_len=1200, seed=3, questions=questions, end=".", filler="random")

@@ -159,6 +159,7 @@ def test_validate_mesh_and_batch():
     (["data.passkey_questions=0"], r"data\.passkey_questions"),
     (["data.passkey_end=1."], r"data\.passkey_end must not contain digits"),
     (["data.passkey_filler=shuffled"], r"data\.passkey_filler must be one of cycle, random, got 'shuffled'"),
+    (["data.passkey_repeats=last"], r"data\.passkey_repeats must be one of spread, end, got 'last'"),
     (["data.passkey_named=4"], r"data\.passkey_named must be 0\.\.3 \(one key per name: blue, green, yellow\), got 4"),
 ])
 def test_validate_errors(overrides, match):

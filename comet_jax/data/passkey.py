@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from comet_jax.config import PASSKEY_FILLERS, PASSKEY_NAMES as NAMES
+from comet_jax.config import PASSKEY_FILLERS, PASSKEY_NAMES as NAMES, PASSKEY_REPEATS
 
 FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
           "There and back again. ")
@@ -212,12 +212,17 @@ class PasskeySource:
     holds 0..named keys with a name ("The blue key is 12345. ..."; names from NAMES), each put
     at a random depth of the first episode's filler and asked about once at the end of the
     record, in random order, each answer supervised (as many as fit): labels that all need the
-    memory, none of which can be copied from an earlier answer.
+    memory, none of which can be copied from an earlier answer. repeats="end": a needle's later
+    questions come straight after its first answer, with no filler between them, so all the
+    filler of its episodes lies between the needle and the first question (the one answer that
+    needs the memory travels as far as the record allows); the same keys, depths and lengths as
+    "spread" (up to whole filler sentences).
     """
 
     def __init__(self, tokenizer: Any, *, max_len: int, min_len: int | None = None, digits: int = 5,
                  seed: int = 0, num_records: int = 10**9, prefix_ids: Sequence[int] = (), loss_on: str = "answer",
-                 needles: int = 1, questions: int = 1, end: str = "", filler: str = "cycle", named: int = 0):
+                 needles: int = 1, questions: int = 1, end: str = "", filler: str = "cycle", named: int = 0,
+                 repeats: str = "spread"):
         if digits < 1:
             raise ValueError(f"digits must be >= 1, got {digits}")
         if needles < 1 or questions < 1:
@@ -228,7 +233,9 @@ class PasskeySource:
             raise ValueError(f"passkey named must be in [0, {len(NAMES)}] (the names {NAMES}), got {named}")
         if filler not in PASSKEY_FILLERS:
             raise ValueError(f"passkey filler must be one of {PASSKEY_FILLERS}, got {filler!r}")
-        self.random_filler = filler == "random"
+        if repeats not in PASSKEY_REPEATS:
+            raise ValueError(f"passkey repeats must be one of {PASSKEY_REPEATS}, got {repeats!r}")
+        self.random_filler, self.repeats = filler == "random", repeats
         if any(ch.isdigit() for ch in end):
             raise ValueError(f"passkey end {end!r} must not contain digits (it marks where the key stops)")
         self.loss_on, self.needles, self.questions, self.named = loss_on, int(needles), int(questions), int(named)
@@ -258,7 +265,10 @@ class PasskeySource:
         return (f"PasskeySource(min_len={self.min_len}, max_len={self.max_len}, digits={self.digits}, "
                 f"seed={self.seed}, num_records={self.num_records}, prefix={self._parts.prefix.tolist()}, "
                 f"needles={self.needles}, questions={self.questions}, named={self.named}, end={self._parts.end!r}, "
-                f"filler={'random' if self.random_filler else 'cycle'!r})")
+                f"filler={'random' if self.random_filler else 'cycle'!r}"
+                # only when not the default: runs saved before the option existed still resume
+                # (grain compares this text with the one in the checkpoint)
+                + (f", repeats={self.repeats!r})" if self.repeats != "spread" else ")"))
 
     def _draw(self, index: int):
         if not 0 <= index < self.num_records:
@@ -317,6 +327,11 @@ class PasskeySource:
         minima[0] += sum(len(ids) for ids, _ in extra)
         slack = length - lead - sum(minima) - sum(len(q) + len(a) for q, a, _ in asked)
         cuts = np.diff(np.concatenate([[0], np.sort(rng.integers(0, slack + 1, size=len(plan) - 1)), [slack]]))
+        if self.repeats == "end":  # each key's filler all before its first question
+            per_key = cuts.reshape(count, asks)
+            cuts = np.zeros_like(per_key)
+            cuts[:, 0] = per_key.sum(axis=1)
+            cuts = cuts.reshape(-1)
         out = []
         for i, ((k, d), a, m, more) in enumerate(zip(plan, answers, minima, cuts)):
             budget = int(m + more - len(a))

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from comet_jax.config import (ATTENTIONS, MODES, PASSKEY_FILLERS, PASSKEY_NAMES, PLANNERS, REMATS, SCHEDULES, SOURCES, TRAIN_DTYPES, BackboneShape, ConfigError,
+from comet_jax.config import (ATTENTIONS, MODES, PASSKEY_FILLERS, PASSKEY_NAMES, PASSKEY_REPEATS, PLANNERS, REMATS, SCHEDULES, SOURCES, TRAIN_DTYPES, BackboneShape, ConfigError,
                               check_comet_settings)
 
 
@@ -85,6 +85,9 @@ class DataSection:
     passkey_needles: int = 1
     # each needle asked about up to this many times, after more filler each time: more labels
     passkey_questions: int = 1
+    # "end": a needle's later questions straight after its first answer, so the first one (the
+    # one that needs the memory) comes after all the filler; "spread": filler before each
+    passkey_repeats: str = "spread"
     passkey_end: str = ""  # text after each answer's key (e.g. "."): the model learns where it stops
     # "random": filler sentences drawn at random instead of their fixed cycle (varied contexts)
     passkey_filler: str = "cycle"
@@ -463,6 +466,7 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     if d.passkey_loss not in ("answer", "all"):
         raise ConfigError(f"data.passkey_loss must be answer or all, got {d.passkey_loss!r}")
     _one_of(cfg, "data.passkey_filler", PASSKEY_FILLERS)
+    _one_of(cfg, "data.passkey_repeats", PASSKEY_REPEATS)
     if not 0 <= d.passkey_named <= len(PASSKEY_NAMES):
         raise ConfigError(f"data.passkey_named must be 0..{len(PASSKEY_NAMES)} (one key per name: "
                           f"{', '.join(PASSKEY_NAMES)}), got {d.passkey_named}")
