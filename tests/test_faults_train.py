@@ -131,6 +131,20 @@ def test_a_failed_save_is_one_error_naming_step_path_and_last_good(tmp_path, asy
     again.close()
 
 
+def test_a_fresh_checkpointer_never_lists_an_unfinished_save(tmp_path):
+    # Orbax removes such directories in a background thread; one this large is not gone in time
+    # unless the checkpointer waits for it
+    TrainCheckpointer(tmp_path / "checkpoints").close()
+    tmp = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp"
+    for i in range(50):
+        (tmp / f"d{i}").mkdir(parents=True)
+        for j in range(40):
+            (tmp / f"d{i}" / f"f{j}").write_bytes(b"x")
+    again = TrainCheckpointer(tmp_path / "checkpoints")
+    assert not list(again.directory.glob("4*"))
+    again.close()
+
+
 # ------------------------------------------------------------------ run lock
 
 def test_run_lock_excludes_a_second_trainer_and_dies_with_its_holder(tmp_path):

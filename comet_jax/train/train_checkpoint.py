@@ -160,6 +160,11 @@ class TrainCheckpointer:
                                                create=not read_only, cleanup_tmp_directories=not read_only,
                                                read_only=read_only)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        # Orbax removes the temporary directories of unfinished saves in a background thread and
+        # only waits for it on the first save: wait here, so a fresh checkpointer never lists them
+        await_cleanup = getattr(self.manager, "_maybe_await_cleanup_tmp_directory", None)
+        if await_cleanup is not None:
+            await_cleanup()
         for name in _FILTERED:  # kept after close: abandoned writes may still report at exit
             logging.getLogger(name).addFilter(_FILTER)
         if not hasattr(sys.unraisablehook, "previous"):
