@@ -334,3 +334,40 @@ def test_named_keys_put_in_the_filler_and_asked_once_at_the_end(tok, questions):
     assert all(len(short.episodes(i)) == 1 for i in range(10))  # no room for a named key: none
     with pytest.raises(ValueError, match="named"):
         PasskeySource(tok, max_len=400, named=4)
+
+
+@pytest.mark.parametrize("questions", [1, 4])
+def test_shift_moves_everything_after_the_task_line_against_the_chunk_grid(questions):
+    from comet_jax.data.passkey_tokenizer import passkey_tokenizer
+
+    tok = passkey_tokenizer()  # one token per word: the needle's place in a 16-token chunk is easy to count
+    kw = dict(min_len=512, max_len=512, seed=3, questions=questions, end=".")
+    plain, src = PasskeySource(tok, **kw), PasskeySource(tok, shift=15, **kw)
+    assert "shift=15" in repr(src) and "shift" not in repr(plain)  # old runs' grain state still matches
+    lead = len(tok.encode(TASK.rstrip(" ")).ids)
+    shifts, cuts, plain_cuts = set(), set(), set()
+    for i in range(200):
+        rec, episodes = src[i], src.episodes(i)
+        ids, mask, info = rec["input_ids"], rec["loss_mask"], episodes[0][2]
+        s = info.get("shift", 0)
+        key = info["key"]
+        assert len(ids) <= 512 and key == plain.episodes(i)[0][2]["key"] and info["depth"] == plain.episodes(i)[0][2]["depth"]
+        assert np.array_equal(ids, np.concatenate([x for p, a, _ in episodes for x in (p, a)]))
+        assert tok.decode(ids[:lead].tolist()) == TASK.rstrip(" ")
+        # the shift is the end of the filler cycle, with no label on it
+        assert (FILLER * 2).rstrip(" ").endswith(tok.decode(ids[lead:lead + s].tolist()).strip())
+        assert not mask[lead:lead + s].any()
+        ndl = tok.encode(" " + needle(key).rstrip(" ")).ids
+        assert ids[info["needle_offset"]: info["needle_offset"] + len(ndl)].tolist() == ndl
+        assert tok.decode(ids[mask].tolist()) == f" {key}." * len(episodes)
+        assert np.array_equal(src.example(i)[0], episodes[0][0]) or questions > 1
+        shifts.add(s)
+        cuts.add(info["needle_offset"] % 16)
+        plain_cuts.add(plain.episodes(i)[0][2]["needle_offset"] % 16)
+    assert shifts == set(range(16))
+    # without the shift, whole filler sentences after a fixed task line reach only some places
+    assert len(plain_cuts) < 16 and len(cuts) == 16
+    tight = PasskeySource(tok, max_len=PasskeySource(tok, max_len=512).shortest + 3, shift=50)
+    assert all(tight.episodes(i)[0][2].get("shift", 0) <= 3 for i in range(20))  # never cuts into the record
+    with pytest.raises(ValueError, match="shift must be >= 0"):
+        PasskeySource(tok, max_len=400, shift=-1)

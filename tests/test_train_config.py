@@ -155,6 +155,9 @@ def test_validate_mesh_and_batch():
      r"data\.curriculum\[0\]\.passkey_min_len must be a positive"),
     (["data.curriculum=[{until_step: 10, seq_len: 64, passkey_needles: -1}]"],
      r"data\.curriculum\[0\]\.passkey_needles must be a positive"),
+    (["data.curriculum=[{until_step: 10, seq_len: 64, passkey_shift: -2}]"],
+     r"data\.curriculum\[0\]\.passkey_shift must be an int >= 0 \(or -1: the section's value\)"),
+    (["data.passkey_shift=-1"], r"data\.passkey_shift must be >= 0, got -1"),
     (["data.passkey_needles=0"], r"data\.passkey_needles"),
     (["data.passkey_questions=0"], r"data\.passkey_questions"),
     (["data.passkey_end=1."], r"data\.passkey_end must not contain digits"),
@@ -215,4 +218,10 @@ def test_curriculum_stage_needles():
                              "{until_step: 20, seq_len: 256}]"])
     validate(cfg)
     assert [curriculum_stage(cfg, s).needles for s in (0, 10, 20)] == [1, 3, 3]
+    assert [curriculum_stage(cfg, s).shift for s in (0, 10, 20)] == [0, 0, 0]
+    shifted = load_config(None, ["data.passkey_shift=15", "data.curriculum=[{until_step: 10, seq_len: 128, "
+                                 "passkey_shift: 0}, {until_step: 20, seq_len: 256}, {until_step: 30, seq_len: 256, "
+                                 "passkey_shift: 7}]"])
+    validate(shifted)
+    assert [curriculum_stage(shifted, s).shift for s in (0, 10, 20, 30)] == [0, 15, 7, 15]
     assert cfg.data.passkey_end == "."

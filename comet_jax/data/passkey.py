@@ -216,13 +216,18 @@ class PasskeySource:
     questions come straight after its first answer, with no filler between them, so all the
     filler of its episodes lies between the needle and the first question (the one answer that
     needs the memory travels as far as the record allows); the same keys, depths and lengths as
-    "spread" (up to whole filler sentences).
+    "spread" (up to whole filler sentences). shift > 0: the first prompt gets 0..shift tokens
+    of filler (uniform; the end of the filler cycle) between the task line and the rest, and the
+    record is that much shorter otherwise: everything after the task line moves against the
+    chunk grid, so a model sees every alignment of its needles and questions while the record
+    keeps its length (the draw has its own random stream: the rest of a record is the record of
+    that shorter length).
     """
 
     def __init__(self, tokenizer: Any, *, max_len: int, min_len: int | None = None, digits: int = 5,
                  seed: int = 0, num_records: int = 10**9, prefix_ids: Sequence[int] = (), loss_on: str = "answer",
                  needles: int = 1, questions: int = 1, end: str = "", filler: str = "cycle", named: int = 0,
-                 repeats: str = "spread"):
+                 repeats: str = "spread", shift: int = 0):
         if digits < 1:
             raise ValueError(f"digits must be >= 1, got {digits}")
         if needles < 1 or questions < 1:
@@ -235,7 +240,9 @@ class PasskeySource:
             raise ValueError(f"passkey filler must be one of {PASSKEY_FILLERS}, got {filler!r}")
         if repeats not in PASSKEY_REPEATS:
             raise ValueError(f"passkey repeats must be one of {PASSKEY_REPEATS}, got {repeats!r}")
-        self.random_filler, self.repeats = filler == "random", repeats
+        if shift < 0:
+            raise ValueError(f"passkey shift must be >= 0 tokens, got {shift}")
+        self.random_filler, self.repeats, self.shift = filler == "random", repeats, int(shift)
         if any(ch.isdigit() for ch in end):
             raise ValueError(f"passkey end {end!r} must not contain digits (it marks where the key stops)")
         self.loss_on, self.needles, self.questions, self.named = loss_on, int(needles), int(questions), int(named)
@@ -268,7 +275,8 @@ class PasskeySource:
                 f"filler={'random' if self.random_filler else 'cycle'!r}"
                 # only when not the default: runs saved before the option existed still resume
                 # (grain compares this text with the one in the checkpoint)
-                + (f", repeats={self.repeats!r})" if self.repeats != "spread" else ")"))
+                + (f", repeats={self.repeats!r}" if self.repeats != "spread" else "")
+                + (f", shift={self.shift})" if self.shift else ")"))
 
     def _draw(self, index: int):
         if not 0 <= index < self.num_records:
@@ -282,7 +290,8 @@ class PasskeySource:
     def example(self, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
         """(prompt ids, answer ids, info) of record `index` (its first episode when needles > 1)."""
         rng, key, depth, length = self._draw(index)
-        return self._one(index, key, depth, length, rng)
+        shift = self._shift(index, length)
+        return self._shifted([self._one(index, key, depth, length - shift, rng)], shift)[0]
 
     def _one(self, index: int, key: str, depth: float, length: int, rng: np.random.Generator):
         answer = self._parts.answer(key)
@@ -297,6 +306,28 @@ class PasskeySource:
         with the prefix and task line, their concatenation (with the answers) is the record.
         A prompt that asks again about the key before it has no needle (info["needle_offset"] None)."""
         rng, key, depth, length = self._draw(index)
+        shift = self._shift(index, length)
+        return self._shifted(self._episodes(index, rng, key, depth, length - shift), shift)
+
+    def _shift(self, index: int, length: int) -> int:
+        if not self.shift:
+            return 0
+        drawn = int(np.random.default_rng([self.seed, int(index), 1]).integers(0, self.shift + 1))
+        return min(drawn, length - self.shortest)
+
+    def _shifted(self, out: list, shift: int) -> list:
+        """`out` with `shift` filler tokens after the first prompt's task line."""
+        if not shift:
+            return out
+        ids, answer, info = out[0]
+        lead = len(self._parts.prefix) + len(self._parts.task)
+        cycle = self._parts.cycle
+        pad = np.tile(cycle, -(-shift // len(cycle)))[-shift:]
+        moved = None if info["needle_offset"] is None else info["needle_offset"] + shift
+        ids = np.concatenate([ids[:lead], pad, ids[lead:]]).astype(np.int32)
+        return [(ids, answer, dict(info, needle_offset=moved, shift=shift))] + out[1:]
+
+    def _episodes(self, index: int, rng: np.random.Generator, key: str, depth: float, length: int):
         count = int(rng.integers(1, self.needles + 1)) if self.needles > 1 else 1
         asks = int(rng.integers(1, self.questions + 1)) if self.questions > 1 else 1
         # as many as fit: the first episode takes `shortest`, a further needle `episode_tokens`,

@@ -65,6 +65,7 @@ class StageSection:
     chunk_size: int = 0  # 0 = comet.chunk_size (comet.mode=full ignores it)
     passkey_min_len: int = 0  # 0 = data.passkey_min_len
     passkey_needles: int = 0  # 0 = data.passkey_needles
+    passkey_shift: int = -1  # -1 = data.passkey_shift (0 is a value here: no shift)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,9 @@ class DataSection:
     passkey_filler: str = "cycle"
     # up to this many extra keys with a name ("the blue key"), each asked once at the end
     passkey_named: int = 0
+    # up to this many filler tokens after the task line (uniform per sequence, which is that
+    # much shorter otherwise): the chunk grid falls at a different place in every sequence
+    passkey_shift: int = 0
     # stages in order; after the last one, the data and comet sections themselves apply
     curriculum: list[StageSection] = field(default_factory=list)
 
@@ -406,7 +410,7 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     _positive(cfg, "comet.min_chunk data.seq_len "
                    "data.passkey_digits data.passkey_needles data.passkey_questions optim.grad_accum train.steps train.batch_size train.log_every "
                    "mesh.data mesh.fsdp mesh.tensor mesh.stage mesh.slices checkpoint.every checkpoint.keep")
-    _positive(cfg, "model.vocab_size data.num_workers data.passkey_min_len "
+    _positive(cfg, "model.vocab_size data.num_workers data.passkey_min_len data.passkey_shift "
                    "optim.warmup_steps optim.weight_decay optim.clip_norm optim.memory_lr_mult "
                    "optim.min_lr_ratio logging.peak_tflops_per_device distributed.num_processes",
               minimum=0, what=">= 0")
@@ -482,9 +486,10 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     for i, item in enumerate(d.curriculum):
         key = f"data.curriculum[{i}]"
         for k, minimum in (("until_step", 1), ("seq_len", 1), ("chunk_size", 0), ("passkey_min_len", 0),
-                           ("passkey_needles", 0)):
+                           ("passkey_needles", 0), ("passkey_shift", -1)):
             if getattr(item, k) < minimum:
-                what = "a positive int" if minimum else "a positive int (or 0: the section's value)"
+                what = ("a positive int" if minimum > 0 else "a positive int (or 0: the section's value)"
+                        if minimum == 0 else "an int >= 0 (or -1: the section's value)")
                 raise ConfigError(f"{key}.{k} must be {what}, got {getattr(item, k)!r}")
         if item.until_step <= last:
             raise ConfigError(f"{key}.until_step ({item.until_step}) must be larger than the previous "

@@ -133,6 +133,7 @@ class Stage(NamedTuple):
     chunk_size: int
     min_len: int  # shortest passkey example (0: seq_len)
     needles: int = 1  # most passkey episodes per sequence
+    shift: int = 0  # most filler tokens moving a passkey sequence against the chunk grid
 
 
 def curriculum_stage(cfg, step: int) -> Stage:
@@ -142,8 +143,9 @@ def curriculum_stage(cfg, step: int) -> Stage:
     for i, item in enumerate(d.curriculum):
         if step < item.until_step:
             return Stage(i, item.seq_len, item.chunk_size or c.chunk_size, item.passkey_min_len or d.passkey_min_len,
-                         item.passkey_needles or d.passkey_needles)
-    return Stage(len(d.curriculum), d.seq_len, c.chunk_size, d.passkey_min_len, d.passkey_needles)
+                         item.passkey_needles or d.passkey_needles,
+                         d.passkey_shift if item.passkey_shift < 0 else item.passkey_shift)
+    return Stage(len(d.curriculum), d.seq_len, c.chunk_size, d.passkey_min_len, d.passkey_needles, d.passkey_shift)
 
 
 class Trainer:
@@ -201,6 +203,7 @@ class Trainer:
         local_batch = cfg.train.batch_size // self.n_processes
         src = make_source(cfg.data, self.tokenizer, seq_len=seq_len,
                           passkey_min_len=min(stage.min_len or seq_len, seq_len), passkey_needles=stage.needles,
+                          passkey_shift=stage.shift,
                           seed=cfg.run.seed + stage.index,
                           vocab_size=self.model.real_vocab, reserved=comet_token_names(self.comet))
         num_chunks = None
