@@ -33,6 +33,9 @@ PASSKEY_FILLERS = ("cycle", "random")  # filler sentences in their fixed cycle, 
 # where a key's later questions go: after more filler each ("spread"), or all straight after its
 # first answer ("end": the first question then comes as late as the length allows)
 PASSKEY_REPEATS = ("spread", "end")
+# where data.passkey_shift's filler goes: between the task line and the rest ("task"), or
+# before the task line ("start": the needle of depth 0 still follows the task line directly)
+PASSKEY_SHIFT_AT = ("task", "start")
 # names of the extra passkey keys (data.passkey_named): words the passkey tokenizer already has
 PASSKEY_NAMES = ("blue", "green", "yellow")
 TRAIN_DTYPES = ("float32", "bfloat16")

@@ -371,3 +371,25 @@ def test_shift_moves_everything_after_the_task_line_against_the_chunk_grid(quest
     assert all(tight.episodes(i)[0][2].get("shift", 0) <= 3 for i in range(20))  # never cuts into the record
     with pytest.raises(ValueError, match="shift must be >= 0"):
         PasskeySource(tok, max_len=400, shift=-1)
+    with pytest.raises(ValueError, match="shift_at must be one of"):
+        PasskeySource(tok, max_len=400, shift=3, shift_at="end")
+
+
+def test_shift_at_start_moves_the_task_line_too():
+    from comet_jax.data.passkey_tokenizer import passkey_tokenizer
+
+    tok = passkey_tokenizer()
+    kw = dict(min_len=512, max_len=512, seed=3, questions=2, end=".", shift=15)
+    after, start = PasskeySource(tok, **kw), PasskeySource(tok, shift_at="start", **kw)
+    assert "shift_at='start'" in repr(start) and "shift_at" not in repr(after)
+    task = tok.encode(TASK.rstrip(" ")).ids
+    seen = set()
+    for i in range(40):
+        a, b = after.episodes(i)[0], start.episodes(i)[0]
+        s = b[2].get("shift", 0)
+        assert s == a[2].get("shift", 0) and b[2]["needle_offset"] == a[2]["needle_offset"]
+        assert np.array_equal(b[0][s:s + len(task)], task)  # the task line right after the shift
+        # the same tokens, the shift moved from after the task line to before it
+        assert np.array_equal(np.concatenate([b[0][s:s + len(task)], b[0][:s], b[0][s + len(task):]]), a[0])
+        seen.add(s)
+    assert len(seen) > 8

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from comet_jax.config import PASSKEY_FILLERS, PASSKEY_NAMES as NAMES, PASSKEY_REPEATS
+from comet_jax.config import PASSKEY_FILLERS, PASSKEY_NAMES as NAMES, PASSKEY_REPEATS, PASSKEY_SHIFT_AT
 
 FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
           "There and back again. ")
@@ -221,13 +221,14 @@ class PasskeySource:
     record is that much shorter otherwise: everything after the task line moves against the
     chunk grid, so a model sees every alignment of its needles and questions while the record
     keeps its length (the draw has its own random stream: the rest of a record is the record of
-    that shorter length).
+    that shorter length). shift_at="start": those tokens go before the task line instead (after
+    the prefix), so the task line moves too and a needle at depth 0 still follows it directly.
     """
 
     def __init__(self, tokenizer: Any, *, max_len: int, min_len: int | None = None, digits: int = 5,
                  seed: int = 0, num_records: int = 10**9, prefix_ids: Sequence[int] = (), loss_on: str = "answer",
                  needles: int = 1, questions: int = 1, end: str = "", filler: str = "cycle", named: int = 0,
-                 repeats: str = "spread", shift: int = 0):
+                 repeats: str = "spread", shift: int = 0, shift_at: str = "task"):
         if digits < 1:
             raise ValueError(f"digits must be >= 1, got {digits}")
         if needles < 1 or questions < 1:
@@ -242,7 +243,9 @@ class PasskeySource:
             raise ValueError(f"passkey repeats must be one of {PASSKEY_REPEATS}, got {repeats!r}")
         if shift < 0:
             raise ValueError(f"passkey shift must be >= 0 tokens, got {shift}")
-        self.random_filler, self.repeats, self.shift = filler == "random", repeats, int(shift)
+        if shift_at not in PASSKEY_SHIFT_AT:
+            raise ValueError(f"passkey shift_at must be one of {PASSKEY_SHIFT_AT}, got {shift_at!r}")
+        self.random_filler, self.repeats, self.shift, self.shift_at = filler == "random", repeats, int(shift), shift_at
         if any(ch.isdigit() for ch in end):
             raise ValueError(f"passkey end {end!r} must not contain digits (it marks where the key stops)")
         self.loss_on, self.needles, self.questions, self.named = loss_on, int(needles), int(questions), int(named)
@@ -276,7 +279,8 @@ class PasskeySource:
                 # only when not the default: runs saved before the option existed still resume
                 # (grain compares this text with the one in the checkpoint)
                 + (f", repeats={self.repeats!r}" if self.repeats != "spread" else "")
-                + (f", shift={self.shift})" if self.shift else ")"))
+                + (f", shift={self.shift}" if self.shift else "")
+                + (f", shift_at={self.shift_at!r})" if self.shift and self.shift_at != "task" else ")"))
 
     def _draw(self, index: int):
         if not 0 <= index < self.num_records:
@@ -316,11 +320,11 @@ class PasskeySource:
         return min(drawn, length - self.shortest)
 
     def _shifted(self, out: list, shift: int) -> list:
-        """`out` with `shift` filler tokens after the first prompt's task line."""
+        """`out` with `shift` filler tokens after the first prompt's task line (or before it)."""
         if not shift:
             return out
         ids, answer, info = out[0]
-        lead = len(self._parts.prefix) + len(self._parts.task)
+        lead = len(self._parts.prefix) + (len(self._parts.task) if self.shift_at == "task" else 0)
         cycle = self._parts.cycle
         pad = np.tile(cycle, -(-shift // len(cycle)))[-shift:]
         moved = None if info["needle_offset"] is None else info["needle_offset"] + shift

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from comet_jax.config import (ATTENTIONS, MODES, PASSKEY_FILLERS, PASSKEY_NAMES, PASSKEY_REPEATS, PLANNERS, REMATS, SCHEDULES, SOURCES, TRAIN_DTYPES, BackboneShape, ConfigError,
+from comet_jax.config import (ATTENTIONS, MODES, PASSKEY_FILLERS, PASSKEY_NAMES, PASSKEY_REPEATS, PASSKEY_SHIFT_AT, PLANNERS, REMATS, SCHEDULES, SOURCES, TRAIN_DTYPES, BackboneShape, ConfigError,
                               check_comet_settings)
 
 
@@ -97,6 +97,7 @@ class DataSection:
     # up to this many filler tokens after the task line (uniform per sequence, which is that
     # much shorter otherwise): the chunk grid falls at a different place in every sequence
     passkey_shift: int = 0
+    passkey_shift_at: str = "task"  # or "start": the shift before the task line
     # stages in order; after the last one, the data and comet sections themselves apply
     curriculum: list[StageSection] = field(default_factory=list)
 
@@ -471,6 +472,7 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
         raise ConfigError(f"data.passkey_loss must be answer or all, got {d.passkey_loss!r}")
     _one_of(cfg, "data.passkey_filler", PASSKEY_FILLERS)
     _one_of(cfg, "data.passkey_repeats", PASSKEY_REPEATS)
+    _one_of(cfg, "data.passkey_shift_at", PASSKEY_SHIFT_AT)
     if not 0 <= d.passkey_named <= len(PASSKEY_NAMES):
         raise ConfigError(f"data.passkey_named must be 0..{len(PASSKEY_NAMES)} (one key per name: "
                           f"{', '.join(PASSKEY_NAMES)}), got {d.passkey_named}")
