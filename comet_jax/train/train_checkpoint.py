@@ -27,6 +27,7 @@ import re
 import shutil
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -180,6 +181,9 @@ class TrainCheckpointer:
 
     def _failed(self, step: int, e: BaseException) -> CheckpointSaveError:
         self._failed_steps.append(step)
+        # after a failed write, Orbax's coroutines still queued for its closed event loop are
+        # dropped at exit, and Python prints a warning for each below the one-line error
+        warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
         return CheckpointSaveError(f"saving checkpoint step {step} to {self.directory / str(step)} failed: "
                                    f"{root_cause(e)}; {self.last_good()}")
 
