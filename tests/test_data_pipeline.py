@@ -195,6 +195,7 @@ def test_make_source(tmp_path, tok):
     assert make_source(Cfg(), None, passkey_repeats="end").repeats == "end" and pk.repeats == "spread"
     assert make_source(Cfg(), None, passkey_shift=15).shift == 15 and pk.shift == 0
     assert make_source(Cfg(), None, passkey_shift=3, passkey_shift_at="start").shift_at == "start"
+    assert make_source(Cfg(), None, passkey_shift=3, passkey_shift_share=0.5).shift_share == 0.5 and pk.shift_share == 1
     with pytest.raises(ValueError, match="unknown source"):
         make_source(source="parquet", path="x")
 

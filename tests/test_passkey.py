@@ -393,3 +393,28 @@ def test_shift_at_start_moves_the_task_line_too():
         assert np.array_equal(np.concatenate([b[0][s:s + len(task)], b[0][:s], b[0][s + len(task):]]), a[0])
         seen.add(s)
     assert len(seen) > 8
+
+
+def test_shift_share_leaves_the_other_records_as_the_plain_source_makes_them():
+    from comet_jax.data.passkey_tokenizer import passkey_tokenizer
+
+    tok = passkey_tokenizer()
+    kw = dict(min_len=512, max_len=512, seed=3, questions=2, end=".")
+    plain, every, half = (PasskeySource(tok, **kw), PasskeySource(tok, shift=15, **kw),
+                          PasskeySource(tok, shift=15, shift_share=0.5, **kw))
+    assert "shift_share=0.5" in repr(half) and "shift_share" not in repr(every)
+    unshifted = 0
+    for i in range(200):
+        h = half.episodes(i)
+        s = h[0][2].get("shift", 0)
+        if "shift" not in h[0][2]:  # not drawn for a shift: the plain record, token for token
+            unshifted += 1
+            assert all(np.array_equal(x[0], y[0]) for x, y in zip(h, plain.episodes(i)))
+        else:  # drawn: the same shift as with every record shifted (a share of 1 keeps old draws)
+            assert s == every.episodes(i)[0][2].get("shift", 0)
+            assert all(np.array_equal(x[0], y[0]) for x, y in zip(h, every.episodes(i)))
+    assert 80 < unshifted < 120  # about half, where every=... leaves only 1 in 16 unshifted
+    quarter = PasskeySource(tok, shift=15, shift_share=0.25, **kw)
+    assert 130 < sum("shift" not in quarter.episodes(i)[0][2] for i in range(200)) < 170
+    with pytest.raises(ValueError, match=r"shift_share must be in \[0, 1\]"):
+        PasskeySource(tok, max_len=400, shift=3, shift_share=1.5)

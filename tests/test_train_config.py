@@ -159,6 +159,7 @@ def test_validate_mesh_and_batch():
      r"data\.curriculum\[0\]\.passkey_shift must be an int >= 0 \(or -1: the section's value\)"),
     (["data.passkey_shift=-1"], r"data\.passkey_shift must be >= 0, got -1"),
     (["data.passkey_shift_at=end"], r"data\.passkey_shift_at must be one of task, start, got 'end'"),
+    (["data.passkey_shift_share=2"], r"data\.passkey_shift_share must be in \[0, 1\].*got 2"),
     (["data.passkey_needles=0"], r"data\.passkey_needles"),
     (["data.passkey_questions=0"], r"data\.passkey_questions"),
     (["data.passkey_end=1."], r"data\.passkey_end must not contain digits"),

@@ -223,12 +223,14 @@ class PasskeySource:
     keeps its length (the draw has its own random stream: the rest of a record is the record of
     that shorter length). shift_at="start": those tokens go before the task line instead (after
     the prefix), so the task line moves too and a needle at depth 0 still follows it directly.
+    shift_share < 1: only that share of records gets a shift (drawn per record), the rest none.
     """
 
     def __init__(self, tokenizer: Any, *, max_len: int, min_len: int | None = None, digits: int = 5,
                  seed: int = 0, num_records: int = 10**9, prefix_ids: Sequence[int] = (), loss_on: str = "answer",
                  needles: int = 1, questions: int = 1, end: str = "", filler: str = "cycle", named: int = 0,
-                 repeats: str = "spread", shift: int = 0, shift_at: str = "task"):
+                 repeats: str = "spread", shift: int = 0, shift_at: str = "task",
+                 shift_share: float = 1.0):
         if digits < 1:
             raise ValueError(f"digits must be >= 1, got {digits}")
         if needles < 1 or questions < 1:
@@ -245,7 +247,10 @@ class PasskeySource:
             raise ValueError(f"passkey shift must be >= 0 tokens, got {shift}")
         if shift_at not in PASSKEY_SHIFT_AT:
             raise ValueError(f"passkey shift_at must be one of {PASSKEY_SHIFT_AT}, got {shift_at!r}")
+        if not 0.0 <= shift_share <= 1.0:
+            raise ValueError(f"passkey shift_share must be in [0, 1], got {shift_share}")
         self.random_filler, self.repeats, self.shift, self.shift_at = filler == "random", repeats, int(shift), shift_at
+        self.shift_share = float(shift_share)
         if any(ch.isdigit() for ch in end):
             raise ValueError(f"passkey end {end!r} must not contain digits (it marks where the key stops)")
         self.loss_on, self.needles, self.questions, self.named = loss_on, int(needles), int(questions), int(named)
@@ -280,6 +285,7 @@ class PasskeySource:
                 # (grain compares this text with the one in the checkpoint)
                 + (f", repeats={self.repeats!r}" if self.repeats != "spread" else "")
                 + (f", shift={self.shift}" if self.shift else "")
+                + (f", shift_share={self.shift_share}" if self.shift and self.shift_share != 1.0 else "")
                 + (f", shift_at={self.shift_at!r})" if self.shift and self.shift_at != "task" else ")"))
 
     def _draw(self, index: int):
@@ -316,7 +322,10 @@ class PasskeySource:
     def _shift(self, index: int, length: int) -> int:
         if not self.shift:
             return 0
-        drawn = int(np.random.default_rng([self.seed, int(index), 1]).integers(0, self.shift + 1))
+        rng = np.random.default_rng([self.seed, int(index), 1])
+        drawn = int(rng.integers(0, self.shift + 1))  # first: a share of 1 keeps the draws of old runs
+        if self.shift_share < 1.0 and rng.random() >= self.shift_share:
+            return 0
         return min(drawn, length - self.shortest)
 
     def _shifted(self, out: list, shift: int) -> list:

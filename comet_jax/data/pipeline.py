@@ -215,7 +215,8 @@ def make_source(cfg: Any = None, tokenizer: Any = None, **overrides):
     arrayrecord a list of files / a comma-separated string), seq_len, skip_bad (False),
     passkey_min_len (None: the shortest possible prompt), passkey_digits (5), passkey_loss
     ("answer" or "all"), passkey_needles (1), passkey_questions (1), passkey_end (""),
-    passkey_filler ("cycle"), passkey_repeats ("spread"), passkey_named (0), passkey_shift (0), passkey_shift_at ("task"), seed (0),
+    passkey_filler ("cycle"), passkey_repeats ("spread"), passkey_named (0), passkey_shift (0), passkey_shift_at ("task"),
+    passkey_shift_share (1.0), seed (0),
     vocab_size (None: no range check), reserved ({id: name} of ids refused in data). The passkey
     source uses the byte tokenizer when `tokenizer` is None; its examples are at most seq_len
     tokens long; file sources read at most seq_len tokens of a document."""
@@ -240,7 +241,8 @@ def make_source(cfg: Any = None, tokenizer: Any = None, **overrides):
                              end=get("passkey_end", ""), filler=get("passkey_filler", "cycle"),
                              repeats=get("passkey_repeats", "spread"),
                              named=int(get("passkey_named", 0)), shift=int(get("passkey_shift", 0)),
-                             shift_at=get("passkey_shift_at", "task"))
+                             shift_at=get("passkey_shift_at", "task"),
+                             shift_share=float(get("passkey_shift_share", 1.0)))
     path = get("path")
     if not path:
         raise ValueError(f"make_source: source {kind!r} needs a path")

@@ -98,6 +98,7 @@ class DataSection:
     # much shorter otherwise): the chunk grid falls at a different place in every sequence
     passkey_shift: int = 0
     passkey_shift_at: str = "task"  # or "start": the shift before the task line
+    passkey_shift_share: float = 1.0  # the share of sequences that get a shift; the rest none
     # stages in order; after the last one, the data and comet sections themselves apply
     curriculum: list[StageSection] = field(default_factory=list)
 
@@ -473,6 +474,9 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     _one_of(cfg, "data.passkey_filler", PASSKEY_FILLERS)
     _one_of(cfg, "data.passkey_repeats", PASSKEY_REPEATS)
     _one_of(cfg, "data.passkey_shift_at", PASSKEY_SHIFT_AT)
+    if not 0 <= d.passkey_shift_share <= 1:
+        raise ConfigError(f"data.passkey_shift_share must be in [0, 1] (the share of sequences with a shift), "
+                          f"got {d.passkey_shift_share}")
     if not 0 <= d.passkey_named <= len(PASSKEY_NAMES):
         raise ConfigError(f"data.passkey_named must be 0..{len(PASSKEY_NAMES)} (one key per name: "
                           f"{', '.join(PASSKEY_NAMES)}), got {d.passkey_named}")
