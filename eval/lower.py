@@ -29,7 +29,8 @@ if __name__ == "__main__" and "jax" not in sys.modules:  # lowering needs no acc
     os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 from comet_jax.config import ATTENTION_HELP, ConfigError  # noqa: E402
-from comet_jax.train.train_config import config_parser, load_config, validate  # noqa: E402
+from comet_jax.train.train_config import config_parser, load_config  # noqa: E402
+from comet_jax.train.train_config_checks import validate  # noqa: E402
 
 PLATFORMS = ("tpu", "cuda", "cpu")
 EXIT_OOM = 3

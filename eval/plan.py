@@ -37,7 +37,8 @@ if __name__ == "__main__" and "jax" not in sys.modules:
                                        f" --xla_force_host_platform_device_count={n}").strip()
 
 from comet_jax.config import ConfigError  # noqa: E402
-from comet_jax.train.train_config import config_parser, load_config, validate  # noqa: E402
+from comet_jax.train.train_config import config_parser, load_config  # noqa: E402
+from comet_jax.train.train_config_checks import validate  # noqa: E402
 
 GB = 1e9
 # per chip: HBM (GB, as the compiler counts it) and dense bf16 peak (TFLOP/s)

@@ -215,7 +215,8 @@ def test_run_lock_without_flock_uses_pid_and_host(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ config
 
 def test_non_finite_settings_and_missing_files_are_config_errors(tmp_path):
-    from comet_jax.train.train_config import load_config, validate, validate_paths
+    from comet_jax.train.train_config import load_config
+    from comet_jax.train.train_config_checks import validate, validate_paths
 
     for bad in ("optim.lr=inf", "optim.lr=.nan", "model.rope_theta=-.inf"):
         with pytest.raises(ConfigError, match="must be a finite number"):

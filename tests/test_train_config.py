@@ -12,8 +12,8 @@ from comet_jax.train.train_config import (
     load_config,
     run_dir,
     to_dict,
-    validate,
 )
+from comet_jax.train.train_config_checks import validate
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

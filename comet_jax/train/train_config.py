@@ -3,26 +3,22 @@
 The frozen dataclasses below are the single source of defaults; a YAML file only overrides
 them, section by section (`run`, `model`, `comet`, `data`, `optim`, `train`, `mesh`,
 `checkpoint`, `logging`, `distributed`). `load_config` checks names and types (unknown keys
-get a "did you mean" suggestion), `validate` checks values and their consistency with the
-devices, and `dump_yaml` writes a config that `load_config` reads back unchanged.
+get a "did you mean" suggestion), `train_config_checks.validate` checks values and their
+consistency with the devices, and `dump_yaml` writes a config that `load_config` reads back unchanged.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
-from pathlib import Path
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-from comet_jax.config import (ATTENTIONS, MODES, PASSKEY_FILLERS, PASSKEY_NAMES, PASSKEY_REPEATS, PASSKEY_SHIFT_AT, PLANNERS, REMATS, SCHEDULES, SOURCES, TRAIN_DTYPES, BackboneShape, ConfigError,
-                              check_comet_settings)
-
+from comet_jax.config import REMATS, BackboneShape, ConfigError
 
 
 @dataclass(frozen=True)
@@ -326,6 +322,8 @@ def config_parser(prog: str, doc: str | None):
 
 def load_valid(args) -> TrainConfig:
     """The config of arguments parsed by a `config_parser`, loaded and validated (ConfigError)."""
+    from comet_jax.train.train_config_checks import validate
+
     cfg = load_config(args.config, args.overrides)
     validate(cfg)
     return cfg
@@ -366,169 +364,3 @@ def dump_yaml(cfg: TrainConfig) -> str:
 
 def run_dir(cfg: TrainConfig) -> str:
     return cfg.run.dir or os.path.join("runs", cfg.run.name)
-
-
-def validate_paths(cfg: TrainConfig) -> None:
-    """The files the run reads exist: checked before anything is imported, compiled or written."""
-    d, m = cfg.data, cfg.model
-    if d.source != "passkey":
-        for p in [s for s in d.path.split(",") if s] if d.source == "arrayrecord" else [d.path]:
-            if not Path(p).is_file():
-                raise ConfigError(f"data.path: {p} does not exist or is not a file")
-    if m.init != "scratch" and not (Path(m.init) / "comet_jax.json").is_file():
-        what = "does not exist" if not Path(m.init).exists() else "is not a converted checkpoint (no comet_jax.json)"
-        raise ConfigError(f"model.init: {m.init} {what}; convert an HF model first with "
-                          "`python -m comet_jax.convert SRC DST`, or use model.init=scratch")
-    tok = Path(d.tokenizer)
-    if d.tokenizer not in ("byte", "passkey", "checkpoint") and not (tok.is_file() or (tok / "tokenizer.json").is_file()):
-        raise ConfigError(f"data.tokenizer: {d.tokenizer} is not byte, passkey, checkpoint or an existing "
-                          "tokenizer.json file")
-
-
-# ---------------------------------------------------------------------------------------
-# values
-
-
-def _positive(cfg: TrainConfig, keys: str, minimum: float = 1, what: str = "> 0") -> None:
-    for dotted in keys.split():
-        section, key = dotted.split(".")
-        value = getattr(getattr(cfg, section), key)
-        if value < minimum:
-            raise ConfigError(f"{dotted} must be {what}, got {value}")
-
-
-def _one_of(cfg: TrainConfig, dotted: str, choices: tuple[str, ...]) -> None:
-    section, key = dotted.split(".")
-    value = getattr(getattr(cfg, section), key)
-    if value not in choices:
-        raise ConfigError(f"{dotted} must be one of {', '.join(choices)}, got {value!r}")
-
-
-def validate(cfg: TrainConfig, device_count: int | None = None, process_count: int = 1) -> None:
-    """Raise one ConfigError (naming the key and the fix) for the first invalid value.
-
-    `device_count`/`process_count` (from jax) enable the checks against the mesh."""
-    m, c, d, o, t, mesh = cfg.model, cfg.comet, cfg.data, cfg.optim, cfg.train, cfg.mesh
-    _positive(cfg, "comet.min_chunk data.seq_len "
-                   "data.passkey_digits data.passkey_needles data.passkey_questions optim.grad_accum train.steps train.batch_size train.log_every "
-                   "mesh.data mesh.fsdp mesh.tensor mesh.stage mesh.slices checkpoint.every checkpoint.keep")
-    _positive(cfg, "model.vocab_size data.num_workers data.passkey_min_len data.passkey_shift "
-                   "optim.warmup_steps optim.weight_decay optim.clip_norm optim.memory_lr_mult "
-                   "optim.min_lr_ratio logging.peak_tflops_per_device distributed.num_processes",
-              minimum=0, what=">= 0")
-    for section, types in FIELD_TYPES.items():
-        for key, tp in types.items():
-            value = getattr(getattr(cfg, section), key)
-            if tp is float and not math.isfinite(value):
-                raise ConfigError(f"{section}.{key} must be a finite number, got {value}")
-    for dotted in ("model.rope_theta", "model.rms_eps", "optim.lr", "optim.eps"):
-        value = getattr(getattr(cfg, dotted.split(".")[0]), dotted.split(".")[1])
-        if not value > 0:
-            raise ConfigError(f"{dotted} must be > 0, got {value}")
-    for key in ("b1", "b2"):
-        if not 0 <= getattr(o, key) < 1:
-            raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(o, key)}")
-    if o.min_lr_ratio > 1:
-        raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
-    _one_of(cfg, "distributed.init", ("auto", "always", "never"))
-    if cfg.distributed.process_id < -1:
-        raise ConfigError(f"distributed.process_id must be >= 0, or -1 for the environment; "
-                          f"got {cfg.distributed.process_id}")
-
-    # model
-    _one_of(cfg, "model.schedule", SCHEDULES)
-    _one_of(cfg, "model.remat", REMATS)
-    if not m.init:
-        raise ConfigError("model.init is empty; use scratch or the path of a converted checkpoint")
-    if m.init == "scratch":  # a converted checkpoint brings its own shape
-        m.validate_shape(TRAIN_DTYPES)
-        if m.num_kv_heads % mesh.tensor:
-            raise ConfigError(f"model.num_kv_heads ({m.num_kv_heads}) must be divisible by mesh.tensor "
-                              f"({mesh.tensor}); lower mesh.tensor")
-    else:
-        _one_of(cfg, "model.dtype", TRAIN_DTYPES)
-        _one_of(cfg, "model.attention", ATTENTIONS)
-
-    # comet
-    _one_of(cfg, "comet.mode", MODES)
-    chunked = c.mode == "comet"  # mode full has no chunks
-    if chunked and c.chunk_size > d.seq_len:
-        raise ConfigError(f"comet.chunk_size ({c.chunk_size}) is larger than data.seq_len ({d.seq_len}); "
-                          "lower comet.chunk_size or raise data.seq_len")
-    check_comet_settings(c.chunk_size, c.global_size, c.stride, c.budget)
-    for name, weight in c.planners.items():
-        if name not in PLANNERS:
-            raise _unknown(f"comet.planners.{name}", list(PLANNERS), "planners")
-        if weight < 0:
-            raise ConfigError(f"comet.planners.{name} must be >= 0, got {weight}")
-    if not sum(c.planners.values()) > 0:
-        raise ConfigError(f"comet.planners needs a positive weight, e.g. {{fixed: 1.0}}; got {c.planners}")
-    if c.planners.get("semantic", 0) > 0 and not c.boundary_ids:
-        raise ConfigError("comet.planners uses semantic but comet.boundary_ids is empty; list the token ids "
-                          "to split after (e.g. newline, period)")
-
-    # data
-    _one_of(cfg, "data.source", SOURCES)
-    if d.passkey_loss not in ("answer", "all"):
-        raise ConfigError(f"data.passkey_loss must be answer or all, got {d.passkey_loss!r}")
-    _one_of(cfg, "data.passkey_filler", PASSKEY_FILLERS)
-    _one_of(cfg, "data.passkey_repeats", PASSKEY_REPEATS)
-    _one_of(cfg, "data.passkey_shift_at", PASSKEY_SHIFT_AT)
-    if not 0 <= d.passkey_shift_share <= 1:
-        raise ConfigError(f"data.passkey_shift_share must be in [0, 1] (the share of sequences with a shift), "
-                          f"got {d.passkey_shift_share}")
-    if not 0 <= d.passkey_named <= len(PASSKEY_NAMES):
-        raise ConfigError(f"data.passkey_named must be 0..{len(PASSKEY_NAMES)} (one key per name: "
-                          f"{', '.join(PASSKEY_NAMES)}), got {d.passkey_named}")
-    if any(ch.isdigit() for ch in d.passkey_end):
-        raise ConfigError(f"data.passkey_end must not contain digits (it marks the end of the key), "
-                          f"got {d.passkey_end!r}; e.g. data.passkey_end=.")
-    if d.source != "passkey" and not d.path:
-        raise ConfigError(f"data.source={d.source} needs data.path (the {d.source} file or directory)")
-    if d.tokenizer == "checkpoint" and m.init == "scratch":
-        raise ConfigError("data.tokenizer=checkpoint needs model.init to be a converted checkpoint; "
-                          "use data.tokenizer=byte, passkey or a tokenizer.json path for model.init=scratch")
-    last = 0
-    for i, item in enumerate(d.curriculum):
-        key = f"data.curriculum[{i}]"
-        for k, minimum in (("until_step", 1), ("seq_len", 1), ("chunk_size", 0), ("passkey_min_len", 0),
-                           ("passkey_needles", 0), ("passkey_shift", -1)):
-            if getattr(item, k) < minimum:
-                what = ("a positive int" if minimum > 0 else "a positive int (or 0: the section's value)"
-                        if minimum == 0 else "an int >= 0 (or -1: the section's value)")
-                raise ConfigError(f"{key}.{k} must be {what}, got {getattr(item, k)!r}")
-        if item.until_step <= last:
-            raise ConfigError(f"{key}.until_step ({item.until_step}) must be larger than the previous "
-                              f"stage's ({last}); list the stages in order")
-        last = item.until_step
-        stage_chunk = item.chunk_size or c.chunk_size
-        if chunked and stage_chunk > item.seq_len:
-            name = f"{key}.chunk_size" if item.chunk_size else "comet.chunk_size"
-            raise ConfigError(f"{name} ({stage_chunk}) is larger than {key}.seq_len "
-                              f"({item.seq_len}); raise that stage's seq_len")
-
-    # batch and mesh
-    from comet_jax.parallel.sharding import check_rules
-
-    check_rules(mesh.rules)
-    if mesh.data % mesh.slices:
-        raise ConfigError(f"mesh.data ({mesh.data}) must be a multiple of mesh.slices ({mesh.slices}): the data axis "
-                          f"spans the slices (e.g. mesh.data={mesh.slices})")
-    dp = mesh.data * mesh.fsdp
-    if t.batch_size % dp:
-        raise ConfigError(f"train.batch_size ({t.batch_size}) must be divisible by data parallelism "
-                          f"mesh.data*mesh.fsdp = {dp}")
-    if t.batch_size % o.grad_accum or (t.batch_size // o.grad_accum) % dp:
-        raise ConfigError(f"train.batch_size ({t.batch_size}) must be divisible by optim.grad_accum "
-                          f"({o.grad_accum}) times mesh.data*mesh.fsdp ({dp}): each micro-batch is "
-                          "split over the data-parallel devices")
-    if t.batch_size % process_count:
-        raise ConfigError(f"train.batch_size ({t.batch_size}) must be divisible by the number of "
-                          f"processes ({process_count})")
-    if device_count is not None:
-        total = dp * mesh.tensor * mesh.stage
-        if total != device_count:
-            raise ConfigError(
-                f"mesh data*fsdp*tensor*stage = {total} but {device_count} devices are available; "
-                f"set the mesh axes so their product is {device_count} (e.g. mesh.fsdp={device_count} "
-                "mesh.data=1 mesh.tensor=1 mesh.stage=1)")
