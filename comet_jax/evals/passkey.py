@@ -371,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed, "samples": args.samples, "jitter": args.jitter,
             "lengths": lengths, "depths": depths, "train": meta.get("train"),
             "chunk_size": comet.chunk_size if args.mode == "comet" else None, "settings": settings}
-    total = sum(len(build_prompt(tokenizer, n, 0.5, "00000", prefix_ids=prefix, variant=args.prompt_variant)[0])
+    # with --jitter, prompt lengths are uniform in [n - jitter, n]: their mean is n - jitter / 2
+    total = sum(len(build_prompt(tokenizer, n - args.jitter // 2, 0.5, "00000", prefix_ids=prefix,
+                                 variant=args.prompt_variant)[0])
                 for n in lengths for d in depths if (n, d) not in done) * args.samples
     resumed = f"; {len(done)} of {len(lengths) * len(depths)} cells done before (--resume)" if done else ""
     if args.resume and not done:
@@ -385,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                              progress=bar.update, done=done,
                              on_cell=lambda cells: save_results(summarize(base, cells, lengths, depths), out),
                              variant=args.prompt_variant, jitter=args.jitter)
+            bar.total = bar.n  # the estimate made way for the count (jitter draws each length)
         results = summarize(base, cells, lengths, depths)
         save_results(results, out)
     except OutputError as e:
