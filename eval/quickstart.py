@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from comet_jax.config import CometConfig, ModelConfig
     from comet_jax.convert.__main__ import main as convert_main
-    from comet_jax.convert.hf_export import export_hf
+    from comet_jax.export.write import export_hf
     from comet_jax.model.init import init_params
     from comet_jax.evals.loss import main as loss_main
 

@@ -7,7 +7,7 @@ import transformers
 
 from comet_jax import checkpoint
 from comet_jax.config import CometConfig, ModelConfig
-from comet_jax.convert.hf_export import export_hf
+from comet_jax.export.write import export_hf
 from comet_jax.convert.hf_import import convert
 from comet_jax.model import backbone
 from comet_jax.model.init import init_params
