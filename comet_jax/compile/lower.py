@@ -1,7 +1,7 @@
 """Does the training config's train step (and its inference steps) compile for the target?
 
-    python -m eval.lower --config configs/llama3_8b_comet_32k.yaml --platform tpu --topology v5p:2x2x2
-    python -m eval.lower --config configs/tiny_cpu.yaml --platform cuda     # lowered only
+    comet-lower --config configs/llama3_8b_comet_32k.yaml --platform tpu --topology v5p:2x2x2
+    comet-lower --config configs/tiny_cpu.yaml --platform cuda     # lowered only
 
 Builds the jitted train step, the closed-chunk prefill and the one-token decode step with the
 config's real shapes as abstract values (nothing is allocated, no checkpoint is needed: a
@@ -14,7 +14,8 @@ function: function, platform, compiled, custom_calls (target -> count: `tpu_cust
 Pallas kernel such as splash attention), host_callbacks, f64_ops, and when compiled the
 per-device bytes of `memory_analysis()`. Exit 0 when every function compiled (or lowered),
 3 when the compiler ran out of device memory (the figure it reported is in the line), 2 on a
-bad config.
+bad config. Run as a command (comet-lower, python -m comet_jax.compile.lower), it uses the CPU
+platform with 8 fake devices unless JAX_PLATFORMS / XLA_FLAGS say otherwise.
 """
 
 from __future__ import annotations
@@ -24,20 +25,16 @@ import json
 import os
 import sys
 
-if __name__ == "__main__" and "jax" not in sys.modules:  # lowering needs no accelerator here
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-
-from comet_jax.config import ATTENTION_HELP, ConfigError  # noqa: E402
-from comet_jax.train.train_config import config_parser, load_config  # noqa: E402
-from comet_jax.train.train_config_checks import validate  # noqa: E402
+from comet_jax.config import ATTENTION_HELP, ConfigError
+from comet_jax.train.train_config import config_parser, load_config
+from comet_jax.train.train_config_checks import validate
 
 PLATFORMS = ("tpu", "cuda", "cpu")
 EXIT_OOM = 3
 
 
 def parse_args(argv=None):
-    ap = config_parser("python -m eval.lower", __doc__)
+    ap = config_parser("comet-lower", __doc__)
     ap.add_argument("--platform", choices=PLATFORMS, default="tpu", help="target platform (default tpu)")
     ap.add_argument("--topology", help="TPU topology to compile for, e.g. v5e:2x2, v5p:2x2x2 (needs libtpu)")
     ap.add_argument("--attention", help=f"override model.attention; {ATTENTION_HELP}")
@@ -155,8 +152,17 @@ def memory_levers(cfg) -> list[str]:
     return out
 
 
+def cpu_environment() -> None:
+    """Lowering needs no accelerator: the CPU platform with 8 fake devices, set before jax
+    starts (a process that already imported jax keeps what it has)."""
+    if "jax" not in sys.modules:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    cpu_environment()
     try:
         cfg = load_config(args.config, args.overrides)
         validate(cfg)

@@ -1,8 +1,8 @@
 """Size a training run before renting it: compile the real train step for the target.
 
-    python -m eval.plan --config configs/llama3_8b_comet_32k.yaml --target v5e:4x4 mesh.fsdp=16 train.batch_size=16
-    python -m eval.plan --config configs/llama3_8b_comet_32k.yaml --target h100 --devices 8
-    python -m eval.plan --config X.yaml --devices 16          # no libtpu: CPU compiler, an estimate
+    comet-plan --config configs/llama3_8b_comet_32k.yaml --target v5e:4x4 mesh.fsdp=16 train.batch_size=16
+    comet-plan --config configs/llama3_8b_comet_32k.yaml --target h100 --devices 8
+    comet-plan --config X.yaml --devices 16          # no libtpu: CPU compiler, an estimate
 
 `--target` is a TPU topology (v4, v5e, v5p, v6e: compiled by the TPU compiler for its chips,
 needs libtpu from requirements-dev.txt) or a GPU preset (h100, h200: HBM and peak only; the
@@ -18,7 +18,9 @@ program the TPU compiler refuses is `fits: false` with its own figure). `--searc
 finds the largest train.batch_size that fits by doubling / halving.
 
 Figures from `--devices` (the CPU compiler) are estimates: its buffer assignment and fusion
-differ from a TPU's or a GPU's.
+differ from a TPU's or a GPU's. The fake devices are asked for before jax starts, so
+`--devices N` works when this runs as a command (comet-plan, python -m comet_jax.compile.plan),
+not in a process that has already imported jax with fewer devices.
 """
 
 from __future__ import annotations
@@ -27,18 +29,10 @@ import json
 import os
 import sys
 
-if __name__ == "__main__" and "jax" not in sys.modules:
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    for i, a in enumerate(sys.argv):  # fake CPU devices must be asked for before jax starts
-        n = a.split("=", 1)[1] if a.startswith("--devices=") else (
-            sys.argv[i + 1] if a == "--devices" and i + 1 < len(sys.argv) else None)
-        if n and n.isdigit():
-            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                       f" --xla_force_host_platform_device_count={n}").strip()
-
-from comet_jax.config import ConfigError  # noqa: E402
-from comet_jax.train.train_config import config_parser, load_config  # noqa: E402
-from comet_jax.train.train_config_checks import validate  # noqa: E402
+from comet_jax.compile.lower import base_vocab, build_functions, memory_levers
+from comet_jax.config import ConfigError
+from comet_jax.train.train_config import config_parser, load_config
+from comet_jax.train.train_config_checks import validate
 
 GB = 1e9
 # per chip: HBM (GB, as the compiler counts it) and dense bf16 peak (TFLOP/s)
@@ -47,7 +41,7 @@ CHIPS = {"v4": (32.0, 275.0), "v5e": (15.75, 197.0), "v5p": (95.0, 459.0), "v6e"
 
 
 def parse_args(argv=None):
-    ap = config_parser("python -m eval.plan", __doc__)
+    ap = config_parser("comet-plan", __doc__)
     ap.add_argument("--target", help="TPU topology (v5e:4x4, v5p:4x4x4, v6e:2x2, v4:2x2x2) or GPU preset (h100, h200)")
     ap.add_argument("--devices", type=int, default=0, help="compile for N fake CPU devices (no libtpu needed)")
     ap.add_argument("--hbm-gb", type=float, default=0.0, help="device memory in GB (default: the target's)")
@@ -88,7 +82,6 @@ def plan_once(cfg, args, devices, compile_target: str):
     from comet_jax.model import attention
     from comet_jax.parallel import sharding
     from comet_jax.train.flops import param_count, train_flops_per_token
-    from eval.lower import base_vocab, build_functions
 
     model, comet, source = build.from_sections(cfg.model, cfg.comet, base_vocab(cfg))
     m = cfg.mesh
@@ -152,8 +145,6 @@ def table(r: dict) -> str:
 
 
 def levers(cfg) -> str:
-    from eval.lower import memory_levers
-
     return "to fit, try: " + "; ".join(memory_levers(cfg) + ["mesh.stage (layer pipeline)"])
 
 
@@ -184,23 +175,35 @@ def search_batch(cfg, args, devices, compiler, first: dict, log) -> tuple[dict, 
     return best if best[0] is not None else (last, None)
 
 
+def device_environment(devices: int) -> None:
+    """The CPU platform and `devices` fake CPU devices, asked for before jax starts (a process
+    that already imported jax keeps what it has)."""
+    if "jax" in sys.modules:
+        return
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if devices:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={devices}").strip()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    device_environment(args.devices)
+    import jax
+
+    from comet_jax import aot
+
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     try:
         cfg = load_config(args.config, args.overrides)
         validate(cfg)
-        import jax
-
-        from comet_jax import aot
-
         if args.chip in CHIPS and args.chip not in ("h100", "h200") and not args.devices:
             devices, compiler = aot.tpu_devices(args.target), "tpu"
         else:
             devices, compiler = jax.devices("cpu"), "cpu"
             if args.devices > len(devices):
                 raise ConfigError(f"--devices {args.devices}: this process has {len(devices)} CPU devices (run it as "
-                                  "`python -m eval.plan`, which asks for them before jax starts)")
+                                  "`comet-plan`, which asks for them before jax starts)")
             devices = devices[: args.devices]
         log(f"compiling the train step for {args.target or ''} {len(devices)} devices ({compiler} compiler)...")
         result = plan_once(cfg, args, devices, compiler)
