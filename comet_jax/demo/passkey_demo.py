@@ -1,9 +1,9 @@
-"""python -m eval.demo [--out docs/demo] [--work runs/demo] [--samples 50] [--seed 0] [--quick]
+"""comet-demo [--out DIR] [--work DIR] [--samples 50] [--seed 0] [--quick]
 
 The passkey demo in one command, on CPU: train three small models from scratch with the
-same budget (configs/demo_passkey.yaml) and evaluate each with `python -m eval.passkey` at
-1x, 4x, 16x and 32x the training length (the target's range; add 128 to --multipliers for
-128x, ~13 min more here), 5 needle depths:
+same budget (configs/demo_passkey.yaml, shipped with the package) and evaluate each with
+`comet-passkey` at 1x, 4x, 16x and 32x the training length (the target's range; add 128 to
+--multipliers for 128x, ~13 min more here), 5 needle depths:
 
   comet   CoMeT with its memory (global memory + temp memory)
   full    the same backbone trained and evaluated with full attention (no chunks)
@@ -15,7 +15,7 @@ single-core processes get ~1.3x the work done of one process using both cores. C
 is prefixed with the model's name. A model that starts when no other is waiting for a core
 group gets every core (it shares them with the models still running, then has them alone).
 
-CoMeT is also evaluated on a held-out prompt (`eval.passkey --prompt-variant held_out`: filler
+CoMeT is also evaluated on a held-out prompt (`comet-passkey --prompt-variant held_out`: filler
 sentences and a question wording no training example has) at --held-out-mults (default 1x, 4x
 and 32x: the target's range at a fifth of the cost of every length). A cell is scored twice: "exact"
 (the first number generated is the key: its digits, then no digit) and "starts with" (the first
@@ -25,7 +25,11 @@ Full attention costs O(length^2): it is evaluated up to --full-max-mult x the tr
 (default 4x: at 16x one prompt costs ~10 s here, 100 prompts a cell) and reported as not run
 beyond. Writes to --out: results.json, heatmap_{model}.png,
 accuracy_vs_length.png, train_loss.png. Training runs and raw eval outputs go to --work.
-Any training key can be changed for all three models with --set section.key=value.
+Run in the root of a comet-jax checkout these default to docs/demo and runs/demo (the
+committed artefacts), anywhere else to comet_demo and comet_demo/runs. Any training key can
+be changed for all three models with --set section.key=value. The models train and evaluate
+in child processes (`python -m comet_jax.train.cli`, `python -m comet_jax.evals.passkey`)
+of the same Python.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from comet_jax.bundled import checkout, config_path
+
 MODELS = {
     "comet": [],
     "full": ["comet.mode=full"],
@@ -50,14 +56,29 @@ MODELS = {
 }
 LABELS = {"comet": "CoMeT (memory)", "full": "full attention", "nomem": "CoMeT, memory off"}
 DEPTHS = "0,0.25,0.5,0.75,1"
+DEFAULT_CONFIG = "demo_passkey.yaml"
+
+
+def in_checkout_root() -> bool:
+    """Whether the current directory is the root of a comet-jax checkout (where the demo's
+    committed artefacts live)."""
+    return Path("docs/demo").is_dir() and Path("configs", DEFAULT_CONFIG).is_file()
+
+
+def default_dirs() -> tuple[str, str]:
+    """(--out, --work) when not given."""
+    return ("docs/demo", "runs/demo") if in_checkout_root() else ("comet_demo", "comet_demo/runs")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m eval.demo", description=__doc__,
+    ap = argparse.ArgumentParser(prog="comet-demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/demo_passkey.yaml", help="training config of all three models")
-    ap.add_argument("--out", default="docs/demo", help="artefacts directory (default docs/demo)")
-    ap.add_argument("--work", default="runs/demo", help="training runs and raw eval outputs (default runs/demo)")
+    ap.add_argument("--config", help=f"training config of all three models (default: the bundled {DEFAULT_CONFIG}, "
+                                     f"configs/{DEFAULT_CONFIG} of the repository)")
+    ap.add_argument("--out", help="artefacts directory (default: docs/demo in the root of a comet-jax checkout, "
+                                  "else comet_demo)")
+    ap.add_argument("--work", help="training runs and raw eval outputs (default: runs/demo in the root of a "
+                                   "comet-jax checkout, else comet_demo/runs)")
     ap.add_argument("--samples", type=int, default=50, help="prompts per (length, depth) cell (default 50)")
     ap.add_argument("--seed", type=int, default=0, help="training seed of every model (run.seed; default 0)")
     ap.add_argument("--multipliers", default="1,4,16,32",
@@ -126,7 +147,8 @@ def run(cmd: list[str], tag: str = "demo", cores: list[int] | None = None) -> No
     on failure."""
     log("$ python " + " ".join(cmd), tag)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    if checkout() is not None:  # run from a checkout, not installed: the children import the same code
+        env["PYTHONPATH"] = os.pathsep.join([str(checkout()), env.get("PYTHONPATH", "")])
     pin = None
     if cores is not None and hasattr(os, "sched_setaffinity"):
         pin = lambda: os.sched_setaffinity(0, cores)  # noqa: E731
@@ -163,7 +185,7 @@ def train_and_eval(name: str, cores, args, sets, seq_len, samples, depths, mults
         finished = False
     if not finished:
         log(f"training {name} ({LABELS[name]})" + (f" on cores {cores}" if cores else " on every core"), name)
-        run(["-m", "train", "--config", args.config, *overrides], name, cores)
+        run(["-m", "comet_jax.train.cli", "--config", args.config, *overrides], name, cores)
     else:
         log(f"reusing the finished run in {run_dir} (same config; --retrain to redo)", name)
     train_s = time.time() - t0
@@ -177,11 +199,12 @@ def train_and_eval(name: str, cores, args, sets, seq_len, samples, depths, mults
     variants = {"train": lengths} | ({"held_out": held} if name == "comet" and held else {})
     for variant, at in variants.items():
         out = work / (f"passkey_{name}" + ("" if variant == "train" else f"_{variant}"))
-        # a fresh evaluation every time (eval.passkey refuses to overwrite the results of an earlier one)
+        # a fresh evaluation every time (comet-passkey refuses to overwrite the results of an earlier one)
         shutil.rmtree(out, ignore_errors=True)
-        run(["-m", "eval.passkey", "--checkpoint", str(run_dir / "model"), "--lengths", ",".join(map(str, at)),
-             "--depths", depths, "--samples", str(samples), "--batch-size", str(min(samples, 25)),
-             "--mode", "full" if name == "full" else "comet", "--prompt-variant", variant, "--out", str(out)],
+        run(["-m", "comet_jax.evals.passkey", "--checkpoint", str(run_dir / "model"),
+             "--lengths", ",".join(map(str, at)), "--depths", depths, "--samples", str(samples),
+             "--batch-size", str(min(samples, 25)), "--mode", "full" if name == "full" else "comet",
+             "--prompt-variant", variant, "--out", str(out)],
             name, cores)
     res = json.loads((work / f"passkey_{name}" / "results.json").read_text())
     if "held_out" in variants:
@@ -295,16 +318,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from comet_jax.config import ConfigError
 
+    given_config = args.config
     try:
+        args.config = args.config or str(config_path(DEFAULT_CONFIG))
         seq_len = train_seq_len(args.config, sets)
     except (ConfigError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    work, out = Path(args.work), Path(args.out)
+    default_out, default_work = default_dirs()
+    work, out = Path(args.work or default_work), Path(args.out or default_out)
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    results: dict = {"config": args.config, "overrides": sets, "seed": args.seed, "train_seq_len": seq_len,
-                     "samples": samples,
+    results: dict = {"config": given_config or f"configs/{DEFAULT_CONFIG}", "overrides": sets, "seed": args.seed,
+                     "train_seq_len": seq_len, "samples": samples,
                      "multipliers": mults, "held_out_multipliers": held_mults, "models": {}}
     jobs = args.jobs or min(len(available_cores()), 3)
     jobs = max(1, min(jobs, len(models)))

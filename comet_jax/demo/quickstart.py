@@ -1,9 +1,10 @@
-"""python -m eval.quickstart [--out DIR]
+"""comet-quickstart [--out DIR]
 
 The CPU demo, no downloads: build a small random Llama, save it as a Hugging Face
-directory, convert it with `python -m comet_jax.convert`, and score a JSONL file with
-`python -m eval.loss` in full mode and in comet mode (chunks of 64 with memory). Every step is
-the real command-line entry point a user runs on a downloaded model.
+directory, convert it with `comet-convert` (python -m comet_jax.convert), and score a JSONL
+file with `comet-loss` (python -m comet_jax.evals.loss) in full mode and in comet mode (chunks
+of 64 with memory). Every step is the real command-line entry point a user runs on a
+downloaded model.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.quickstart", description=__doc__,
+    ap = argparse.ArgumentParser(prog="comet-quickstart", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/quickstart", help="work directory (replaced)")
+    ap.add_argument("--out", default="runs/quickstart", help="work directory, replaced (default runs/quickstart)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             f.write(json.dumps({"input_ids": rng.integers(0, model.vocab_size, n).tolist()}) + "\n")
     for mode in ("full", "comet"):
         cmd = ["--checkpoint", str(out / "checkpoint"), "--data", str(data), "--mode", mode]
-        print(f"[3/3] python -m eval.loss {' '.join(cmd)}", flush=True)
+        print(f"[3/3] python -m comet_jax.evals.loss {' '.join(cmd)}", flush=True)
         if loss_main(cmd) != 0:
             return 1
     print(f"quickstart done in {time.time() - t0:.0f}s (an untrained model scores about "

@@ -1,0 +1,8 @@
+"""`python -m eval.demo` (installed as `comet-demo`): see comet_jax/demo/passkey_demo.py."""
+
+import sys
+
+from comet_jax.demo.passkey_demo import main
+
+if __name__ == "__main__":
+    sys.exit(main())
