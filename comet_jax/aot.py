@@ -1,4 +1,4 @@
-"""Ahead-of-time lowering and compiling for a machine we do not have (eval.lower, eval.plan).
+"""Ahead-of-time lowering and compiling for a machine we do not have (comet-lower, comet-plan).
 
 Everything here is abstract: parameters, optimizer state, batches and decode states are
 `jax.ShapeDtypeStruct`s with shardings on a mesh, so an 8B model costs no memory. With libtpu

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import sys
 
-from comet_jax.train.train_config import config_parser, load_valid
+from comet_jax.train.train_config import config_parser
+from comet_jax.train.train_config_checks import load_valid
 
 
 def plan(cfg, model, comet, stages: int) -> dict:

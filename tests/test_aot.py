@@ -1,4 +1,4 @@
-"""Ahead-of-time lowering (comet_jax/aot.py) and its command, eval.lower."""
+"""Ahead-of-time lowering (comet_jax/aot.py) and its command, comet-lower (comet_jax/compile/lower.py)."""
 
 import importlib.util
 import json
@@ -6,8 +6,8 @@ import json
 import pytest
 
 from comet_jax import aot
+from comet_jax.compile import lower
 from comet_jax.config import ConfigError
-from eval import lower
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 TINY = ["model.hidden_size=64", "model.intermediate_size=96", "model.num_layers=2", "model.num_heads=2",

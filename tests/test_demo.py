@@ -1,5 +1,6 @@
-"""python -m eval.demo --quick: three tiny models trained and evaluated end to end, every
-artefact written (the full demo is the accuracy check; see docs/demo/)."""
+"""comet-demo (comet_jax/demo/passkey_demo.py) --quick: three tiny models trained and
+evaluated end to end, every artefact written (the full demo is the accuracy check; see
+docs/demo/)."""
 
 import json
 import os
@@ -9,13 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from comet_jax.bundled import config_path
+from comet_jax.demo import passkey_demo as demo
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+DEMO = [sys.executable, "-m", "comet_jax.demo.passkey_demo"]
 
 
 def test_quick_demo_writes_every_artefact(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
-    proc = subprocess.run([sys.executable, "-m", "eval.demo", "--quick", "--out", str(out), "--work", str(work)],
+    proc = subprocess.run([*DEMO, "--quick", "--out", str(out), "--work", str(work)],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = {"results.json", "accuracy_vs_length.png", "train_loss.png", "heatmap_comet.png", "heatmap_full.png",
@@ -28,22 +33,36 @@ def test_quick_demo_writes_every_artefact(tmp_path):
         assert r["train"]["mode"] == ("full" if name == "full" else "comet")
     assert "| CoMeT (memory) |" in proc.stdout and "| CoMeT (memory), held-out prompt |" in proc.stdout
     assert "[comet] " in proc.stderr and "[nomem] " in proc.stderr  # child output, prefixed
+    # the children are package modules: no checkout needed
+    assert "$ python -m comet_jax.train.cli " in proc.stderr and "$ python -m comet_jax.evals.passkey " in proc.stderr
     assert set(res["models"]["comet"]["held_out"]["exact_by_length"]) == set(res["models"]["comet"]["accuracy_by_length"])
     assert res["seed"] == 0
     # the last model to start (nomem, with 2+ cores) runs on every core
     assert "training nomem (CoMeT, memory off) on every core" in proc.stderr or len(os.sched_getaffinity(0)) < 2
 
 
-def test_bad_arguments():
-    proc = subprocess.run([sys.executable, "-m", "eval.demo", "--models", "comet,bogus"], cwd=ROOT, env=ENV,
+def test_bad_arguments(tmp_path):
+    env = {**ENV, "PYTHONPATH": str(ROOT)}  # outside the checkout
+    proc = subprocess.run([*DEMO, "--models", "comet,bogus"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--models" in proc.stderr
+    proc = subprocess.run([*DEMO, "--held-out-mults", "1,x"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--held-out-mults" in proc.stderr
+    # the alias in eval/ passes its arguments on
     proc = subprocess.run([sys.executable, "-m", "eval.demo", "--jobs", "-1"], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--jobs" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "eval.demo", "--held-out-mults", "1,x"], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "--held-out-mults" in proc.stderr
+
+
+def test_defaults_find_the_bundled_config_and_pick_the_output_directories(tmp_path, monkeypatch):
+    assert config_path("demo_passkey.yaml") == ROOT / "configs" / "demo_passkey.yaml"  # a checkout
+    with pytest.raises(FileNotFoundError, match="no bundled config nope.yaml"):
+        config_path("nope.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert demo.default_dirs() == ("comet_demo", "comet_demo/runs")
+    monkeypatch.chdir(ROOT)
+    assert demo.default_dirs() == ("docs/demo", "runs/demo")
 
 
 @pytest.mark.parametrize("argv, message", [(["--multipliers", "0,4"], "--multipliers must be positive"),
@@ -51,16 +70,12 @@ def test_bad_arguments():
                                            (["--multipliers", "1,four"], "--multipliers: comma-separated"),
                                            (["--held-out-mults", "-1"], "--held-out-mults must be positive")])
 def test_bad_multipliers_exit_2_naming_the_flag(argv, message, capsys):
-    from eval import demo
-
     with pytest.raises(SystemExit) as e:
         demo.main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_table_marks_held_out_lengths_not_run():
-    from eval import demo
-
     def res(by):
         return {"accuracy_by_length": {str(n): a for n, a in by.items()},
                 "exact_by_length": {str(n): a / 2 for n, a in by.items()}}
@@ -72,8 +87,6 @@ def test_table_marks_held_out_lengths_not_run():
 
 
 def test_core_groups_split_the_cores(monkeypatch):
-    from eval import demo
-
     monkeypatch.setattr(demo, "available_cores", lambda: [0, 1, 2, 3, 4, 5, 6, 7])
     assert demo.core_groups(3) == [[0, 1], [2, 3, 4], [5, 6, 7]]
     assert demo.core_groups(1) == [[0, 1, 2, 3, 4, 5, 6, 7]]
@@ -84,7 +97,6 @@ def test_core_groups_split_the_cores(monkeypatch):
 
 def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
     from comet_jax.train.train_config import dump_yaml, load_config
-    from eval import demo
 
     config, sets = str(ROOT / "configs" / "demo_passkey.yaml"), ["run.seed=0", "train.steps=4"]
     assert not demo.same_config(tmp_path, config, sets)  # no run there

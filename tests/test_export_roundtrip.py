@@ -193,7 +193,7 @@ def test_native_export_of_a_llama_with_memory(tmp_path):
 
 def test_export_hf_keeps_working_for_in_memory_params(tmp_path):
     from comet_jax.config import CometConfig, ModelConfig
-    from comet_jax.convert.hf_export import export_hf
+    from comet_jax.export.write import export_hf
     from comet_jax.export.tensors import expected_shapes
 
     model = ModelConfig(vocab_size=256, num_real_tokens=200, hidden_size=32, intermediate_size=48, num_layers=2,

@@ -1,4 +1,4 @@
-"""eval.plan: the compiled memory plan of a training config."""
+"""comet-plan (comet_jax/compile/plan.py): the compiled memory plan of a training config."""
 
 import importlib.util
 import json
@@ -6,9 +6,10 @@ import json
 import pytest
 
 from comet_jax import build
+from comet_jax.compile import plan
+from comet_jax.compile.lower import base_vocab
 from comet_jax.train.flops import param_count
 from comet_jax.train.train_config import load_config
-from eval import plan
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 TINY = ["model.hidden_size=64", "model.intermediate_size=96", "model.num_layers=2", "model.num_heads=2",
@@ -23,8 +24,6 @@ def run(capsys, *argv):
 
 def params_of(*overrides):
     cfg = load_config("configs/tiny_cpu.yaml", [*TINY, *overrides])
-    from eval.lower import base_vocab
-
     model, comet, _ = build.from_sections(cfg.model, cfg.comet, base_vocab(cfg))
     return param_count(model, comet)
 

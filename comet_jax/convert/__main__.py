@@ -1,4 +1,4 @@
-"""python -m comet_jax.convert SRC_DIR DST_DIR [options]
+"""comet-convert (or python -m comet_jax.convert) SRC_DIR DST_DIR [options]
 
 Convert a local Hugging Face Llama / Qwen3 directory (or an official CoMeT checkpoint)
 into a comet-jax checkpoint (Orbax parameters + configs + tokenizer).
@@ -20,7 +20,7 @@ from comet_jax.convert.hf_import import RECIPE, ConvertError, convert
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m comet_jax.convert", description=__doc__,
+    ap = argparse.ArgumentParser(prog="comet-convert", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", metavar="SRC_DIR", help="HF model directory (config.json + *.safetensors)")
     ap.add_argument("dst", metavar="DST_DIR", help="output checkpoint directory (must not exist, nor be or "

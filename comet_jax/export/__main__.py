@@ -1,4 +1,4 @@
-"""python -m comet_jax.export SRC DST [options]
+"""comet-export (or python -m comet_jax.export) SRC DST [options]
 
 Write a Hugging Face directory (safetensors shards + index, config.json, tokenizer,
 generation_config.json) from a converted checkpoint (a directory with comet_jax.json and
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from comet_jax.export.tensors import LAYOUTS
     from comet_jax.export.write import DEFAULT_SHARD_SIZE, DTYPES
 
-    ap = argparse.ArgumentParser(prog="python -m comet_jax.export", description=__doc__,
+    ap = argparse.ArgumentParser(prog="comet-export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", metavar="SRC", help="converted checkpoint, or training run directory")
     ap.add_argument("dst", metavar="DST", help="output HF directory (must not exist unless --overwrite)")

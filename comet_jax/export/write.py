@@ -1,6 +1,7 @@
 """The whole export: check everything, then stream the tensors into shards, write config.json
 and the side files, all inside one temporary directory renamed into place at the end
-(`checkpoint.atomic_dir`): a failed, stopped or killed export leaves nothing at DST."""
+(`checkpoint.atomic_dir`): a failed, stopped or killed export leaves nothing at DST.
+`export` reads a checkpoint from disk, `export_hf` writes a parameter tree in memory."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import numpy as np
 
 from comet_jax.checkpoint import atomic_dir
 from comet_jax.config import CometConfig, ModelConfig
-from comet_jax.convert.hf_export import hf_config
 from comet_jax.export import ExportError
+from comet_jax.export.hf_config import hf_config
+from comet_jax.export.leaves import MemoryLeaves
 from comet_jax.export.safetensors_out import DTYPE_CODES, nbytes, parse_size, plan_shards, shard_names, write_shards
 from comet_jax.export.tensors import choose_layout, expected_shapes, pieces, plan
 from comet_jax.resources import peak_rss_bytes
@@ -51,6 +53,21 @@ def export(src: str | os.PathLike, dst: str | os.PathLike, *, step: int | None =
                        hf_source=source.hf_config, max_positions=source.max_position_embeddings,
                        side_files=source.write_side_files, log=log)
     return {"source": source.label, **summary}
+
+
+def export_hf(params: dict, model: ModelConfig, comet: CometConfig, dst: str | Path, overwrite: bool = False,
+              layout: str | None = None, dtype: str | None = None, shard_size: str | int = DEFAULT_SHARD_SIZE,
+              drop_memory: bool = False) -> Path:
+    """Write an in-memory parameter tree as an HF directory at dst, atomically (no tokenizer).
+    Default layout: official for a Qwen3 with memory, plain without memory, native otherwise."""
+    import jax
+
+    from comet_jax.checkpoint import flatten
+
+    leaves = MemoryLeaves(flatten(jax.device_get(params)))
+    write_hf(leaves, model, comet, Path(dst), layout=layout, dtype=dtype, shard_size=shard_size,
+             overwrite=overwrite, drop_memory=drop_memory)
+    return Path(dst)
 
 
 def write_hf(leaves, model: ModelConfig, comet: CometConfig, dst: Path, *, layout: str | None = None,

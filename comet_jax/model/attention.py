@@ -47,7 +47,7 @@ def _notice(message: str) -> None:
 
 
 # The platform functions are traced for when it is not the one JAX runs on (compiling for a
-# TPU on a CPU host: eval.lower, eval.plan); None = jax.default_backend().
+# TPU on a CPU host: comet-lower, comet-plan); None = jax.default_backend().
 _TARGET: list[str | None] = [None]
 
 
@@ -230,7 +230,7 @@ def _splash_local(q, k, v, segments):
 
 def _sharded(fn, q, k, v, segments):
     """fn(q, k, v, segments) under shard_map over the batch and head axes of the mesh in
-    context (the trainer, eval.lower and eval.plan trace under
+    context (the trainer, comet-lower and comet-plan trace under
     `parallel.sharding.tracing`), or directly when there is none."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:

@@ -93,7 +93,7 @@ def use_rules(overrides: dict[str, str] | None):
 def tracing(mesh: Mesh, overrides: dict[str, str] | None):
     """Trace a step for `mesh` under the rule table with `overrides`: activations are pinned
     by the rules and a kernel call is split over the mesh. Only the abstract mesh is set, so
-    `mesh` may hold devices of another machine (eval.lower, eval.plan)."""
+    `mesh` may hold devices of another machine (comet-lower, comet-plan)."""
     with use_rules(overrides), jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         yield
 

@@ -20,8 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from comet_jax.config import ConfigError
-    from comet_jax.train.train_config import dump_yaml, load_valid
-    from comet_jax.train.train_config_checks import validate, validate_paths
+    from comet_jax.train.train_config import dump_yaml
+    from comet_jax.train.train_config_checks import load_valid, validate, validate_paths
 
     try:
         cfg = load_valid(args)
@@ -56,3 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+
+if __name__ == "__main__":
+    sys.exit(main())

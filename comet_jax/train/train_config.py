@@ -180,7 +180,7 @@ FIELD_TYPES: dict[str, dict[str, Any]] = {name: typing.get_type_hints(cls) for n
 # names and types
 
 
-def _unknown(key: str, known: list[str], what: str, source: str = "") -> ConfigError:
+def unknown_key(key: str, known: list[str], what: str, source: str = "") -> ConfigError:
     """'unknown key optim.lrr; known keys of optim: ...; did you mean optim.lr?'"""
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
     prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
@@ -247,7 +247,7 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
             raise ConfigError(f"{key} must be {shape}, got {value!r}")
         for k in value:
             if k not in hints:
-                raise _unknown(f"{key}.{k}", list(hints), f"keys of {key}")
+                raise unknown_key(f"{key}.{k}", list(hints), f"keys of {key}")
         return tp(**{k: _coerce(f"{key}.{k}", hints[k], v) for k, v in value.items()})
     raise AssertionError(f"unhandled field type {tp!r} for {key}")  # pragma: no cover
 
@@ -260,7 +260,7 @@ def _set(tree: dict[str, dict[str, Any]], section: str, key: str, value: Any, so
                           f"known sections: {', '.join(SECTIONS)}{hint}")
     types = FIELD_TYPES[section]
     if key not in types:
-        raise _unknown(f"{section}.{key}", list(types), f"keys of {section}", source)
+        raise unknown_key(f"{section}.{key}", list(types), f"keys of {section}", source)
     if (section, key) == ("model", "remat"):
         if isinstance(value, bool):
             value = "full" if value else "none"  # remat: true / false, as configs wrote it before
@@ -278,7 +278,7 @@ def _merge_yaml(tree: dict[str, dict[str, Any]], data: Any, path: str) -> None:
                           f"({', '.join(SECTIONS)}), got {type(data).__name__}")
     for section, body in data.items():
         if section not in SECTIONS:
-            raise _unknown(str(section), list(SECTIONS), "sections", path)
+            raise unknown_key(str(section), list(SECTIONS), "sections", path)
         if body is None:  # a section whose keys are all commented out
             continue
         if not isinstance(body, dict):
@@ -310,7 +310,8 @@ def _parse_override(tree: dict[str, dict[str, Any]], item: str) -> None:
 
 def config_parser(prog: str, doc: str | None):
     """An argument parser with the arguments every command that reads a training config takes
-    (`--config FILE` and `section.key=value` overrides); `load_valid` reads them."""
+    (`--config FILE` and `section.key=value` overrides); `train_config_checks.load_valid`
+    reads them."""
     import argparse
 
     ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -318,15 +319,6 @@ def config_parser(prog: str, doc: str | None):
     ap.add_argument("overrides", nargs="*", metavar="section.key=value",
                     help="overrides of single keys, e.g. optim.lr=1e-4 mesh.fsdp=4")
     return ap
-
-
-def load_valid(args) -> TrainConfig:
-    """The config of arguments parsed by a `config_parser`, loaded and validated (ConfigError)."""
-    from comet_jax.train.train_config_checks import validate
-
-    cfg = load_config(args.config, args.overrides)
-    validate(cfg)
-    return cfg
 
 
 def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:

@@ -1,6 +1,7 @@
 """Checks of a loaded training config: the files it reads exist (`validate_paths`) and its
 values are valid and consistent with each other and the devices (`validate`). Each failure
-is one ConfigError that names the key and the fix."""
+is one ConfigError that names the key and the fix. `load_valid` loads a config and validates it.
+This module imports `train_config`, never the other way round."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from pathlib import Path
 
 from comet_jax.config import (ATTENTIONS, MODES, PASSKEY_FILLERS, PASSKEY_NAMES, PASSKEY_REPEATS, PASSKEY_SHIFT_AT,
                               PLANNERS, REMATS, SCHEDULES, SOURCES, TRAIN_DTYPES, ConfigError, check_comet_settings)
-from comet_jax.train.train_config import FIELD_TYPES, TrainConfig, _unknown
+from comet_jax.train.train_config import FIELD_TYPES, TrainConfig, load_config, unknown_key
+
+
+def load_valid(args) -> TrainConfig:
+    """The config of arguments parsed by `train_config.config_parser`, loaded and validated
+    (ConfigError)."""
+    cfg = load_config(args.config, args.overrides)
+    validate(cfg)
+    return cfg
 
 
 def validate_paths(cfg: TrainConfig) -> None:
@@ -102,7 +111,7 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     check_comet_settings(c.chunk_size, c.global_size, c.stride, c.budget)
     for name, weight in c.planners.items():
         if name not in PLANNERS:
-            raise _unknown(f"comet.planners.{name}", list(PLANNERS), "planners")
+            raise unknown_key(f"comet.planners.{name}", list(PLANNERS), "planners")
         if weight < 0:
             raise ConfigError(f"comet.planners.{name} must be >= 0, got {weight}")
     if not sum(c.planners.values()) > 0:

@@ -1,10 +1,8 @@
-"""Our model -> a Hugging Face directory: the config.json (`hf_config`) and, for parameters
-in memory, the whole export (`export_hf`). The command `python -m comet_jax.export` streams
-a checkpoint from disk through the same code (`comet_jax/export/`)."""
+"""config.json of an export (`hf_config`): the fields transformers reads, computed from our
+configs, on top of the source model's config.json when the checkpoint kept it."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from comet_jax.config import CometConfig, ModelConfig, to_dict
@@ -81,20 +79,3 @@ def hf_config(model: ModelConfig, comet: CometConfig, layout: str = "plain", *, 
     if layout == "native":
         cfg[NATIVE_KEY] = {"format": 1, **to_dict(comet)}
     return {**head, **cfg}
-
-
-def export_hf(params: dict, model: ModelConfig, comet: CometConfig, dst: str | Path, overwrite: bool = False,
-              layout: str | None = None, dtype: str | None = None, shard_size: str | int = "5GB",
-              drop_memory: bool = False) -> Path:
-    """Write an in-memory parameter tree as an HF directory at dst, atomically (no tokenizer).
-    Default layout: official for a Qwen3 with memory, plain without memory, native otherwise."""
-    import jax
-
-    from comet_jax.checkpoint import flatten
-    from comet_jax.export.leaves import MemoryLeaves
-    from comet_jax.export.write import write_hf
-
-    leaves = MemoryLeaves(flatten(jax.device_get(params)))
-    write_hf(leaves, model, comet, Path(dst), layout=layout, dtype=dtype, shard_size=shard_size,
-             overwrite=overwrite, drop_memory=drop_memory)
-    return Path(dst)

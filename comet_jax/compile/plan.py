@@ -1,0 +1,224 @@
+"""Size a training run before renting it: compile the real train step for the target.
+
+    comet-plan --config configs/llama3_8b_comet_32k.yaml --target v5e:4x4 mesh.fsdp=16 train.batch_size=16
+    comet-plan --config configs/llama3_8b_comet_32k.yaml --target h100 --devices 8
+    comet-plan --config X.yaml --devices 16          # no libtpu: CPU compiler, an estimate
+
+`--target` is a TPU topology (v4, v5e, v5p, v6e: compiled by the TPU compiler for its chips,
+needs libtpu from requirements-dev.txt) or a GPU preset (h100, h200: HBM and peak only; the
+program is compiled for `--devices` fake CPU devices). The train step is compiled on the
+config's mesh with abstract inputs (nothing allocated, no checkpoint needed). Prints a table
+and, as the last stdout line, one JSON object: target, devices, mesh, params,
+params_opt_bytes_per_device (parameters + Adam moments per device, from the shardings:
+exact), temp_bytes_per_device and the other per-device bytes of `memory_analysis()`,
+flops_per_step (model FLOPs, comet_jax/train/flops.py) next to the compiler's hlo_flops (it
+counts a loop body once, so it is far lower for scanned layers), tokens_per_step, a step time at
+`--mfu` of the chip's peak, compile_s and fits (total bytes against the chip's HBM; a
+program the TPU compiler refuses is `fits: false` with its own figure). `--search-batch`
+finds the largest train.batch_size that fits by doubling / halving.
+
+Figures from `--devices` (the CPU compiler) are estimates: its buffer assignment and fusion
+differ from a TPU's or a GPU's. The fake devices are asked for before jax starts, so
+`--devices N` works when this runs as a command (comet-plan, python -m comet_jax.compile.plan),
+not in a process that has already imported jax with fewer devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from comet_jax.compile.lower import base_vocab, build_functions, memory_levers
+from comet_jax.config import ConfigError
+from comet_jax.train.train_config import config_parser, load_config
+from comet_jax.train.train_config_checks import validate
+
+GB = 1e9
+# per chip: HBM (GB, as the compiler counts it) and dense bf16 peak (TFLOP/s)
+CHIPS = {"v4": (32.0, 275.0), "v5e": (15.75, 197.0), "v5p": (95.0, 459.0), "v6e": (31.25, 918.0),
+         "h100": (80.0, 989.0), "h200": (141.0, 989.0)}
+
+
+def parse_args(argv=None):
+    ap = config_parser("comet-plan", __doc__)
+    ap.add_argument("--target", help="TPU topology (v5e:4x4, v5p:4x4x4, v6e:2x2, v4:2x2x2) or GPU preset (h100, h200)")
+    ap.add_argument("--devices", type=int, default=0, help="compile for N fake CPU devices (no libtpu needed)")
+    ap.add_argument("--hbm-gb", type=float, default=0.0, help="device memory in GB (default: the target's)")
+    ap.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation for the step-time estimate")
+    ap.add_argument("--search-batch", action="store_true", help="find the largest train.batch_size that fits")
+    args = ap.parse_intermixed_args(argv)
+    if not args.target and not args.devices:
+        ap.error("give --target (a TPU topology or h100/h200) and/or --devices N")
+    if args.devices < 0 or not 0 < args.mfu <= 1:
+        ap.error("--devices must be >= 1 and --mfu in (0, 1]")
+    gen = (args.target or "").split(":")[0].lower()
+    if args.target and gen not in CHIPS:
+        ap.error(f"--target {args.target}: unknown chip {gen!r}; known: {', '.join(CHIPS)}")
+    if gen in ("h100", "h200") and not args.devices:
+        ap.error(f"--target {gen} is a GPU preset: give --devices N (the program is compiled for N CPU devices)")
+    args.chip = gen or None
+    return args
+
+
+def per_device_bytes(tree) -> int:
+    """Bytes one device holds of a tree of sharded abstract arrays (the largest shard)."""
+    import math
+
+    import jax
+
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shard = x.sharding.shard_shape(x.shape)
+        total += math.prod(shard) * x.dtype.itemsize
+    return total
+
+
+def plan_once(cfg, args, devices, compile_target: str):
+    """Compile the train step of `cfg` on `devices`; returns the result dict."""
+    import numpy as np
+
+    from comet_jax import aot, build
+    from comet_jax.model import attention
+    from comet_jax.parallel import sharding
+    from comet_jax.train.flops import param_count, train_flops_per_token
+
+    model, comet, source = build.from_sections(cfg.model, cfg.comet, base_vocab(cfg))
+    m = cfg.mesh
+    shape = (m.data, m.fsdp, m.tensor, m.stage)
+    if m.data * m.fsdp * m.tensor * m.stage != len(devices):
+        raise ConfigError(f"mesh data*fsdp*tensor*stage = {m.data * m.fsdp * m.tensor * m.stage} but the target has "
+                          f"{len(devices)} devices; set e.g. mesh.fsdp={len(devices) // (m.data * m.tensor * m.stage)}")
+    mesh = sharding.make_mesh(*shape, devices=np.asarray(devices[: int(np.prod(shape))]))
+    platform = "tpu" if compile_target == "tpu" else "cpu"
+    kernel_platform = "gpu" if args.chip in ("h100", "h200") else platform
+    if m.stage > 1:
+        with attention.target(kernel_platform):
+            model = attention.for_pipeline(model)
+    with attention.target(platform), sharding.tracing(mesh, cfg.mesh.rules):
+        [(_, fn, fargs, _)] = build_functions(cfg, model, comet, mesh, {"train"}, 0, 8)
+        result = aot.compile_fn(fn, fargs)
+    state = fargs[0]
+    mode = cfg.comet.mode
+    tokens = cfg.train.batch_size * cfg.data.seq_len
+    flops = train_flops_per_token(model, comet if mode == "comet" else None, context=cfg.data.seq_len) * tokens
+    hbm, peak = CHIPS.get(args.chip, (0.0, 0.0))
+    hbm = args.hbm_gb or hbm
+    out = {"target": args.target or f"{len(devices)} CPU devices", "compiler": compile_target,
+           "devices": int(np.prod(shape)), "mesh": dict(mesh.shape), "model_from": source,
+           "batch_size": cfg.train.batch_size, "seq_len": cfg.data.seq_len, "mode": mode,
+           "remat": cfg.model.remat, "schedule": cfg.model.schedule,
+           "params": param_count(model, comet),
+           "params_opt_bytes_per_device": per_device_bytes({"p": state["params"], "o": state["opt_state"]}),
+           "tokens_per_step": tokens, "flops_per_step": flops, "compile_s": result.get("compile_s")}
+    if result["compiled"]:
+        mem = result["memory"] or {}
+        out.update({f"{k}_per_device": v for k, v in mem.items()})
+        out["hlo_flops"] = result.get("hlo_flops")
+        out["fits"] = mem.get("total_bytes", 0) <= hbm * GB if hbm else None
+    else:
+        out.update({"fits": False, "error": result["error"]})
+    if peak:
+        out["step_s_at_mfu"] = float(f"{flops / (out['devices'] * peak * 1e12 * args.mfu):.4g}")
+        out["mfu"] = args.mfu
+    out["hbm_gb_per_device"] = hbm or None
+    return out
+
+
+def table(r: dict) -> str:
+    gb = lambda k: f"{r[k] / GB:.2f} GB" if r.get(k) is not None else "-"  # noqa: E731
+    rows = [("target", f"{r['target']} ({r['devices']} devices, compiled by the {r['compiler']} compiler)"),
+            ("mesh", " ".join(f"{k}={v}" for k, v in r["mesh"].items())),
+            ("model", f"{r['params'] / 1e9:.3f}B parameters ({r['model_from']}), {r['mode']}, remat {r['remat']}"),
+            ("batch", f"{r['batch_size']} x {r['seq_len']} tokens = {r['tokens_per_step']} per step"),
+            ("params + optimizer", gb("params_opt_bytes_per_device") + " per device"),
+            ("arguments / temp", f"{gb('argument_bytes_per_device')} / {gb('temp_bytes_per_device')} per device"),
+            ("total", f"{gb('total_bytes_per_device')} of {r['hbm_gb_per_device'] or '?'} GB HBM"),
+            ("FLOPs per step", f"{r['flops_per_step']:.3e} (compiler, loop bodies once: {r.get('hlo_flops') or 0:.3e})"),
+            ("step time", f"{r['step_s_at_mfu']} s at {r['mfu']:.0%} MFU" if "step_s_at_mfu" in r else "-"),
+            ("compile", f"{r['compile_s']} s"),
+            ("fits", {True: "yes", False: "NO", None: "unknown (no HBM figure: --hbm-gb)"}[r["fits"]])]
+    if r.get("error"):
+        rows.append(("compiler", r["error"]))
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+def levers(cfg) -> str:
+    return "to fit, try: " + "; ".join(memory_levers(cfg) + ["mesh.stage (layer pipeline)"])
+
+
+def search_batch(cfg, args, devices, compiler, first: dict, log) -> tuple[dict, int | None]:
+    """Double the batch while it fits, or halve it until it does (multiples of data x fsdp)."""
+    import dataclasses
+
+    dp = cfg.mesh.data * cfg.mesh.fsdp * cfg.optim.grad_accum
+    best, batch, last = (first, cfg.train.batch_size) if first["fits"] else (None, None), cfg.train.batch_size, first
+    step = 2 if first["fits"] else 0.5
+    for _ in range(8):
+        nxt = int(batch * step)
+        if nxt < dp or nxt % dp:
+            break
+        batch = nxt
+        c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch))
+        last = plan_once(c, args, devices, compiler)
+        log(f"batch {batch}: {'fits' if last['fits'] else 'does not fit'}"
+            + (f" ({last.get('total_bytes_per_device', 0) / GB:.2f} GB)" if last.get("total_bytes_per_device") else ""))
+        if last["fits"]:
+            best = (last, batch)
+            if step < 1:
+                break
+        elif step > 1:
+            break
+    if best[0] is not None and best[1] == batch and step > 1:
+        best[0]["search_stopped_at"] = batch  # still fitting after 8 doublings: a lower bound
+    return best if best[0] is not None else (last, None)
+
+
+def device_environment(devices: int) -> None:
+    """The CPU platform and `devices` fake CPU devices, asked for before jax starts (a process
+    that already imported jax keeps what it has)."""
+    if "jax" in sys.modules:
+        return
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if devices:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={devices}").strip()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device_environment(args.devices)
+    import jax
+
+    from comet_jax import aot
+
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        cfg = load_config(args.config, args.overrides)
+        validate(cfg)
+        if args.chip in CHIPS and args.chip not in ("h100", "h200") and not args.devices:
+            devices, compiler = aot.tpu_devices(args.target), "tpu"
+        else:
+            devices, compiler = jax.devices("cpu"), "cpu"
+            if args.devices > len(devices):
+                raise ConfigError(f"--devices {args.devices}: this process has {len(devices)} CPU devices (run it as "
+                                  "`comet-plan`, which asks for them before jax starts)")
+            devices = devices[: args.devices]
+        log(f"compiling the train step for {args.target or ''} {len(devices)} devices ({compiler} compiler)...")
+        result = plan_once(cfg, args, devices, compiler)
+        if args.search_batch:
+            result, best = search_batch(cfg, args, devices, compiler, result, log)
+            result["largest_batch_that_fits"] = best
+    except (ConfigError, aot.Unavailable) as e:
+        log(f"error: {e}")
+        return 2
+    print(table(result))
+    if result["fits"] is False:
+        print(levers(cfg))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
