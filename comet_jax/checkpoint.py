@@ -390,7 +390,7 @@ def read_meta(directory: str | os.PathLike) -> tuple[ModelConfig, CometConfig, d
     if not meta_path.is_file():
         raise CheckpointError(
             f"{directory} is not a comet-jax checkpoint (no {META_FILE}); convert an HF model first with "
-            "`python -m comet_jax.convert SRC DST`"
+            "`comet-convert SRC DST`"
         )
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT_VERSION:

@@ -1,1 +1,1 @@
-"""HF safetensors -> comet-jax checkpoint conversion (`python -m comet_jax.convert`)."""
+"""HF safetensors -> comet-jax checkpoint conversion (`comet-convert`, or `python -m comet_jax.convert`)."""

@@ -159,7 +159,7 @@ def _comet_from_official(cfg: dict[str, Any]) -> CometConfig:
 
 
 def _comet_from_native(cfg: dict[str, Any]) -> CometConfig:
-    """The settings our `native` export layout writes under NATIVE_KEY (README, "Exporting")."""
+    """The settings our `native` export layout writes under NATIVE_KEY (docs/guide/export.md)."""
     settings = cfg[NATIVE_KEY]
     try:
         return comet_config_from_dict({k: v for k, v in settings.items() if k != "format"})

@@ -1,6 +1,6 @@
 """JSONL token sequences: one `{"input_ids": [...]}` or `{"text": "..."}` object a line.
 
-One parser for every reader (eval.loss, the training pipeline): `parse_bytes` takes a raw
+One parser for every reader (comet-loss, the training pipeline): `parse_bytes` takes a raw
 line or record, `parse_line` a decoded one, `parse_record` a decoded JSON object.
 """
 

@@ -29,7 +29,7 @@ FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and "
         "memorize it. I will quiz you about the important information there. ")
 QUESTION = "What is the pass key? The pass key is"
-# A prompt variant no training example uses (eval.passkey --prompt-variant held_out): other
+# A prompt variant no training example uses (comet-passkey --prompt-variant held_out): other
 # filler sentences and another question, made of the same words, so that a word-level
 # tokenizer built from the texts above has a trained token for every one of them.
 FILLER_HELD_OUT = "The sun is blue. The grass is yellow. There we go again. The sky is green. Here and back. "

@@ -1,5 +1,5 @@
-"""python -m eval.forgetting --checkpoint DIR [--mode comet|full] [--lengths 1k,4k,16k,64k,256k,1M]
-                           [--samples N] [--out DIR] [--seed S] [--full-max LEN] [--batch-size B]
+"""comet-forgetting --checkpoint DIR [--mode comet|full] [--lengths 1k,4k,16k,64k,256k,1M]
+                  [--samples N] [--out DIR] [--seed S] [--full-max LEN] [--batch-size B]
 
 The forgetting curve (Liu, Zhao et al., EMNLP 2024, arXiv 2410.04727). For each length L and
 sample, a random string R of L/2 token ids is drawn from the model's text vocabulary (ids below
@@ -35,6 +35,8 @@ difference, samples, seconds, peak_rss_mb, device_peak_mb; the memory lengths) a
 (accuracy against length, log x), both atomically after every length ("complete": false until
 the last). An OUT whose results.json already holds a curve is refused. The last stdout line
 is one JSON object.
+
+From a checkout without installing: `python -m eval.forgetting` (the same code).
 """
 
 from __future__ import annotations
@@ -234,7 +236,7 @@ def previous_curve(path: Path, settings: dict, resume: bool) -> dict[int, dict]:
         old = json.loads(path.read_text())
         done = {e["length"]: e for e in old["curve"]}
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-        raise ValueError(f"{path} exists but is not a results file of eval.forgetting: move it away or use "
+        raise ValueError(f"{path} exists but is not a results file of comet-forgetting: move it away or use "
                          "another --out") from None
     if not done:
         return {}

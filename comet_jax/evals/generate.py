@@ -1,6 +1,6 @@
-"""python -m eval.generate --checkpoint DIR --prompts P.jsonl [--max-new-tokens N]
-                        [--temperature T --top-p P --seed S] [--stop ID ...] [--mode comet|full]
-                        [--official-layout] [--tokenizer byte|passkey|PATH] [--batch-size B]
+"""comet-generate --checkpoint DIR --prompts P.jsonl [--max-new-tokens N]
+               [--temperature T --top-p P --seed S] [--stop ID ...] [--mode comet|full]
+               [--official-layout] [--tokenizer byte|passkey|PATH] [--batch-size B]
 
 Continue every prompt of a JSONL file: each line is `{"input_ids": [...]}` or `{"text": "..."}`
 (text needs a tokenizer: the checkpoint's or --tokenizer). Prints one JSON line per prompt, in
@@ -16,6 +16,8 @@ and lets the last one grow past the chunk size, while we close it and open a new
 is full, so the two agree while the continuation fits in the last chunk. Full mode keeps a KV
 cache over the whole prompt and continuation. Progress goes to stderr; bad input is a
 one-line error with exit 2 and nothing printed on stdout.
+
+From a checkout without installing: `python -m eval.generate` (the same code).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""python -m eval.loss --checkpoint DIR --data FILE.jsonl [--mode full|comet] [--batch-size N]
-                    [--attention auto|xla|splash|cudnn] [--by-position 1k,4k,16k --plot FILE.png]
+"""comet-loss --checkpoint DIR --data FILE.jsonl [--mode full|comet] [--batch-size N]
+           [--attention auto|xla|splash|cudnn] [--by-position 1k,4k,16k --plot FILE.png]
 
 Mean next-token cross-entropy of a converted checkpoint over a JSONL file of
 `{"input_ids": [...]}` (or `{"text": ...}` when the checkpoint has a tokenizer). A line with
@@ -17,6 +17,8 @@ the model inserts itself), is an error naming its file:line. Sequences whose pos
 beyond the checkpoint's max_position_embeddings (when its meta records it) get a warning: in
 full mode a sequence longer than it; in comet mode positions restart in every chunk, so only a
 chunk's span (text, beacons and memory slots) is compared, whatever the sequence length.
+
+From a checkout without installing: `python -m eval.loss` (the same code).
 """
 
 from __future__ import annotations

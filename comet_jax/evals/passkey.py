@@ -1,5 +1,5 @@
-"""python -m eval.passkey --checkpoint DIR [--lengths 4k,16k,64k,256k,1M] [--depths 0,0.25,0.5,0.75,1]
-                        [--samples N] [--seed S] [--jitter N] [--mode comet|full] [--out DIR] [--resume]
+"""comet-passkey --checkpoint DIR [--lengths 4k,16k,64k,256k,1M] [--depths 0,0.25,0.5,0.75,1]
+               [--samples N] [--seed S] [--jitter N] [--mode comet|full] [--out DIR] [--resume]
 
 Passkey retrieval: for every (length, depth) cell, `samples` prompts of `length` tokens
 (task line, repeated filler, the needle "The pass key is {key}. Remember it. {key} is the
@@ -26,6 +26,8 @@ continues such a run: it refuses a results.json made with other settings (checkp
 and the names, sizes and times of its files, tokenizer, mode, seed, samples, lengths,
 depths, dtype, chunk size, layout), skips the cells it holds and ends with the results.json
 of an uninterrupted run. Without --resume, an OUT whose results.json holds cells is refused.
+
+From a checkout without installing: `python -m eval.passkey` (the same code).
 """
 
 from __future__ import annotations
@@ -269,7 +271,7 @@ def previous_cells(path: Path, settings: dict, resume: bool) -> dict:
         old = json.loads(path.read_text())
         done = {(c["length"], c["depth"]): c for c in old["cells"]}
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-        raise ValueError(f"{path} exists but is not a results file of eval.passkey: move it away or use "
+        raise ValueError(f"{path} exists but is not a results file of comet-passkey: move it away or use "
                          "another --out") from None
     if not done:
         return {}
@@ -277,7 +279,7 @@ def previous_cells(path: Path, settings: dict, resume: bool) -> dict:
         raise ValueError(f"{path} already holds {len(done)} cell(s) of an earlier run: pass --resume to continue "
                          "it, or another --out")
     if not isinstance(old.get("settings"), dict):
-        raise ValueError(f"cannot resume from {path}: written without its settings (an older eval.passkey); "
+        raise ValueError(f"cannot resume from {path}: written without its settings (an older comet-passkey); "
                          "use another --out")
     for key in list(settings) + [k for k in old["settings"] if k not in settings]:
         if old["settings"].get(key) != settings.get(key):

@@ -1,5 +1,5 @@
-"""python -m eval.tasks --checkpoint DIR --data tasks.jsonl [--metric em|f1|rouge_l]
-                     [--max-new-tokens N] [--out DIR] [--mode comet|full] [--stop ID ...]
+"""comet-tasks --checkpoint DIR --data tasks.jsonl [--metric em|f1|rouge_l]
+            [--max-new-tokens N] [--out DIR] [--mode comet|full] [--stop ID ...]
 
 Long-context question answering: each line of tasks.jsonl is
   {"context": "...", "question": "...", "answers": ["...", ...]}   or
@@ -21,6 +21,8 @@ prompt_tokens) and OUT/results.json (settings, the mean of each metric, `score`)
 atomically after every batch ("complete": false until the last). An OUT that already holds
 results is refused; bad input is one line on stderr, exit 2, nothing written. The last stdout
 line is one JSON object.
+
+From a checkout without installing: `python -m eval.tasks` (the same code).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Export to a Hugging Face directory: `python -m comet_jax.export SRC DST` (README, "Exporting").
+"""Export to a Hugging Face directory: `comet-export SRC DST` (docs/guide/export.md).
 
 SRC is a converted checkpoint or a training run; the parameters are read from its Orbax
 checkpoint a block at a time and streamed into safetensors shards, so host memory holds a

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from comet_jax.export import ExportError
     from comet_jax.export.write import export
 
-    mmap_large_buffers()  # host memory stays at about one block (README, "Exporting")
+    mmap_large_buffers()  # host memory stays at about one block (docs/guide/export.md)
     try:
         summary = export(args.src, args.dst, step=args.step, dtype=args.dtype, layout=args.layout,
                          shard_size=args.shard_size, overwrite=args.overwrite, drop_memory=args.drop_memory, log=log)

@@ -1,7 +1,7 @@
 """Which HF tensors an export writes, under which names (per layout), and their contents as
 a stream of contiguous pieces read a slab at a time.
 
-Layouts (README, "Exporting"):
+Layouts (docs/guide/export.md):
 - `plain`: a Llama / Qwen3 directory without memory (memory nets refused unless dropped);
 - `official`: the official CoMeT layout, MemQwen3ForCausalLM (docs/design.md §1.8), Qwen3 only;
 - `native`: any backbone; the plain names for the backbone, the memory nets under the

@@ -1,4 +1,4 @@
-"""Training config for `python -m train`: one YAML file plus `section.key=value` overrides.
+"""Training config for `comet-train`: one YAML file plus `section.key=value` overrides.
 
 The frozen dataclasses below are the single source of defaults; a YAML file only overrides
 them, section by section (`run`, `model`, `comet`, `data`, `optim`, `train`, `mesh`,
@@ -33,7 +33,7 @@ class ModelSection(BackboneShape):
     """The backbone's shape (used from scratch only: a converted checkpoint brings its own;
     `dtype`, the compute dtype, applies to both) plus how the model is made and run."""
 
-    init: str = "scratch"  # or a converted checkpoint dir (python -m comet_jax.convert)
+    init: str = "scratch"  # or a converted checkpoint dir (comet-convert)
     vocab_size: int = 0  # 0 = from the tokenizer (scratch only)
     rope_theta: float = 10000.0
     remat: str = "full"  # activation recompute: full, dots or none (true/false: full/none)

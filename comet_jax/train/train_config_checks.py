@@ -31,7 +31,7 @@ def validate_paths(cfg: TrainConfig) -> None:
     if m.init != "scratch" and not (Path(m.init) / "comet_jax.json").is_file():
         what = "does not exist" if not Path(m.init).exists() else "is not a converted checkpoint (no comet_jax.json)"
         raise ConfigError(f"model.init: {m.init} {what}; convert an HF model first with "
-                          "`python -m comet_jax.convert SRC DST`, or use model.init=scratch")
+                          "`comet-convert SRC DST`, or use model.init=scratch")
     tok = Path(d.tokenizer)
     if d.tokenizer not in ("byte", "passkey", "checkpoint") and not (tok.is_file() or (tok / "tokenizer.json").is_file()):
         raise ConfigError(f"data.tokenizer: {d.tokenizer} is not byte, passkey, checkpoint or an existing "

@@ -1,4 +1,4 @@
-"""The training loop behind `python -m train`: model, data, optimizer, mesh, checkpoints,
+"""The training loop behind `comet-train`: model, data, optimizer, mesh, checkpoints,
 metrics. Everything that is not a loop lives in its own module; this file wires them."""
 
 from __future__ import annotations
@@ -375,8 +375,8 @@ class Trainer:
 
     # -- export --------------------------------------------------------------------------
     def export(self, params) -> Path | None:
-        """Write the finished run's inference checkpoint to RUN_DIR/model (what `python -m
-        eval.loss` / `eval.passkey` load): the parameters in param_dtype, the configs, the
+        """Write the finished run's inference checkpoint to RUN_DIR/model (what
+        `comet-loss` / `comet-passkey` load): the parameters in param_dtype, the configs, the
         tokenizer, and a "train" record in the meta. Replaces an earlier export atomically."""
         cfg = self.cfg
         dst = self.run_dir / MODEL_DIR
