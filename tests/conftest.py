@@ -5,6 +5,21 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
+# One XLA compilation cache for the whole run, shared by the pytest workers and every
+# subprocess they start (they inherit the environment): many tests compile the same train
+# step or evaluation in a fresh process, and a cache hit skips the compile, not the run.
+# Made by the first process to import this file (the xdist controller, before it starts the
+# workers) and removed when that process ends; an existing JAX_COMPILATION_CACHE_DIR is kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache = tempfile.mkdtemp(prefix="comet-jax-test-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

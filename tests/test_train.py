@@ -244,19 +244,19 @@ def test_fine_tune_a_converted_checkpoint(tmp_path):
 
 
 def test_pipeline_stages_match_one_device(tmp_path):
-    """mesh.stage=4 (chunk groups on 4 devices), and data=2 x stage=4 and fsdp=2 x stage=4 on
-    8 devices, give the single-device losses and parameters."""
+    """data=2 x stage=4 and fsdp=2 x stage=4 (chunk groups on 4 devices) on 8 devices give the
+    single-device losses and parameters. stage=4 alone is the same trainer path with data =
+    fsdp = 1; the pipeline's own numerics per stage count are in test_pipeline.py."""
     import jax
     import orbax.checkpoint as ocp
 
     steps = ["train.steps=2", "checkpoint.every=100", "train.batch_size=4"]
     run(tmp_path / "one", *steps, devices=1)
-    run(tmp_path / "stage4", *steps, "mesh.stage=4", devices=4)
     run(tmp_path / "data2_stage4", *steps, "mesh.stage=4", "mesh.data=2", devices=8)
     run(tmp_path / "fsdp2_stage4", *steps, "mesh.stage=4", "mesh.fsdp=2", devices=8)
     ref = losses(tmp_path / "one")
     p_ref = ocp.StandardCheckpointer().restore(tmp_path / "one" / "checkpoints" / "2" / "state")["params"]
-    for name in ("stage4", "data2_stage4", "fsdp2_stage4"):
+    for name in ("data2_stage4", "fsdp2_stage4"):
         got = losses(tmp_path / name)
         np.testing.assert_allclose([got[1], got[2]], [ref[1], ref[2]], rtol=1e-5)
         p = ocp.StandardCheckpointer().restore(tmp_path / name / "checkpoints" / "2" / "state")["params"]
