@@ -3,7 +3,9 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+from xla_env import xla_flags  # noqa: E402
+
+os.environ["XLA_FLAGS"] = xla_flags(8)
 
 # One XLA compilation cache for the whole run, shared by the pytest workers and every
 # subprocess they start (they inherit the environment): many tests compile the same train

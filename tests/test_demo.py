@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from xla_env import xla_flags
 
 from comet_jax.bundled import config_path
 from comet_jax.demo import passkey_demo as demo
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+ENV = {**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"}
 DEMO = [sys.executable, "-m", "comet_jax.demo.passkey_demo"]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from xla_env import xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 # A model small enough to compile and step in seconds; passkey prompts need >= ~250 byte tokens.
@@ -24,7 +25,7 @@ TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=
 
 def env(devices: int = 1) -> dict[str, str]:
     e = dict(os.environ)
-    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    e["XLA_FLAGS"] = xla_flags(devices)
     e["JAX_PLATFORMS"] = "cpu"
     e["PYTHONPATH"] = str(ROOT)
     return e
