@@ -1,6 +1,6 @@
 """Converter faults: stopped or killed runs, a destination that overlaps the source, a
-truncated shard, a config.json that contradicts the tensors; and the source's context length
-kept in the meta."""
+truncated shard, a config.json that contradicts the tensors or is not JSON; and the source's
+context length kept in the meta."""
 
 import json
 import os
@@ -198,3 +198,13 @@ def test_consistent_source_converts(wide, tmp_path):
     convert(wide, tmp_path / "dst", chunk_size=64, global_size=4, stride=8, budget=16, **quiet)
     model, _, _ = checkpoint.read_meta(tmp_path / "dst")
     assert (model.hidden_size, model.intermediate_size, model.vocab_size) == (128, 64, padded_vocab(200 + 6))
+
+
+@pytest.mark.parametrize("text, where", [("{\"hidden_size\": 64,\n", "line 2 column 1"),
+                                         ("[1, 2]", "not a JSON object"),
+                                         ("\xff\xfe{}", "not UTF-8")])
+def test_config_that_is_not_json_is_named(wide, tmp_path, capsys, text, where):
+    src = edited_copy(wide, tmp_path)
+    (src / "config.json").write_bytes(text.encode("latin-1"))
+    err = refused(src, tmp_path, capsys)
+    assert err.startswith(f"error: {src / 'config.json'} is not ") and where in err, err

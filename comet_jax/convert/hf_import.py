@@ -198,6 +198,21 @@ def check_destination(src: Path, dst: Path, overwrite: bool, error: type[Excepti
         raise error(f"{dst} already exists; pass --overwrite to replace it")
 
 
+def read_hf_config(path: Path) -> dict[str, Any]:
+    """The source's config.json as a dict; a file that is not a JSON object is named in one line."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConvertError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except UnicodeDecodeError as e:
+        raise ConvertError(f"{path} is not valid JSON: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ConvertError(f"cannot read {path}: {e.strerror or e}") from None
+    if not isinstance(cfg, dict):
+        raise ConvertError(f"{path} is not a JSON object (it holds a {type(cfg).__name__})")
+    return cfg
+
+
 # The config.json settings behind each symbolic dimension of the parameter schema, and the
 # setting a tensor's size along that dimension implies (None: no single setting does).
 _DIM_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -323,7 +338,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
     cfg_path = src / "config.json"
     if not cfg_path.is_file():
         raise ConvertError(f"{cfg_path} is missing: SRC must be a Hugging Face model directory")
-    hf_cfg = json.loads(cfg_path.read_text())
+    hf_cfg = read_hf_config(cfg_path)
     try:
         arch = architecture_of(hf_cfg)
         official = arch == "MemQwen3ForCausalLM"
