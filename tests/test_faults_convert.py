@@ -1,7 +1,8 @@
 """Converter faults: stopped or killed runs, a destination that overlaps the source, a
-truncated shard, a config.json that contradicts the tensors or is not JSON; and the source's
-context length kept in the meta."""
+truncated shard, a config.json that contradicts the tensors or is not JSON, an unwritable
+destination; and the source's context length kept in the meta."""
 
+import errno
 import json
 import os
 import signal
@@ -208,3 +209,29 @@ def test_config_that_is_not_json_is_named(wide, tmp_path, capsys, text, where):
     (src / "config.json").write_bytes(text.encode("latin-1"))
     err = refused(src, tmp_path, capsys)
     assert err.startswith(f"error: {src / 'config.json'} is not ") and where in err, err
+
+
+@pytest.mark.parametrize("fault", ["read_only_parent", "disk_full"])
+def test_unwritable_destination_is_one_line_error(wide, tmp_path, capsys, monkeypatch, fault):
+    parent = tmp_path / "out"
+    parent.mkdir()
+    if fault == "disk_full":
+        def full(self, path, value):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(checkpoint.StreamingWriter, "write", full)
+        reason = os.strerror(errno.ENOSPC)
+    elif os.geteuid() == 0:  # root writes through permission bits: fail the temporary's creation instead
+        def denied(*args, dir=None, **kw):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), dir)
+        monkeypatch.setattr(checkpoint.tempfile, "mkdtemp", denied)
+        reason = os.strerror(errno.EACCES)
+    else:
+        parent.chmod(0o555)
+        reason = os.strerror(errno.EACCES)
+    try:
+        assert main([str(wide), str(parent / "dst"), "--quiet"]) == 2
+    finally:
+        parent.chmod(0o755)
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {parent / 'dst'}: {reason}") and err.count("\n") == 1, err
+    assert list(parent.iterdir()) == []

@@ -288,6 +288,28 @@ def _layers(n: int) -> str:
     return "layer 0" if n == 1 else f"layers 0-{n - 1}"
 
 
+class _io_errors:
+    """An OSError while DST is written becomes one line that says which side failed: `cannot
+    write DST: reason`, or `cannot read FILE: reason` for a file of SRC (a tokenizer file)."""
+
+    def __init__(self, src: Path, dst: Path):
+        self.src, self.dst = src.absolute(), dst
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, e, tb) -> bool:
+        if kind is None or not issubclass(kind, OSError):
+            return False
+        reason = e.strerror or str(e) or kind.__name__
+        if e.filename is not None:
+            f = Path(os.fsdecode(e.filename)).absolute()
+            if f == self.src or self.src in f.parents:
+                raise ConvertError(f"cannot read {f}: {reason}") from None
+            reason = f"{reason} ({f})"
+        raise ConvertError(f"cannot write {self.dst}: {reason}") from None
+
+
 def _write_vocab_leaf(writer: StreamingWriter, leaf: str, name: str, transpose: bool, index: TensorIndex,
                       new_rows: np.ndarray, np_dtype: Any) -> tuple[int, ...]:
     """embed / lm_head: the source's rows, then `new_rows`, in blocks of the writer's choosing
@@ -415,7 +437,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
     # as an ImportError instead of the clean stop below
     import tensorstore  # noqa: F401
 
-    with atomic_dir(dst, overwrite=overwrite) as tmp:
+    # an OSError (an unwritable DST, a full disk) comes after atomic_dir removed the temporary
+    with _io_errors(src, dst), atomic_dir(dst, overwrite=overwrite) as tmp:
         writer = StreamingWriter(tmp)
 
         def done(leaf: str, shape: tuple[int, ...], note: str = "") -> None:
