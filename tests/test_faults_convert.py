@@ -1,6 +1,8 @@
 """Converter faults: stopped or killed runs, a destination that overlaps the source, a
-truncated shard; and the source's context length kept in the meta."""
+truncated shard, a config.json that contradicts the tensors or is not JSON, an unwritable
+destination; and the source's context length kept in the meta."""
 
+import errno
 import json
 import os
 import signal
@@ -9,12 +11,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 from test_convert_memory import write_llama
 
 from comet_jax import checkpoint
 from comet_jax.convert.__main__ import main
 from comet_jax.convert.hf_import import PAUSE_ENV, convert
+from comet_jax.vocab import padded_vocab
 
 quiet = dict(log=lambda m: None)
 
@@ -116,3 +121,117 @@ def test_source_context_length_is_kept_in_the_meta(src, tmp_path):
     (other / "config.json").write_text(json.dumps(cfg))
     convert(other, tmp_path / "out", **quiet)
     assert "max_position_embeddings" not in checkpoint.read_meta(tmp_path / "out")[2]
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """One shard, 2 layers, hidden 128: 2 heads and 1 KV head of head_dim 64, MLP width 64."""
+    path = tmp_path_factory.mktemp("faults_wide") / "src"
+    write_llama(path, layers=2, hidden=128, inter=64, vocab=200)
+    assert [p.name for p in path.glob("*.safetensors")] == ["model-00001.safetensors"]
+    return path
+
+
+def refused(src, tmp_path, capsys, *flags):
+    """Run the converter on SRC; it must exit 2 with one `error: ` line and write nothing."""
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main([str(src), str(tmp_path / "dst"), "--quiet", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no DST, no temporary
+    return err
+
+
+def edited_copy(src, tmp_path, **settings):
+    copy = tmp_path / "src"
+    subprocess.run(["cp", "-r", str(src), str(copy)], check=True)
+    cfg = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**cfg, **settings}))
+    return copy
+
+
+SHAPE_CASES = {  # setting: (value, tensor refused, its shape, the shape config.json implies, what the tensor fits)
+    "hidden_size": (64, "model.embed_tokens.weight", (200, 128), (200, 64), "hidden_size=128"),
+    "num_key_value_heads": (2, "model.layers.0.self_attn.k_proj.weight", (64, 128), (128, 128),
+                            "num_key_value_heads*head_dim=64"),
+    "num_attention_heads": (4, "model.layers.0.self_attn.q_proj.weight", (128, 128), (256, 128),
+                            "num_attention_heads*head_dim=128"),
+    "head_dim": (32, "model.layers.0.self_attn.q_proj.weight", (128, 128), (64, 128),
+                 "num_attention_heads*head_dim=128"),
+    "intermediate_size": (128, "model.layers.0.mlp.gate_proj.weight", (64, 128), (128, 128),
+                          "intermediate_size=64"),
+    "vocab_size": (100, "model.embed_tokens.weight", (200, 128), (100, 128), "vocab_size=200"),
+}
+
+
+@pytest.mark.parametrize("setting", SHAPE_CASES)
+def test_config_contradicting_the_tensors_is_refused(wide, tmp_path, capsys, setting):
+    value, name, shape, implied, fits = SHAPE_CASES[setting]
+    src = edited_copy(wide, tmp_path, **{setting: value})
+    err = refused(src, tmp_path, capsys, "--chunk-size", "64", "--global-size", "4", "--stride", "8",
+                  "--budget", "16")
+    assert err.startswith(f"error: {src / 'model-00001.safetensors'}: tensor {name} has shape {shape}, "
+                          f"config.json ("), err
+    assert f"{setting}={value}" in err and f") implies {implied}; the tensor fits {fits}: correct config.json" in err
+
+
+def test_tensors_beyond_num_hidden_layers_are_refused(wide, tmp_path, capsys):
+    src = edited_copy(wide, tmp_path, num_hidden_layers=1)
+    err = refused(src, tmp_path, capsys)
+    assert (f"{src / 'model-00001.safetensors'}: tensor model.layers.1.self_attn.q_proj.weight (and 8 more, for "
+            "layer 1) is beyond the model's layers: config.json (num_hidden_layers=1)") in err, err
+    assert "fit num_hidden_layers=2" in err
+
+
+def test_tensor_the_architecture_has_no_place_for_is_refused(wide, tmp_path, capsys):
+    src = edited_copy(wide, tmp_path)
+    save_file({"model.layers.0.self_attn.q_norm.weight": np.ones(64, np.float32)}, src / "extra.safetensors")
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.layers.0.self_attn.q_norm.weight"] = "extra.safetensors"
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    err = refused(src, tmp_path, capsys)
+    assert f"{src / 'extra.safetensors'}: tensor model.layers.0.self_attn.q_norm.weight has no place in a " \
+           "LlamaForCausalLM" in err, err
+
+
+def test_consistent_source_converts(wide, tmp_path):
+    """The shape check refuses nothing that is right: the same source as above, unedited."""
+    convert(wide, tmp_path / "dst", chunk_size=64, global_size=4, stride=8, budget=16, **quiet)
+    model, _, _ = checkpoint.read_meta(tmp_path / "dst")
+    assert (model.hidden_size, model.intermediate_size, model.vocab_size) == (128, 64, padded_vocab(200 + 6))
+
+
+@pytest.mark.parametrize("text, where", [("{\"hidden_size\": 64,\n", "line 2 column 1"),
+                                         ("[1, 2]", "not a JSON object"),
+                                         ("\xff\xfe{}", "not UTF-8")])
+def test_config_that_is_not_json_is_named(wide, tmp_path, capsys, text, where):
+    src = edited_copy(wide, tmp_path)
+    (src / "config.json").write_bytes(text.encode("latin-1"))
+    err = refused(src, tmp_path, capsys)
+    assert err.startswith(f"error: {src / 'config.json'} is not ") and where in err, err
+
+
+@pytest.mark.parametrize("fault", ["read_only_parent", "disk_full"])
+def test_unwritable_destination_is_one_line_error(wide, tmp_path, capsys, monkeypatch, fault):
+    parent = tmp_path / "out"
+    parent.mkdir()
+    if fault == "disk_full":
+        def full(self, path, value):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(checkpoint.StreamingWriter, "write", full)
+        reason = os.strerror(errno.ENOSPC)
+    elif os.geteuid() == 0:  # root writes through permission bits: fail the temporary's creation instead
+        def denied(*args, dir=None, **kw):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), dir)
+        monkeypatch.setattr(checkpoint.tempfile, "mkdtemp", denied)
+        reason = os.strerror(errno.EACCES)
+    else:
+        parent.chmod(0o555)
+        reason = os.strerror(errno.EACCES)
+    try:
+        assert main([str(wide), str(parent / "dst"), "--quiet"]) == 2
+    finally:
+        parent.chmod(0o755)
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {parent / 'dst'}: {reason}") and err.count("\n") == 1, err
+    assert list(parent.iterdir()) == []

@@ -1,7 +1,8 @@
 """Convert a local HF Llama / Qwen3 / official CoMeT directory into our checkpoint.
 
 The converter streams: every shard's header is read first (names, shapes, dtypes: a bad
-or truncated file is refused before anything is written), then each parameter leaf is
+or truncated file, or a tensor whose shape is not the one config.json implies, is refused
+before anything is written), then each parameter leaf is
 written block by block (`checkpoint.StreamingWriter`), each block filled from the
 tensors it needs, read one at a time from their shard (opened for that read and closed
 again, so no shard stays mapped). Host memory holds about one block (32 MB, or one layer
@@ -28,10 +29,10 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from comet_jax.checkpoint import StreamingWriter, atomic_dir, write_meta
-from comet_jax.config import (CometConfig, ConfigError, ModelConfig, architecture_of,
+from comet_jax.config import (MEMORY_RANK, CometConfig, ConfigError, ModelConfig, architecture_of,
                               comet_config_from_dict, model_config_from_hf)
 from comet_jax.convert import tokenizer_files
-from comet_jax.convert.hf_names import NATIVE_KEY, hf_to_ours
+from comet_jax.convert.hf_names import NATIVE_KEY, Target, hf_to_ours
 from comet_jax.resources import peak_rss_bytes
 from comet_jax.model import schema
 from comet_jax.vocab import added_tokens, comet_for_vocab, padded_vocab
@@ -197,6 +198,118 @@ def check_destination(src: Path, dst: Path, overwrite: bool, error: type[Excepti
         raise error(f"{dst} already exists; pass --overwrite to replace it")
 
 
+def read_hf_config(path: Path) -> dict[str, Any]:
+    """The source's config.json as a dict; a file that is not a JSON object is named in one line."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConvertError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except UnicodeDecodeError as e:
+        raise ConvertError(f"{path} is not valid JSON: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ConvertError(f"cannot read {path}: {e.strerror or e}") from None
+    if not isinstance(cfg, dict):
+        raise ConvertError(f"{path} is not a JSON object (it holds a {type(cfg).__name__})")
+    return cfg
+
+
+# The config.json settings behind each symbolic dimension of the parameter schema, and the
+# setting a tensor's size along that dimension implies (None: no single setting does).
+_DIM_SETTINGS: dict[str, tuple[str, ...]] = {
+    "D": ("hidden_size",), "2D": ("hidden_size",), "F": ("intermediate_size",), "V": ("vocab_size",),
+    "hd": ("head_dim",), "HQ": ("num_attention_heads", "head_dim"), "HKV": ("num_key_value_heads", "head_dim"),
+    "r": (), "1": ()}
+
+
+def _fit(dim: str, n: int) -> str:
+    """What config.json would have to say for a tensor of size n along `dim`."""
+    if dim == "2D":
+        return f"hidden_size={n // 2}" if n % 2 == 0 else f"hidden_size={n}/2"
+    if dim in ("HQ", "HKV"):
+        return f"{'*'.join(_DIM_SETTINGS[dim])}={n}"
+    if dim == "r":
+        return f"a memory-net rank of {n} (comet_jax has {MEMORY_RANK}, config.MEMORY_RANK)"
+    return f"{_DIM_SETTINGS[dim][0]}={n}"
+
+
+def check_tensor_shapes(index: TensorIndex, targets: dict[str, Target], model: ModelConfig, comet: CometConfig,
+                        arch: str) -> None:
+    """Every tensor must have exactly the shape that config.json implies (the parameter schema's
+    shape for `model`, as config.json gives it, in torch's layout) and belong to one of its
+    num_hidden_layers layers; the first that does not is refused in one line that names its
+    file, the settings involved and the values the tensor fits. Memory-net tensors whose net
+    this CoMeT config turns off (--global-size 0, --stride -1) are not needed and not checked."""
+    expected = schema.leaves(model, comet)
+    values = {"hidden_size": model.hidden_size, "intermediate_size": model.intermediate_size,
+              "vocab_size": model.vocab_size, "num_attention_heads": model.num_heads,
+              "num_key_value_heads": model.num_kv_heads, "head_dim": model.head_dim}
+    order = list(schema.LEAVES)  # the unstacked leaves first, then layer by layer, in the schema's order
+    names = sorted(targets, key=lambda n: (-1 if targets[n].layer is None else targets[n].layer,
+                                           order.index(targets[n].path)))
+    beyond = [n for n in names if targets[n].layer is not None and targets[n].layer >= model.num_layers]
+    if beyond:
+        layers = sorted({targets[n].layer for n in beyond})
+        span = f"layer {layers[0]}" if len(layers) == 1 else f"layers {layers[0]}-{layers[-1]}"
+        more = f" (and {len(beyond) - 1} more, for {span})" if len(beyond) > 1 else ""
+        raise ConvertError(
+            f"{index.files[beyond[0]]}: tensor {beyond[0]}{more} is beyond the model's layers: config.json "
+            f"(num_hidden_layers={model.num_layers}) implies {_layers(model.num_layers)}; the tensors fit "
+            f"num_hidden_layers={layers[-1] + 1}: correct config.json (or remove the extra tensors)")
+    for name in names:
+        target, shape = targets[name], index.shapes[name]
+        if target.path not in expected:
+            if schema.entry(target.path).group == "memory" or target.path == "lm_head":
+                continue  # a memory net turned off, or a tied head's copy: not read
+            raise ConvertError(f"{index.files[name]}: tensor {name} has no place in a {arch} with config.json's "
+                               f"settings (it is {target.path}); remove it or correct config.json")
+        leaf, ours = expected[target.path]
+        dims, want = leaf.dims, ours
+        if target.layer is not None:
+            dims, want = dims[1:], want[1:]
+        if target.transpose:
+            dims, want = dims[::-1], want[::-1]
+        if target.path == "layers.global_mem.gate":  # (1, 2D) in torch; a flat (2D,) is read the same
+            if shape == want:
+                continue
+            dims, want = ("1", *dims), (1, *want)
+        if shape == want:
+            continue
+        settings = dict.fromkeys(s for d in dims for s in _DIM_SETTINGS[d])
+        said = ", ".join(f"{s}={values[s]}" for s in settings) or "the CoMeT layout"
+        fits = ([_fit(d, n) for d, n, w in zip(dims, shape, want) if n != w and d != "1"]
+                if len(shape) == len(want) else [])
+        fix = (f"; the tensor fits {', '.join(fits)}: correct config.json" if fits
+               else "; correct config.json or the tensors")
+        raise ConvertError(f"{index.files[name]}: tensor {name} has shape {shape}, config.json ({said}) "
+                           f"implies {want}{fix}")
+
+
+def _layers(n: int) -> str:
+    return "layer 0" if n == 1 else f"layers 0-{n - 1}"
+
+
+class _io_errors:
+    """An OSError while DST is written becomes one line that says which side failed: `cannot
+    write DST: reason`, or `cannot read FILE: reason` for a file of SRC (a tokenizer file)."""
+
+    def __init__(self, src: Path, dst: Path):
+        self.src, self.dst = src.absolute(), dst
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, e, tb) -> bool:
+        if kind is None or not issubclass(kind, OSError):
+            return False
+        reason = e.strerror or str(e) or kind.__name__
+        if e.filename is not None:
+            f = Path(os.fsdecode(e.filename)).absolute()
+            if f == self.src or self.src in f.parents:
+                raise ConvertError(f"cannot read {f}: {reason}") from None
+            reason = f"{reason} ({f})"
+        raise ConvertError(f"cannot write {self.dst}: {reason}") from None
+
+
 def _write_vocab_leaf(writer: StreamingWriter, leaf: str, name: str, transpose: bool, index: TensorIndex,
                       new_rows: np.ndarray, np_dtype: Any) -> tuple[int, ...]:
     """embed / lm_head: the source's rows, then `new_rows`, in blocks of the writer's choosing
@@ -247,7 +360,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
     cfg_path = src / "config.json"
     if not cfg_path.is_file():
         raise ConvertError(f"{cfg_path} is missing: SRC must be a Hugging Face model directory")
-    hf_cfg = json.loads(cfg_path.read_text())
+    hf_cfg = read_hf_config(cfg_path)
     try:
         arch = architecture_of(hf_cfg)
         official = arch == "MemQwen3ForCausalLM"
@@ -263,6 +376,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
         raise ConvertError(str(e)) from None
 
     src_vocab = model.vocab_size
+    src_model = model  # what config.json says: the tensors must have exactly its shapes
     if keeps:
         comet = _comet_from_official(hf_cfg) if official else _comet_from_native(hf_cfg)
         if global_size is not None and global_size != comet.global_size:
@@ -287,6 +401,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
 
     # Map every tensor, and check every shape, before writing anything: a bad source fails early.
     index = TensorIndex.scan(src)
+    targets: dict[str, Target] = {}
     by_leaf: dict[str, dict[int | None, tuple[str, bool]]] = defaultdict(dict)
     for name in index.files:
         try:
@@ -294,6 +409,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
         except KeyError as e:
             raise ConvertError(f"{src}: {e.args[0]}") from None
         if target is not None:
+            targets[name] = target
             by_leaf[target.path][target.layer] = (name, target.transpose)
     memory_shapes = memory_leaf_shapes(model, comet)
     stray = sorted(leaf for leaf in by_leaf if leaf.startswith(("layers.global_mem.", "layers.temp_mem.")))
@@ -301,26 +417,18 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
         # fresh memory nets would silently replace trained ones
         raise ConvertError(f"{src}: it has CoMeT memory-net tensors ({stray[0]}) but config.json has no CoMeT "
                            f"settings (the official keys, or {NATIVE_KEY!r})")
+    check_tensor_shapes(index, targets, src_model, comet, arch)
     required = _expected_layer_leaves(model) + (list(memory_shapes) if keeps else [])
-    layer_shapes: dict[str, tuple[int, ...]] = {}
+    layer_shapes = {path: shape[1:] for path, (_, shape) in schema.leaves(model, comet).items()}
     for leaf in required:
         have = by_leaf.get(leaf, {})
         for layer in range(model.num_layers):
             if layer not in have:
                 raise ConvertError(f"{src}: no tensor for {leaf} of layer {layer}")
-            name, transpose = have[layer]
-            shape = index.shapes[name][::-1] if transpose else index.shapes[name]
-            if leaf == "layers.global_mem.gate":  # torch (1, 2D) -> (2D,)
-                shape = (int(np.prod(shape)),)
-            if layer_shapes.setdefault(leaf, shape) != shape:
-                raise ConvertError(f"{name} has shape {shape}, layer 0 had {layer_shapes[leaf]}")
     top = ["embed", "final_norm"] + ([] if model.tie_embeddings else ["lm_head"])
     for leaf in top:
         if None not in by_leaf.get(leaf, {}):
             raise ConvertError(f"{src}: no tensor for {leaf} (tie_word_embeddings={model.tie_embeddings})")
-        name = by_leaf[leaf][None][0]
-        if leaf != "final_norm" and index.shapes[name][0] != src_vocab:  # both (V, D) in torch
-            raise ConvertError(f"{name} has {index.shapes[name][0]} rows, config.json says vocab_size={src_vocab}")
 
     np_dtype = NP_DTYPES[dtype]
     rng = np.random.default_rng(seed)
@@ -329,7 +437,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, chunk_size: int |
     # as an ImportError instead of the clean stop below
     import tensorstore  # noqa: F401
 
-    with atomic_dir(dst, overwrite=overwrite) as tmp:
+    # an OSError (an unwritable DST, a full disk) comes after atomic_dir removed the temporary
+    with _io_errors(src, dst), atomic_dir(dst, overwrite=overwrite) as tmp:
         writer = StreamingWriter(tmp)
 
         def done(leaf: str, shape: tuple[int, ...], note: str = "") -> None:
