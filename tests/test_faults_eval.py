@@ -1,7 +1,7 @@
 """Fault and misuse hardening of eval.passkey, eval.bench_long, eval.loss and the JSONL reader:
 output checked before the work and written per step, --resume, bad bytes and CoMeT token ids
 named by file:line, positions past the checkpoint's range warned about, long documents
-tokenised by prefix; one command per --out. New names are imported inside the tests, so each fails on its own."""
+tokenised by prefix; one command per --out, a training run directory as --checkpoint. New names are imported inside the tests, so each fails on its own."""
 
 import dataclasses
 import json
@@ -296,4 +296,28 @@ def test_every_command_with_out_refuses_a_held_out(command, tmp_path, monkeypatc
         assert rc == 2 and f"--out {out} is in use by comet-passkey, pid {os.getpid()}" in line
         assert sorted(p.name for p in out.iterdir()) == [".lock", "notes.txt"]
     assert (out / "notes.txt").read_text() == "mine" and not (tmp_path / "work").exists()
+
+
+# --------------------------------------------------------------------------- a training run as --checkpoint
+
+def test_a_training_run_dir_as_checkpoint_names_its_model(tmp_path, capsys):
+    from comet_jax.evals import forgetting, generate, tasks
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "4").mkdir(parents=True)
+    (run / "config.yaml").write_text("run: {}\n")
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"input_ids": [1, 2, 3]}\n')
+    common = ["--checkpoint", str(run)]
+    commands = [(passkey.main, common + PASSKEY_ARGS + ["--out", str(tmp_path / "o1")]),
+                (forgetting.main, common + ["--quiet", "--out", str(tmp_path / "o2")]),
+                (tasks.main, common + ["--data", str(data), "--quiet", "--out", str(tmp_path / "o3")]),
+                (eval_loss.main, common + ["--data", str(data)]),
+                (generate.main, common + ["--prompts", str(data)])]
+    for main, argv in commands:
+        assert main(argv) == 2, argv
+        assert one_error_line(capsys.readouterr().err) == (
+            f"error: {run} is a training run: use {run / 'model'} (the final model, written when the run ends) or "
+            f"export a step with comet-export {run} OUT --step N (then comet-convert OUT CKPT)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "run"]  # no --out made
 

@@ -1,6 +1,6 @@
 """What the evaluation commands share: token lengths with k/M suffixes (parse and print),
 checking an output directory before the work, holding it for the run (one command per
---out), and writing a file atomically (temp
+--out), refusing a training run directory as --checkpoint, and writing a file atomically (temp
 file, then rename). The memory probes live in comet_jax/resources.py."""
 
 from __future__ import annotations
@@ -94,6 +94,19 @@ def hold_out_dir(path: str | os.PathLike, body: Callable[[], int], command: str,
         return body()
     finally:
         lock.release()
+
+
+def check_not_a_run_dir(path: str | os.PathLike) -> None:
+    """CheckpointError (one line) when `path` is a training run directory (config.yaml and
+    checkpoints/, no comet_jax.json) rather than a checkpoint: the commands read RUN_DIR/model."""
+    from comet_jax.checkpoint import META_FILE, CheckpointError
+
+    d = Path(path)
+    if (d / "config.yaml").is_file() and (d / "checkpoints").is_dir() and not (d / META_FILE).exists():
+        model = d / "model"
+        final = "the final model" if (model / META_FILE).is_file() else "the final model, written when the run ends"
+        raise CheckpointError(f"{d} is a training run: use {model} ({final}) or export a step with "
+                              f"comet-export {d} OUT --step N (then comet-convert OUT CKPT)")
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -51,7 +51,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from comet_jax.evals.common import (add_model_options, atomic_write, check_out_dir,
+from comet_jax.evals.common import (add_model_options, atomic_write, check_not_a_run_dir, check_out_dir,
                                     format_length, hold_out_dir, parse_length, save_png)
 from comet_jax.resources import device_peak_mb
 
@@ -305,6 +305,7 @@ def _main(args, lengths: list[int], full_max: int) -> int:
 
     try:
         out = check_out_dir(args.out)  # before hours of work, not after them
+        check_not_a_run_dir(args.checkpoint)
         model, comet, meta = build.from_checkpoint(args.checkpoint, chunk_size=args.chunk_size, dtype=args.dtype,
                                                    attention=args.attention)
         tokenizer = tokenizer_by_name(args.tokenizer) if args.tokenizer else load_tokenizer(args.checkpoint, meta)

@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from comet_jax.evals.common import add_model_options, atomic_write, check_out_dir, hold_out_dir
+from comet_jax.evals.common import add_model_options, atomic_write, check_not_a_run_dir, check_out_dir, hold_out_dir
 from comet_jax.evals.metrics import METRICS, score
 
 EXIT_USAGE = 2
@@ -153,6 +153,7 @@ def _main(args) -> int:
         for name in (RESULTS, PREDICTIONS):
             if (out / name).exists():
                 raise ValueError(f"{out / name} exists (an earlier run): use another --out")
+        check_not_a_run_dir(args.checkpoint)
         items = read_items(args.data)
         model, comet, meta = build.from_checkpoint(args.checkpoint, chunk_size=args.chunk_size, dtype=args.dtype,
                                                    attention=args.attention)
