@@ -105,3 +105,30 @@ def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
     assert demo.same_config(tmp_path, config, sets)
     assert not demo.same_config(tmp_path, config, ["run.seed=1", "train.steps=4"])
     assert not demo.same_config(tmp_path, config, sets + ["data.passkey_questions=2"])
+
+
+def test_quickstart_replaces_only_its_own_output(tmp_path, capsys):
+    from comet_jax.demo import quickstart
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "thesis.tex").write_text("years of work")
+    assert quickstart.main(["--out", str(theirs)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --out {theirs} is not empty and not the output of an "
+                                               "earlier comet-quickstart")
+    assert [p.name for p in theirs.iterdir()] == ["thesis.tex"]
+
+    earlier = tmp_path / "qs"  # an earlier quickstart's output, and a file the user put there
+    for name in ("hf_llama", "checkpoint"):
+        (earlier / name).mkdir(parents=True)
+        (earlier / name / "f").write_text("old")
+    (earlier / "data.jsonl").write_text("old")
+    quickstart.claim_out(earlier)  # what that quickstart wrote (before the marker existed): replaced
+    assert sorted(p.name for p in earlier.iterdir()) == [quickstart.MARKER]
+    (earlier / "checkpoint").mkdir()
+    (earlier / "notes.md").write_text("mine")
+    quickstart.claim_out(earlier)
+    assert sorted(p.name for p in earlier.iterdir()) == [quickstart.MARKER, "notes.md"]
+    quickstart.claim_out(tmp_path / "new")
+    assert [p.name for p in (tmp_path / "new").iterdir()] == [quickstart.MARKER]
