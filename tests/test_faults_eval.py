@@ -272,7 +272,7 @@ def test_a_second_passkey_run_on_the_same_out_is_refused(ckpt, tmp_path, monkeyp
     assert sorted(p.name for p in out.iterdir()) == ["heatmap.png", "results.json"]  # the lock went with its run
 
 
-@pytest.mark.parametrize("command", ["forgetting", "tasks", "quickstart"])
+@pytest.mark.parametrize("command", ["forgetting", "tasks", "quickstart", "demo"])
 def test_every_command_with_out_refuses_a_held_out(command, tmp_path, monkeypatch, capsys):
     import importlib
 
