@@ -321,3 +321,19 @@ def test_a_training_run_dir_as_checkpoint_names_its_model(tmp_path, capsys):
             f"export a step with comet-export {run} OUT --step N (then comet-convert OUT CKPT)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "run"]  # no --out made
 
+
+# --------------------------------------------------------------------------- replacing a symlinked output
+
+@pytest.mark.xfail(strict=True, reason="comet_jax/checkpoint.py atomic_dir renames a symlinked DST to "
+                   ".DST.old-PID@HOST and rmtree(ignore_errors) cannot remove a link: the fix belongs there "
+                   "(and in remove_stale_temporaries), outside the evaluation files")
+def test_replacing_a_symlinked_output_leaves_no_old_link(tmp_path):
+    target = tmp_path / "real"
+    target.mkdir()
+    (target / "x").write_text("old")
+    dst = tmp_path / "out"
+    dst.symlink_to(target)
+    with checkpoint.atomic_dir(dst, overwrite=True) as tmp:
+        (tmp / "y").write_text("new")
+    assert (dst / "y").read_text() == "new" and (target / "x").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "real"]
