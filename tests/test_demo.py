@@ -105,3 +105,106 @@ def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
     assert demo.same_config(tmp_path, config, sets)
     assert not demo.same_config(tmp_path, config, ["run.seed=1", "train.steps=4"])
     assert not demo.same_config(tmp_path, config, sets + ["data.passkey_questions=2"])
+
+
+class FakeChildren:
+    """demo.run without child processes: "training" writes what a finished run has (its
+    config.yaml as the trainer writes it, model/, metrics.jsonl), "evaluation" a results.json."""
+
+    def __init__(self):
+        self.trained, self.evaluated = [], []
+
+    def __call__(self, cmd, tag="demo", cores=None):
+        from comet_jax.train.train_config import dump_yaml, load_config
+
+        if cmd[1] == "comet_jax.train.cli":
+            overrides = cmd[4:]
+            run_dir = Path(next(o for o in overrides if o.startswith("run.dir=")).split("=", 1)[1])
+            (run_dir / "model").mkdir(parents=True, exist_ok=True)
+            (run_dir / "model" / "comet_jax.json").write_text("{}")
+            (run_dir / "config.yaml").write_text(dump_yaml(load_config(cmd[3], overrides)))
+            (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+            self.trained.append(run_dir)
+        else:
+            out = Path(cmd[cmd.index("--out") + 1])
+            lengths = cmd[cmd.index("--lengths") + 1].split(",")
+            out.mkdir(parents=True, exist_ok=True)
+            assert not (out / "results.json").exists()  # comet-passkey would refuse it
+            (out / "results.json").write_text(json.dumps({"accuracy_by_length": {n: 1.0 for n in lengths},
+                                                          "exact_by_length": {n: 1.0 for n in lengths},
+                                                          "cells": []}))
+            self.evaluated.append(out)
+
+
+def test_runs_of_other_settings_keep_their_own_directories(tmp_path, monkeypatch, capsys):
+    """`comet-demo --seed 1` after the default demo deleted the seed-0 runs (their config
+    differs); now it trains into WORK/{model}-seed1 and only --retrain deletes."""
+    from comet_jax.evals import passkey
+
+    children = FakeChildren()
+    monkeypatch.setattr(demo, "run", children)
+    monkeypatch.setattr(demo, "plot", lambda results, out: None)
+    monkeypatch.setattr(passkey, "write_heatmap", lambda results, path: None)
+    monkeypatch.chdir(tmp_path)  # the default --out: comet_demo (and comet_demo/{tag})
+    work = tmp_path / "work"
+    base = ["--work", str(work), "--models", "comet", "--jobs", "1"]
+
+    assert demo.main(base) == 0
+    seed0 = (work / "comet" / "config.yaml").read_text()
+    assert children.trained == [work / "comet"] and (work / "passkey_comet" / "results.json").is_file()
+    assert json.loads((tmp_path / "comet_demo" / "results.json").read_text())["seed"] == 0
+
+    assert demo.main(base + ["--seed", "1"]) == 0
+    assert (work / "comet" / "config.yaml").read_text() == seed0 and (work / "comet" / "model").is_dir()
+    assert children.trained[1:] == [work / "comet-seed1"]
+    assert {p.name for p in work.iterdir()} == {"comet", "comet-seed1", "passkey_comet", "passkey_comet_held_out",
+                                                "passkey_comet-seed1", "passkey_comet-seed1_held_out"}
+    assert json.loads((tmp_path / "comet_demo" / "seed1" / "results.json").read_text())["seed"] == 1
+    assert json.loads((tmp_path / "comet_demo" / "results.json").read_text())["seed"] == 0
+
+    assert demo.main(base) == 0 and len(children.trained) == 2  # the finished seed-0 run is reused
+    capsys.readouterr()
+
+    (work / "comet" / "config.yaml").write_text(seed0 + "# another config\n")  # e.g. an older bundled config
+    assert demo.main(base) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {work / 'comet'} holds a finished run trained with another config (see its "
+                   "config.yaml): pass --retrain to delete it and train again, or give another --work"]
+    assert (work / "comet" / "model").is_dir() and len(children.trained) == 2
+    assert demo.main(base + ["--retrain"]) == 0
+    assert children.trained[2:] == [work / "comet"] and (work / "comet-seed1" / "model").is_dir()
+    config = str(config_path("demo_passkey.yaml"))
+
+    def tag(*argv):
+        return demo.run_tag(demo.build_parser().parse_args(["--config", config, *argv]), config)
+
+    assert tag() == "" and tag("--seed", "3") == "seed3" and tag("--quick") == "quick"
+    assert tag("--set", "train.steps=7") != tag("--set", "train.steps=8")
+    assert tag("--quick", "--seed", "2", "--set", "train.steps=7").startswith("quick-seed2-")
+
+
+def test_quickstart_replaces_only_its_own_output(tmp_path, capsys):
+    from comet_jax.demo import quickstart
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "thesis.tex").write_text("years of work")
+    assert quickstart.main(["--out", str(theirs)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --out {theirs} is not empty and not the output of an "
+                                               "earlier comet-quickstart")
+    assert [p.name for p in theirs.iterdir()] == ["thesis.tex"]
+
+    earlier = tmp_path / "qs"  # an earlier quickstart's output, and a file the user put there
+    for name in ("hf_llama", "checkpoint"):
+        (earlier / name).mkdir(parents=True)
+        (earlier / name / "f").write_text("old")
+    (earlier / "data.jsonl").write_text("old")
+    quickstart.claim_out(earlier)  # what that quickstart wrote (before the marker existed): replaced
+    assert sorted(p.name for p in earlier.iterdir()) == [quickstart.MARKER]
+    (earlier / "checkpoint").mkdir()
+    (earlier / "notes.md").write_text("mine")
+    quickstart.claim_out(earlier)
+    assert sorted(p.name for p in earlier.iterdir()) == [quickstart.MARKER, "notes.md"]
+    quickstart.claim_out(tmp_path / "new")
+    assert [p.name for p in (tmp_path / "new").iterdir()] == [quickstart.MARKER]

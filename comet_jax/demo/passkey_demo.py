@@ -30,6 +30,12 @@ committed artefacts), anywhere else to comet_demo and comet_demo/runs. Any train
 be changed for all three models with --set section.key=value. The models train and evaluate
 in child processes (`python -m comet_jax.train.cli`, `python -m comet_jax.evals.passkey`)
 of the same Python.
+
+Runs of other settings are kept apart: the default demo trains into WORK/{model}; one with
+another --seed, --quick, --config or --set into WORK/{model}-{tag} (tag: seed{N}, quick and/or
+a short hash of the config), and its --out defaults to DEFAULT_OUT/{tag}. A finished run is
+reused when its config is the same; one trained with another config is refused (exit 2,
+before any work): only --retrain deletes a run, and only the run this command would train.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from comet_jax.bundled import checkout, config_path
+from comet_jax.evals.common import hold_out_dir
 
 MODELS = {
     "comet": [],
@@ -170,19 +177,47 @@ def run(cmd: list[str], tag: str = "demo", cores: list[int] | None = None) -> No
         raise RuntimeError(f"{tag}: command failed with exit code {proc.returncode}: python {' '.join(cmd)}")
 
 
+def run_tag(args, default_config: str) -> str:
+    """'' for the default demo (seed 0, the bundled config, no --set, not --quick); else what
+    differs: 'quick', 'seed{N}' and/or a short hash of the resolved config, joined by '-'.
+    Its runs go to WORK/{model}-{tag}, so they never meet the default demo's."""
+    import hashlib
+
+    from comet_jax.train.train_config import dump_yaml, load_config
+
+    parts = ["quick"] if args.quick else []
+    if args.seed != 0:
+        parts.append(f"seed{args.seed}")
+    mine = dump_yaml(load_config(args.config, list(args.set)))
+    if mine != dump_yaml(load_config(default_config, [])):
+        parts.append(hashlib.sha256(mine.encode()).hexdigest()[:8])
+    return "-".join(parts)
+
+
+def run_name(name: str, tag: str) -> str:
+    return f"{name}-{tag}" if tag else name
+
+
+def overrides_of(name: str, args, sets, work: Path, tag: str) -> list[str]:
+    run_dir = work / run_name(name, tag)
+    return [f"run.dir={run_dir}", f"run.name=demo_{name}", f"run.seed={args.seed}", *sets, *MODELS[name]]
+
+
+def finished_run(run_dir: Path) -> bool:
+    return (run_dir / "model" / "comet_jax.json").is_file()
+
+
 def train_and_eval(name: str, cores, args, sets, seq_len, samples, depths, mults, work: Path,
-                   held_mults: list[float] = ()) -> dict:
+                   held_mults: list[float] = (), tag: str = "") -> dict:
     """Train one model (unless a finished run is reused) and evaluate it; its results record."""
-    run_dir = work / name
+    run_dir = work / run_name(name, tag)
     if args.retrain:
         shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.time()
-    overrides = [f"run.dir={run_dir}", f"run.name=demo_{name}", f"run.seed={args.seed}", *sets, *MODELS[name]]
-    finished = (run_dir / "model" / "comet_jax.json").is_file()
-    if finished and not same_config(run_dir, args.config, overrides):
-        log(f"the run in {run_dir} was trained with another config: training again", name)
-        shutil.rmtree(run_dir)
-        finished = False
+    overrides = overrides_of(name, args, sets, work, tag)
+    finished = finished_run(run_dir)
+    if finished and not same_config(run_dir, args.config, overrides):  # main refused this before any work
+        raise RuntimeError(f"{run_dir} holds a run trained with another config")
     if not finished:
         log(f"training {name} ({LABELS[name]})" + (f" on cores {cores}" if cores else " on every core"), name)
         run(["-m", "comet_jax.train.cli", "--config", args.config, *overrides], name, cores)
@@ -197,18 +232,22 @@ def train_and_eval(name: str, cores, args, sets, seq_len, samples, depths, mults
         name)
     held = [int(round(m * seq_len)) for m in held_mults]
     variants = {"train": lengths} | ({"held_out": held} if name == "comet" and held else {})
+    evals = {variant: work / (f"passkey_{run_name(name, tag)}" + ("" if variant == "train" else f"_{variant}"))
+             for variant in variants}
     for variant, at in variants.items():
-        out = work / (f"passkey_{name}" + ("" if variant == "train" else f"_{variant}"))
-        # a fresh evaluation every time (comet-passkey refuses to overwrite the results of an earlier one)
-        shutil.rmtree(out, ignore_errors=True)
+        out = evals[variant]
+        # a fresh evaluation every time (comet-passkey refuses to overwrite the results of an earlier
+        # one): the files an earlier demo of this run wrote there go, nothing else
+        for stale in ("results.json", "heatmap.png"):
+            (out / stale).unlink(missing_ok=True)
         run(["-m", "comet_jax.evals.passkey", "--checkpoint", str(run_dir / "model"),
              "--lengths", ",".join(map(str, at)), "--depths", depths, "--samples", str(samples),
              "--batch-size", str(min(samples, 25)), "--mode", "full" if name == "full" else "comet",
              "--prompt-variant", variant, "--out", str(out)],
             name, cores)
-    res = json.loads((work / f"passkey_{name}" / "results.json").read_text())
+    res = json.loads((evals["train"] / "results.json").read_text())
     if "held_out" in variants:
-        held_res = json.loads((work / f"passkey_{name}_held_out" / "results.json").read_text())
+        held_res = json.loads((evals["held_out"] / "results.json").read_text())
         res["held_out"] = {k: held_res[k] for k in ("accuracy_by_length", "exact_by_length", "cells")}
     steps, losses = loss_curve(run_dir)
     res.update(train_seconds=round(train_s, 1), eval_seconds=round(time.time() - t1, 1), cores=cores,
@@ -322,11 +361,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.config = args.config or str(config_path(DEFAULT_CONFIG))
         seq_len = train_seq_len(args.config, sets)
+        tag = run_tag(args, str(config_path(DEFAULT_CONFIG)))
     except (ConfigError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     default_out, default_work = default_dirs()
-    work, out = Path(args.work or default_work), Path(args.out or default_out)
+    work = Path(args.work or default_work)
+    out = Path(args.out) if args.out else Path(default_out) / tag if tag else Path(default_out)
+    if not args.retrain:  # only --retrain deletes a run, and only the one this command trains
+        for name in models:
+            run_dir = work / run_name(name, tag)
+            overrides = overrides_of(name, args, sets, work, tag)
+            if finished_run(run_dir) and not same_config(run_dir, args.config, overrides):
+                print(f"error: {run_dir} holds a finished run trained with another config (see its config.yaml): "
+                      "pass --retrain to delete it and train again, or give another --work", file=sys.stderr)
+                return 2
+    if tag:
+        log(f"runs of these settings: {work}/{{model}}-{tag}")
+    return hold_out_dir(out, lambda: run_models(args, models, sets, seq_len, samples, depths, mults, held_mults,
+                                                work, out, tag, given_config), "comet-demo")
+
+
+def run_models(args, models, sets, seq_len, samples, depths, mults, held_mults, work: Path, out: Path, tag: str,
+               given_config: str | None) -> int:
+    """The work of main, holding --out: train and evaluate every model, write the artefacts."""
+    from comet_jax.evals.passkey import write_heatmap, write_json
+
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     results: dict = {"config": given_config or f"configs/{DEFAULT_CONFIG}", "overrides": sets, "seed": args.seed,
@@ -352,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             # the last model to start takes every core: once the others finish, none idles
             use = None if last and jobs > 1 and len(models) > jobs else cores
-            return train_and_eval(name, use, args, sets, seq_len, samples, depths, mults, work, held_mults)
+            return train_and_eval(name, use, args, sets, seq_len, samples, depths, mults, work, held_mults, tag)
         except RuntimeError as e:
             if stop_children():
                 log(f"error: {e}; stopping the other models", name)
@@ -371,8 +431,6 @@ def main(argv: list[str] | None = None) -> int:
 
     results["wall_seconds"] = round(time.time() - t_start, 1)
     out.mkdir(parents=True, exist_ok=True)
-    from comet_jax.evals.passkey import write_heatmap, write_json
-
     for name, res in results["models"].items():
         write_heatmap({**res, "title": f"passkey accuracy: {LABELS[name]} (trained on {seq_len} tokens)"},
                       out / f"heatmap_{name}.png")

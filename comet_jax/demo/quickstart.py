@@ -5,6 +5,11 @@ directory, convert it with `comet-convert` (python -m comet_jax.convert), and sc
 file with `comet-loss` (python -m comet_jax.evals.loss) in full mode and in comet mode (chunks
 of 64 with memory). Every step is the real command-line entry point a user runs on a
 downloaded model.
+
+--out (default runs/quickstart) is a new or empty directory, or the output of an earlier
+quickstart (it holds a .comet-quickstart marker): then what that run wrote is replaced and
+anything else in the directory is kept. Any other non-empty directory is refused (exit 2,
+nothing touched). One command at a time per --out.
 """
 
 from __future__ import annotations
@@ -16,13 +21,54 @@ import sys
 import time
 from pathlib import Path
 
+MARKER = ".comet-quickstart"
+# everything a quickstart writes into --out: the one set of names a later quickstart replaces
+OUTPUTS = ("hf_llama", "checkpoint", "data.jsonl", MARKER)
+
+
+def claim_out(out: Path) -> None:
+    """Make `out` ready for a quickstart: a missing or empty directory is used as it is; the
+    output of an earlier quickstart (it has MARKER, or holds exactly what a quickstart of before
+    the marker wrote) loses what that run wrote (OUTPUTS) and keeps anything else; any other
+    non-empty directory is refused (ValueError, one line), untouched."""
+    entries = {p.name for p in out.iterdir() if p.name != ".lock"} if out.is_dir() else set()
+    if entries:
+        earlier = (out / MARKER).is_file() or entries == set(OUTPUTS[:-1])  # or one of before the marker
+        if not earlier:
+            raise ValueError(f"--out {out} is not empty and not the output of an earlier comet-quickstart (no "
+                             f"{MARKER} in it): choose a new or empty directory")
+        for name in OUTPUTS:
+            p = out / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by comet-quickstart: a later quickstart with this --out replaces "
+                              f"{', '.join(OUTPUTS[:-1])}\n")
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="comet-quickstart", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/quickstart", help="work directory, replaced (default runs/quickstart)")
+    ap.add_argument("--out", default="runs/quickstart",
+                    help="work directory: new, empty, or an earlier quickstart's, whose outputs are replaced "
+                         "(default runs/quickstart)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+
+    from comet_jax.evals.common import hold_out_dir
+
+    return hold_out_dir(args.out, lambda: _main(args), "comet-quickstart")
+
+
+def _main(args) -> int:
+    out = Path(args.out)
+    try:
+        claim_out(out)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     import jax
     import numpy as np
@@ -33,9 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     from comet_jax.model.init import init_params
     from comet_jax.evals.loss import main as loss_main
 
-    out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
     t0 = time.time()
     model = ModelConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=4, num_heads=4,
                         num_kv_heads=2, head_dim=32)

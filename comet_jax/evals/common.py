@@ -1,16 +1,19 @@
 """What the evaluation commands share: token lengths with k/M suffixes (parse and print),
-checking an output directory before the work, and writing a file atomically (temp file, then
-rename). The memory probes live in comet_jax/resources.py (imported here for the commands)."""
+checking an output directory before the work, holding it for the run (one command per
+--out), refusing a training run directory as --checkpoint, and writing a file atomically (temp
+file, then rename). The memory probes live in comet_jax/resources.py."""
 
 from __future__ import annotations
 
 import io
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
-
+EXIT_USAGE = 2
 
 def add_model_options(ap, dtype_default: str | None = None) -> None:
     """--dtype, --chunk-size and --attention, which every evaluation command takes (dtype
@@ -67,6 +70,43 @@ def check_out_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     except OSError as e:
         raise ValueError(f"{option} {path} {what}: {e.strerror}") from None
     return path
+
+
+def hold_out_dir(path: str | os.PathLike, body: Callable[[], int], command: str, option: str = "--out") -> int:
+    """Run `body` (a command's work; returns its exit code) holding the output directory
+    `path`: one command per --out at a time. A directory another live process holds (a
+    command, or a trainer: the lock is the run dir's, comet_jax/train/run_lock.py) is refused
+    with one line naming it and its holder, exit 2, nothing written. The lock is released when
+    `body` returns or raises; a directory made only for the lock is removed if nothing was
+    written into it. A lock its holder did not release (killed) is taken over."""
+    from comet_jax.train.run_lock import OutDirLocked, OutLock
+
+    try:
+        check_out_dir(path, option)
+        lock = OutLock(path, command, option).acquire()
+    except (ValueError, OutDirLocked) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        print(f"error: {option} {path}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return body()
+    finally:
+        lock.release()
+
+
+def check_not_a_run_dir(path: str | os.PathLike) -> None:
+    """CheckpointError (one line) when `path` is a training run directory (config.yaml and
+    checkpoints/, no comet_jax.json) rather than a checkpoint: the commands read RUN_DIR/model."""
+    from comet_jax.checkpoint import META_FILE, CheckpointError
+
+    d = Path(path)
+    if (d / "config.yaml").is_file() and (d / "checkpoints").is_dir() and not (d / META_FILE).exists():
+        model = d / "model"
+        final = "the final model" if (model / META_FILE).is_file() else "the final model, written when the run ends"
+        raise CheckpointError(f"{d} is a training run: use {model} ({final}) or export a step with "
+                              f"comet-export {d} OUT --step N (then comet-convert OUT CKPT)")
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -33,8 +33,8 @@ up to --full-max tokens (default 16k); longer lengths are recorded as skipped wi
 Writes OUT/results.json (settings, the curve: per length copy_accuracy, lm_accuracy,
 difference, samples, seconds, peak_rss_mb, device_peak_mb; the memory lengths) and OUT/forgetting.png
 (accuracy against length, log x), both atomically after every length ("complete": false until
-the last). An OUT whose results.json already holds a curve is refused. The last stdout line
-is one JSON object.
+the last). An OUT whose results.json already holds a curve is refused, and so is an OUT
+another command is using (one at a time per OUT). The last stdout line is one JSON object.
 
 From a checkout without installing: `python -m eval.forgetting` (the same code).
 """
@@ -51,8 +51,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from comet_jax.evals.common import (add_model_options, atomic_write, check_out_dir, format_length, parse_length,
-                                    save_png)
+from comet_jax.evals.common import (add_model_options, atomic_write, check_not_a_run_dir, check_out_dir,
+                                    format_length, hold_out_dir, parse_length, save_png)
 from comet_jax.resources import device_peak_mb
 
 DEFAULT_LENGTHS = "1k,4k,16k,64k,256k,1M"
@@ -290,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    return hold_out_dir(args.out, lambda: _main(args, lengths, full_max), "comet-forgetting")
 
+
+def _main(args, lengths: list[int], full_max: int) -> int:
+    """The work of main, holding --out."""
     from tqdm import tqdm
 
     from comet_jax import build, checkpoint
@@ -301,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out = check_out_dir(args.out)  # before hours of work, not after them
+        check_not_a_run_dir(args.checkpoint)
         model, comet, meta = build.from_checkpoint(args.checkpoint, chunk_size=args.chunk_size, dtype=args.dtype,
                                                    attention=args.attention)
         tokenizer = tokenizer_by_name(args.tokenizer) if args.tokenizer else load_tokenizer(args.checkpoint, meta)

@@ -26,7 +26,7 @@ import argparse
 import json
 import sys
 
-from comet_jax.evals.common import add_model_options
+from comet_jax.evals.common import add_model_options, check_not_a_run_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from comet_jax.io.tokenizer import load_tokenizer, tokenizer_by_name
 
     try:
+        check_not_a_run_dir(args.checkpoint)
         model, comet, meta = build.from_checkpoint(args.checkpoint, chunk_size=args.chunk_size, dtype=args.dtype,
                                                    attention=args.attention)
         tokenizer = tokenizer_by_name(args.tokenizer) if args.tokenizer else load_tokenizer(args.checkpoint, meta)

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from comet_jax.checkpoint import CheckpointError
-from comet_jax.evals.common import add_model_options
+from comet_jax.evals.common import add_model_options, check_not_a_run_dir
 
 
 def position_warning(seqs, data: str, mode: str, comet, max_positions) -> str | None:
@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     from comet_jax.io.tokenizer import load_tokenizer
 
     try:
+        check_not_a_run_dir(args.checkpoint)
         model, comet, meta = build.from_checkpoint(args.checkpoint, chunk_size=args.chunk_size, stride=args.stride,
                                                    budget=args.budget, dtype=args.dtype,
                                                    attention=args.attention)

@@ -26,6 +26,8 @@ continues such a run: it refuses a results.json made with other settings (checkp
 and the names, sizes and times of its files, tokenizer, mode, seed, samples, lengths,
 depths, dtype, chunk size, layout), skips the cells it holds and ends with the results.json
 of an uninterrupted run. Without --resume, an OUT whose results.json holds cells is refused.
+One command at a time per OUT: a second is refused naming the first (comet_jax/evals/common.py
+hold_out_dir); a training run directory as --checkpoint is refused naming RUN_DIR/model.
 
 From a checkout without installing: `python -m eval.passkey` (the same code).
 """
@@ -41,8 +43,8 @@ import threading
 import time
 from pathlib import Path
 
-from comet_jax.evals.common import (add_model_options, atomic_write, check_out_dir, format_length, parse_length,
-                                    save_png)
+from comet_jax.evals.common import (add_model_options, atomic_write, check_not_a_run_dir, check_out_dir,
+                                    format_length, hold_out_dir, parse_length, save_png)
 from comet_jax.resources import device_peak_mb, rss_bytes
 
 DEFAULT_LENGTHS = "4k,16k,64k,256k,1M"
@@ -329,7 +331,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--jitter must be >= 0 tokens, got {args.jitter}")
     except ValueError as e:
         ap.error(str(e))
+    return hold_out_dir(args.out, lambda: _main(args, lengths, depths), "comet-passkey")
 
+
+def _main(args, lengths: list[int], depths: list[float]) -> int:
+    """The work of main, holding --out."""
     from tqdm import tqdm
 
     from comet_jax import build, checkpoint
@@ -340,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out = check_out_dir(args.out)  # before hours of work, not after them
+        check_not_a_run_dir(args.checkpoint)
         model, comet, meta = build.from_checkpoint(args.checkpoint, chunk_size=args.chunk_size, dtype=args.dtype,
                                                    attention=args.attention)
         if args.tokenizer:

@@ -19,7 +19,7 @@ SCROLLS / LongBench file works once its lines hold these fields: e.g. LongBench'
 Writes OUT/predictions.jsonl (per item: index, prediction, answers, em, f1, rouge_l,
 prompt_tokens) and OUT/results.json (settings, the mean of each metric, `score`), both
 atomically after every batch ("complete": false until the last). An OUT that already holds
-results is refused; bad input is one line on stderr, exit 2, nothing written. The last stdout
+results, or that another command is using, is refused; bad input is one line on stderr, exit 2, nothing written. The last stdout
 line is one JSON object.
 
 From a checkout without installing: `python -m eval.tasks` (the same code).
@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from comet_jax.evals.common import add_model_options, atomic_write, check_out_dir
+from comet_jax.evals.common import add_model_options, atomic_write, check_not_a_run_dir, check_out_dir, hold_out_dir
 from comet_jax.evals.metrics import METRICS, score
 
 EXIT_USAGE = 2
@@ -138,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
             return EXIT_USAGE
+    return hold_out_dir(args.out, lambda: _main(args), "comet-tasks")
+
+
+def _main(args) -> int:
+    """The work of main, holding --out."""
     from comet_jax import build, checkpoint
     from comet_jax.config import ConfigError
     from comet_jax.data.jsonl import comet_token_names
@@ -148,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in (RESULTS, PREDICTIONS):
             if (out / name).exists():
                 raise ValueError(f"{out / name} exists (an earlier run): use another --out")
+        check_not_a_run_dir(args.checkpoint)
         items = read_items(args.data)
         model, comet, meta = build.from_checkpoint(args.checkpoint, chunk_size=args.chunk_size, dtype=args.dtype,
                                                    attention=args.attention)
