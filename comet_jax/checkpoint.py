@@ -95,9 +95,18 @@ def remove_stale_temporaries(dst: str | os.PathLike) -> list[Path]:
         tmp = m.group(1) is not None
         pid, writer_host = (m.group(1), m.group(2)) if tmp else (m.group(3), m.group(4))
         if writer_host == host and not pid_alive(int(pid)) and (tmp or dst.exists()):
-            shutil.rmtree(p, ignore_errors=True)
+            _discard(p)
             removed.append(p)
     return removed
+
+
+def _discard(path: Path) -> None:
+    """Remove a set-aside output: a symlink itself (the directory it points to is not ours),
+    else the tree."""
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove(path: Path, settle: float = 0.5, limit: float = 10.0) -> None:
@@ -180,11 +189,11 @@ def atomic_dir(dst: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
                 stop.fire(stop.pending)
             yield tmp
             stop.held = True  # between the two renames `dst` is missing: finish them first
-            if dst.exists():
+            if dst.exists() or dst.is_symlink():
                 old = dst.with_name(f".{dst.name}.old-{_writer_tag()}")
                 dst.rename(old)
                 tmp.rename(dst)
-                shutil.rmtree(old, ignore_errors=True)
+                _discard(old)
             else:
                 tmp.rename(dst)
         except BaseException:

@@ -324,9 +324,6 @@ def test_a_training_run_dir_as_checkpoint_names_its_model(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- replacing a symlinked output
 
-@pytest.mark.xfail(strict=True, reason="comet_jax/checkpoint.py atomic_dir renames a symlinked DST to "
-                   ".DST.old-PID@HOST and rmtree(ignore_errors) cannot remove a link: the fix belongs there "
-                   "(and in remove_stale_temporaries), outside the evaluation files")
 def test_replacing_a_symlinked_output_leaves_no_old_link(tmp_path):
     target = tmp_path / "real"
     target.mkdir()
@@ -337,3 +334,10 @@ def test_replacing_a_symlinked_output_leaves_no_old_link(tmp_path):
         (tmp / "y").write_text("new")
     assert (dst / "y").read_text() == "new" and (target / "x").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "real"]
+    # a symlink a killed writer set aside is removed as a link; what it pointed to stays
+    import socket
+
+    stale = tmp_path / f".out.old-999999999@{socket.gethostname()}"
+    stale.symlink_to(target)
+    assert checkpoint.remove_stale_temporaries(dst) == [stale]
+    assert not stale.is_symlink() and (target / "x").read_text() == "old"
