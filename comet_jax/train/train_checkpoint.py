@@ -154,7 +154,7 @@ class TrainCheckpointer:
     def __init__(self, directory: str | Path, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
         """`read_only`: for readers of a run that may still be training (the export): nothing is
         created, and a save in progress (Orbax's temporary directory) is left alone."""
-        self.directory = Path(directory).absolute()
+        self.directory = Path(os.path.abspath(directory))  # normalised: no `..` for Orbax
         if read_only:  # Orbax warns that the directory is read-only, which is what was asked for
             logging.getLogger("absl").addFilter(_READ_ONLY_FILTER)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
