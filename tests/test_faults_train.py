@@ -103,7 +103,7 @@ def test_a_non_finite_state_is_never_saved(tmp_path):
     ckpt = saved_dir(tmp_path, steps=(2,))
     bad = state(3)
     bad["params"]["w"] = bad["params"]["w"].at[0, 0].set(jnp.nan)
-    with pytest.raises(NonFiniteState, match=r"step 3 holds NaN/Inf.*last good checkpoint is step 2"):
+    with pytest.raises(NonFiniteState, match=r"step 3 holds NaN/Inf.*newest checkpoint is step 2"):
         ckpt.save(3, bad, b"data", {}, force=True)
     assert ckpt.steps() == [2]
     ckpt.close()
