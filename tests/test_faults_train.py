@@ -103,7 +103,7 @@ def test_a_non_finite_state_is_never_saved(tmp_path):
     ckpt = saved_dir(tmp_path, steps=(2,))
     bad = state(3)
     bad["params"]["w"] = bad["params"]["w"].at[0, 0].set(jnp.nan)
-    with pytest.raises(NonFiniteState, match=r"step 3 holds NaN/Inf.*last good checkpoint is step 2"):
+    with pytest.raises(NonFiniteState, match=r"step 3 holds NaN/Inf.*newest checkpoint is step 2"):
         ckpt.save(3, bad, b"data", {}, force=True)
     assert ckpt.steps() == [2]
     ckpt.close()
@@ -255,11 +255,36 @@ def copy_of(trained: Path, tmp_path: Path) -> Path:
 
 def test_resume_with_another_model_size_is_refused_and_keeps_every_checkpoint(trained, tmp_path):
     path = copy_of(trained, tmp_path)
-    before = tree_listing(path / "checkpoints")
+    before, config = tree_listing(path / "checkpoints"), (path / "config.yaml").read_bytes()
     proc = run(path, "train.steps=6", "checkpoint.every=2", "model.hidden_size=48", check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-3000:]
     assert "model.hidden_size: 32 in the checkpoint, 48 now" in proc.stderr
     assert tree_listing(path / "checkpoints") == before and not (path / "corrupt_checkpoints").exists()
+    assert (path / "config.yaml").read_bytes() == config  # "Nothing was changed": this file neither
+
+
+def test_resume_with_another_seq_len_is_one_line_and_changes_nothing(trained, tmp_path):
+    path = copy_of(trained, tmp_path)
+    before, config = tree_listing(path), (path / "config.yaml").read_bytes()
+    proc = run(path, "train.steps=6", "checkpoint.every=2", "data.seq_len=384", check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-3000:]
+    err = proc.stderr.strip()
+    assert "data.seq_len is 384" in err and "data.seq_len=320" in err and "run.dir" in err, err
+    assert "Nothing was changed" in err and "Traceback" not in err, err
+    assert tree_listing(path) == before  # config.yaml, metrics, checkpoints: all as they were
+    assert (path / "config.yaml").read_bytes() == config
+
+
+def test_resume_after_a_crash_names_changed_settings_and_writes_each_step_once(trained, tmp_path):
+    # the run logged steps 1..4 but (as after kill -9 or a full disk) its newest checkpoint is 2
+    path = copy_of(trained, tmp_path)
+    shutil.rmtree(path / "checkpoints" / "4")
+    proc = run(path, "train.steps=4", "checkpoint.every=2", "optim.lr=0.001", "train.log_every=10")
+    assert "resumed from" in proc.stderr and "at step 2" in proc.stderr, proc.stderr[-3000:]
+    changed = [line for line in proc.stderr.splitlines() if "changed settings" in line]
+    assert changed == ["resuming with changed settings: optim.lr 0.003 -> 0.001, train.log_every 1 -> 10"], changed
+    steps = [json.loads(line)["step"] for line in (path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4], steps
 
 
 def test_nan_right_after_a_resume_names_the_checkpoint_and_the_one_before(trained, tmp_path):

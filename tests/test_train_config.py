@@ -1,5 +1,6 @@
 """comet_jax.train.train_config: YAML + overrides onto dataclass defaults, types, validation."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def test_defaults_valid():
     assert cfg == TrainConfig()
     validate(cfg)
     validate(cfg, device_count=1)
-    assert run_dir(cfg) == "runs/tiny"
+    assert run_dir(cfg) == os.path.abspath("runs/tiny")
     assert run_dir(load_config(None, ["run.dir=/tmp/x"])) == "/tmp/x"
     with pytest.raises(Exception):
         cfg.optim.lr = 1.0  # frozen
@@ -227,3 +228,59 @@ def test_curriculum_stage_needles():
     validate(shifted)
     assert [curriculum_stage(shifted, s).shift for s in (0, 10, 20, 30)] == [0, 15, 7, 15]
     assert cfg.data.passkey_end == "."
+
+
+def test_duplicate_keys_are_refused_at_any_depth(tmp_path, capsys):
+    from comet_jax.train.cli import main
+
+    # a second train: section would silently replace the whole first one
+    p = write(tmp_path, "train:\n  steps: 7\n  batch_size: 4\noptim:\n  lr: 0.01\ntrain:\n  steps: 9\n")
+    assert raises("duplicate", load_config, p, []) == f"{p}:6: duplicate key 'train' (first at line 1)"
+    nested = write(tmp_path, "optim:\n  lr: 0.01\n  b1: 0.8\n  lr: 0.02\n", "nested.yaml")
+    assert raises("duplicate", load_config, nested, []) == f"{nested}:4: duplicate key 'lr' (first at line 2)"
+    deep = write(tmp_path, "comet:\n  planners: {fixed: 0.5, fixed: 0.5}\n", "deep.yaml")
+    assert raises("duplicate", load_config, deep, []) == f"{deep}:2: duplicate key 'fixed' (first at line 2)"
+    raises(r"override comet\.planners: duplicate key 'fixed'", load_config, None,
+           ["comet.planners={fixed: 1, fixed: 2}"])
+    # a YAML merge may still override what it merged in
+    ok = write(tmp_path, "train: {<<: {steps: 3, log_every: 1}, steps: 5}\n", "ok.yaml")
+    assert load_config(ok, []).train.steps == 5
+    assert main(["--config", p, "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {p}:6: duplicate key 'train' (first at line 1)\n"
+
+
+def test_run_dir_is_absolute_and_normalised(tmp_path, monkeypatch):
+    # a `..` in run.dir made the final export fail ("Invalid file path"), and its retry too
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["run.dir=a/../runs/x"])
+    assert cfg.run.dir == str(tmp_path / "runs" / "x") and run_dir(cfg) == cfg.run.dir
+    assert run_dir(load_config(None, ["run.name=y"])) == str(tmp_path / "runs" / "y")
+    assert load_config(write(tmp_path, dump_yaml(cfg)), []) == cfg
+    from comet_jax.train.train_checkpoint import TrainCheckpointer
+
+    ckpt = TrainCheckpointer("a/../runs/x/checkpoints", async_save=False)
+    assert ckpt.directory == tmp_path / "runs" / "x" / "checkpoints"
+    ckpt.close()
+
+
+def test_passkey_seq_len_below_the_shortest_prompt_is_refused_before_anything_is_written(tmp_path, capsys):
+    from comet_jax.train.cli import main
+    from comet_jax.train.train_config_checks import validate_data
+
+    msg = raises(r"data\.seq_len \(100\) is too short for data\.source=passkey", validate_data,
+                 load_config(None, ["data.seq_len=100"]))
+    shortest = int(msg.rsplit(">= ", 1)[1])
+    assert 100 < shortest <= 320 and "5-digit key" in msg and "data.tokenizer=byte" in msg
+    validate_data(load_config(None, [f"data.seq_len={shortest}"]))
+    raises(r"data\.curriculum\[0\]\.seq_len \(64\)", validate_data,
+           load_config(None, ["data.curriculum=[{until_step: 5, seq_len: 64}]"]))
+    raises(r"data\.passkey_min_len \(50\)", validate_data, load_config(None, ["data.passkey_min_len=50"]))
+    validate_data(load_config(None, ["data.source=jsonl", "data.path=x", "data.seq_len=8"]))  # not passkey
+    for name in ("tiny_cpu.yaml", "demo_passkey.yaml"):
+        validate_data(load_config(str(CONFIGS / name), []))
+    run = tmp_path / "run"
+    assert main(["data.seq_len=100", "comet.chunk_size=64", f"run.dir={run}"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "data.seq_len (100)" in err, err
+    assert not run.exists()

@@ -21,12 +21,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from comet_jax.config import ConfigError
     from comet_jax.train.train_config import dump_yaml
-    from comet_jax.train.train_config_checks import load_valid, validate, validate_paths
+    from comet_jax.train.train_config_checks import load_valid, validate, validate_data, validate_paths
 
     try:
         cfg = load_valid(args)
         if not args.print_config:
             validate_paths(cfg)
+            validate_data(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

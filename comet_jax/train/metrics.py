@@ -4,21 +4,66 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `path` whole or not at all: a temporary file next to it, then a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def drop_steps_after(path: str | Path, step: int) -> int:
+    """Remove the records of steps after `step` from a metrics.jsonl (and a line cut off by a
+    crash), rewriting it atomically: a run resumed from the checkpoint of `step` writes those
+    steps again. Returns how many lines were dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            dropped += 1
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)) and rec["step"] > step:
+            dropped += 1
+            continue
+        keep.append(line)
+    if dropped:
+        write_text_atomic(path, "".join(line + "\n" for line in keep))
+    return dropped
+
 
 class MetricsWriter:
-    def __init__(self, run_dir: str | Path, *, jsonl: bool = True, tensorboard: bool = True, enabled: bool = True):
+    """`resume_step`: the run resumed from the checkpoint of this step, so the records of later
+    steps (written before a crash) are dropped from metrics.jsonl and TensorBoard: each step
+    is in the metrics once."""
+
+    def __init__(self, run_dir: str | Path, *, jsonl: bool = True, tensorboard: bool = True, enabled: bool = True,
+                 resume_step: int | None = None):
         self.enabled = enabled
         run_dir = Path(run_dir)
+        if enabled and jsonl and resume_step is not None:
+            drop_steps_after(run_dir / "metrics.jsonl", resume_step)
         self.jsonl = (run_dir / "metrics.jsonl").open("a") if enabled and jsonl else None
         self.tb = None
         if enabled and tensorboard:
             from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            purge = None if resume_step is None else resume_step + 1  # events of steps >= this are dropped
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:

@@ -39,6 +39,8 @@ import orbax.checkpoint as ocp
 from comet_jax.config import ConfigError
 
 ASIDE_DIR = "corrupt_checkpoints"
+# files of a step without which its state cannot be restored as saved (Orbax's tree metadata)
+REQUIRED_FILES = ("state/_METADATA",)
 
 
 class CheckpointMismatch(ConfigError):
@@ -135,6 +137,16 @@ def root_cause(e: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(chosen).__name__
 
 
+def _reason(error: BaseException, limit: int = 200) -> str:
+    """Why a checkpoint cannot be used, in one line: the first line of the error (Orbax's
+    pytree errors run over many), cut at `limit` characters with an ellipsis."""
+    if isinstance(error, FileNotFoundError) and str(error).startswith("its file"):
+        return str(error)
+    text = (str(error).strip().splitlines() or [""])[0].strip()
+    text = text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def mismatch_message(saved: dict, current: dict, limit: int = 4) -> list[str]:
     """'key: A in the checkpoint, B now' for the keys that differ (parameters first, at most `limit`)."""
     keys = sorted(set(saved) | set(current), key=lambda k: (not k.startswith("['params']"), k))
@@ -154,7 +166,7 @@ class TrainCheckpointer:
     def __init__(self, directory: str | Path, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
         """`read_only`: for readers of a run that may still be training (the export): nothing is
         created, and a save in progress (Orbax's temporary directory) is left alone."""
-        self.directory = Path(directory).absolute()
+        self.directory = Path(os.path.abspath(directory))  # normalised: no `..` for Orbax
         if read_only:  # Orbax warns that the directory is read-only, which is what was asked for
             logging.getLogger("absl").addFilter(_READ_ONLY_FILTER)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
@@ -175,9 +187,18 @@ class TrainCheckpointer:
 
     # -- saving ----------------------------------------------------------------------------
     def last_good(self) -> str:
+        """The newest complete checkpoint (for a failed save: it was written whole and verified
+        on restore; whether its training was still healthy is another question, see `newest`)."""
         steps = self.steps()
         return (f"the last good checkpoint is step {steps[-1]} ({self.directory / str(steps[-1])})" if steps
                 else f"there is no earlier checkpoint in {self.directory}")
+
+    def newest(self) -> str:
+        """The newest checkpoint, named without calling it good: a saved state is known to be
+        finite, not to come from before a divergence."""
+        steps = self.steps()
+        return (f"the newest checkpoint is step {steps[-1]} ({self.directory / str(steps[-1])})" if steps
+                else f"there is no checkpoint in {self.directory}")
 
     def _failed(self, step: int, e: BaseException) -> CheckpointSaveError:
         self._failed_steps.append(step)
@@ -195,7 +216,7 @@ class TrainCheckpointer:
         sums, bad = digest(state)
         if bad:
             raise NonFiniteState(f"the state at step {step} holds NaN/Inf (in {', '.join(bad[:3])}); it was "
-                                 f"not saved; {self.last_good()}")
+                                 f"not saved; {self.newest()}")
         meta = {**meta, "shapes": shapes_of(state), "digest": sums}
         try:
             saved = self.manager.save(step, args=ocp.args.Composite(
@@ -265,6 +286,9 @@ class TrainCheckpointer:
             if meta is not None:
                 self.check_compatible(step, meta, abstract_state, identity, config)
                 try:
+                    missing = [f for f in REQUIRED_FILES if not (self.directory / str(step) / f).is_file()]
+                    if missing:  # Orbax would fail on it with a pytree error, or guess the tree
+                        raise FileNotFoundError(f"its file {missing[0]} is missing")
                     restored = self.manager.restore(step, args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
                     if "digest" in meta:
@@ -278,8 +302,8 @@ class TrainCheckpointer:
                     error = e
             aside = self._move_aside(step)
             moved.append(step)
-            log(f"checkpoint at step {step} cannot be used ({type(error).__name__}: {str(error)[:200]}); "
-                f"moved to {aside}; trying the previous one")
+            log(f"checkpoint at step {step} cannot be used ({_reason(error)}); moved {self.directory / str(step)} "
+                f"to {aside}; trying the previous one")
         if moved and not restart_if_unreadable:
             raise NoReadableCheckpoint(
                 f"no checkpoint in {self.directory} could be read (steps {', '.join(map(str, moved))} were moved "

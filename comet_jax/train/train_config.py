@@ -287,6 +287,35 @@ def _merge_yaml(tree: dict[str, dict[str, Any]], data: Any, path: str) -> None:
             _set(tree, section, str(key), value, path)
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A key repeated in one YAML mapping (PyYAML itself keeps the last one silently)."""
+
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(f"{line}: duplicate key {key!r} (first at line {first})")
+        self.key, self.line, self.first = key, line, first
+
+
+class StrictLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key repeated in one mapping, at any depth: a second
+    `train:` section would otherwise replace the whole first one without a word. Keys merged
+    in with `<<:` may still be overridden, as YAML allows."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: SafeLoader's own error names it
+                    continue
+                if first is not key_node:
+                    raise DuplicateKey(key, key_node.start_mark.line + 1, first.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _parse_override(tree: dict[str, dict[str, Any]], item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r} has no '='; write section.key=value, e.g. optim.lr=1e-4")
@@ -297,7 +326,9 @@ def _parse_override(tree: dict[str, dict[str, Any]], item: str) -> None:
         raise ConfigError(f"override {item!r}: the key must be section.key (e.g. train.steps=5), got {dotted!r}")
     section, key = parts
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=StrictLoader) if raw.strip() else ""
+    except DuplicateKey as e:
+        raise ConfigError(f"override {dotted}: duplicate key {e.key!r} in {raw.strip()!r}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {dotted}: cannot parse value {raw!r} as YAML: {e}") from None
     if (section, key) == ("model", "remat") and isinstance(value, bool):
@@ -327,7 +358,9 @@ def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
     if path is not None:
         try:
             with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f)
+                data = yaml.load(f, Loader=StrictLoader)
+        except DuplicateKey as e:
+            raise ConfigError(f"{path}:{e.line}: duplicate key {e.key!r} (first at line {e.first})") from None
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
         except OSError as e:
@@ -337,6 +370,10 @@ def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
         _merge_yaml(tree, data, path)
     for item in overrides or ():
         _parse_override(tree, item)
+    if tree.get("run", {}).get("dir"):
+        # absolute and without `..`: Orbax and TensorStore refuse some relative paths (the
+        # final export did), and the run's files are then named the same from anywhere
+        tree["run"]["dir"] = os.path.abspath(tree["run"]["dir"])
     return from_dict(tree)
 
 
@@ -355,4 +392,5 @@ def dump_yaml(cfg: TrainConfig) -> str:
 
 
 def run_dir(cfg: TrainConfig) -> str:
-    return cfg.run.dir or os.path.join("runs", cfg.run.name)
+    """The run directory, absolute and normalised (no `..`): run.dir, else runs/{run.name}."""
+    return os.path.abspath(cfg.run.dir or os.path.join("runs", cfg.run.name))

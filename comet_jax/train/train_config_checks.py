@@ -38,6 +38,33 @@ def validate_paths(cfg: TrainConfig) -> None:
                           "tokenizer.json file")
 
 
+def validate_data(cfg: TrainConfig) -> None:
+    """The passkey task fits every sequence length the run asks for (data.seq_len, each
+    curriculum stage's seq_len, data.passkey_min_len): its shortest prompt depends on the
+    tokenizer, so this builds it (after `validate_paths`, before anything is written)."""
+    d = cfg.data
+    if d.source != "passkey":
+        return
+    from comet_jax.data.passkey import PasskeySource
+    from comet_jax.io.tokenizer import load_tokenizer, tokenizer_by_name
+
+    try:
+        tok = load_tokenizer(cfg.model.init) if d.tokenizer == "checkpoint" else tokenizer_by_name(d.tokenizer)
+        shortest = PasskeySource(tok, max_len=1 << 30, digits=d.passkey_digits, end=d.passkey_end).shortest
+    except (ValueError, OSError, AttributeError):
+        return  # the trainer reports a tokenizer it cannot use
+    why = (f"the shortest passkey prompt with a {d.passkey_digits}-digit key and its answer is {shortest} tokens "
+           f"(data.tokenizer={d.tokenizer})")
+    lengths = [("data.seq_len", d.seq_len)] + [(f"data.curriculum[{i}].seq_len", s.seq_len)
+                                               for i, s in enumerate(d.curriculum)]
+    lengths += [("data.passkey_min_len", d.passkey_min_len)] if d.passkey_min_len else []
+    lengths += [(f"data.curriculum[{i}].passkey_min_len", s.passkey_min_len)
+                for i, s in enumerate(d.curriculum) if s.passkey_min_len]
+    for key, value in lengths:
+        if value < shortest:
+            raise ConfigError(f"{key} ({value}) is too short for data.source=passkey: {why}; set {key} >= {shortest}")
+
+
 # ---------------------------------------------------------------------------------------
 # values
 

@@ -4,6 +4,7 @@ metrics. Everything that is not a loop lives in its own module; this file wires 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import shutil
@@ -26,15 +27,15 @@ from comet_jax.data.pipeline import make_loader, make_source, num_chunks_for
 from comet_jax.train.flops import train_flops_per_token
 from comet_jax.layout import Slots
 from comet_jax.resources import device_peak_mb
-from comet_jax.train.metrics import MetricsWriter, format_line
+from comet_jax.train.metrics import MetricsWriter, format_line, write_text_atomic
 from comet_jax.model import attention
 from comet_jax.model.init import init_params
 from comet_jax.train.optim import make_optimizer
 from comet_jax.parallel import sharding
 from comet_jax.train.run_lock import RunDirLocked, RunLock
-from comet_jax.train.train_checkpoint import (CheckpointSaveError, NoReadableCheckpoint, NonFiniteState, TrainCheckpointer,
-                                        abstract_like, root_cause)
-from comet_jax.train.train_config import run_dir
+from comet_jax.train.train_checkpoint import (ASIDE_DIR, CheckpointSaveError, NoReadableCheckpoint, NonFiniteState,
+                                              TrainCheckpointer, abstract_like, root_cause)
+from comet_jax.train.train_config import dump_yaml, run_dir, to_dict
 from comet_jax.train.train_step import batch_axis, make_train_step
 
 EXIT_NAN = 3
@@ -44,6 +45,8 @@ RESUME_SUSPECT_STEPS = 10
 STATE_SETTINGS = ("model.", "comet.", "optim.clip_norm", "optim.weight_decay", "optim.memory_lr_mult",
                   "optim.grad_accum")
 MODEL_DIR = "model"  # RUN_DIR/model: the inference checkpoint a finished run exports
+# settings whose change on resume is not worth a word (where the run is, how it is joined)
+QUIET_SETTINGS = ("run.dir", "distributed.")
 
 
 class TrainingStopped(RuntimeError):
@@ -60,6 +63,16 @@ def new_metrics_file(run_dir: Path) -> Path | None:
     while (run_dir / f"metrics.{n}.jsonl").exists():
         n += 1
     return old.rename(run_dir / f"metrics.{n}.jsonl")
+
+
+def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """'optim.lr 0.001 -> 0.0003' for each setting that differs from the run that wrote a
+    checkpoint (those it recorded; `QUIET_SETTINGS` left out)."""
+    def text(v: Any) -> str:
+        return json.dumps(v) if isinstance(v, (list, dict, str)) else str(v)
+
+    return [f"{k} {text(saved[k])} -> {text(v)}" for k, v in now.items()
+            if k in saved and saved[k] != v and not k.startswith(QUIET_SETTINGS)]
 
 
 def load_tokenizer(cfg) -> Any:
@@ -242,7 +255,20 @@ class Trainer:
                 "comet.temp_memory": self.comet.has_temp, "data.tokenizer": self.cfg.data.tokenizer}
 
     def non_finite(self, step: int, what: str, start: int, resumed: bool, ckpt: TrainCheckpointer) -> TrainingStopped:
-        msg = f"{what} at step {step}; stopping; {ckpt.last_good()}"
+        """The one-line error of a non-finite loss, gradient or state. A saved state is known to
+        be finite, not good: the steps before a NaN may already have been diverging (a huge
+        learning rate gives finite but useless weights first), so no checkpoint is called good."""
+        steps, keep = ckpt.steps(), self.cfg.checkpoint.keep
+        if not steps:
+            msg = (f"{what} at step {step}; stopping; no checkpoint was saved in {ckpt.directory}: lower optim.lr "
+                   "and rerun (it starts from step 0)")
+        else:
+            earlier = (f", or from an earlier step after moving the later step directories into "
+                       f"{self.run_dir / ASIDE_DIR}" if len(steps) > 1 else " (no earlier step is kept)")
+            msg = (f"{what} at step {step}; stopping; the checkpoints kept, step(s) {', '.join(map(str, steps))} in "
+                   f"{ckpt.directory}, hold finite states, which is all that is checked: the newest may already be "
+                   f"diverging (see the loss in {self.run_dir / 'metrics.jsonl'}). Lower optim.lr and rerun to "
+                   f"resume from step {steps[-1]}{earlier}; checkpoint.keep={keep} keeps only the newest {keep}")
         if resumed and step - start <= RESUME_SUSPECT_STEPS:
             earlier = [s for s in ckpt.steps() if s < start]
             instead = (f"move {ckpt.directory / str(start)} aside (e.g. into {self.run_dir / 'corrupt_checkpoints'}) "
@@ -251,23 +277,42 @@ class Trainer:
                     f"fault, {instead}")
         return TrainingStopped(msg)
 
+    def stage_key(self, stage: Stage, key: str) -> str:
+        """The setting a stage's value comes from: data.curriculum[i].KEY or data.KEY."""
+        return f"data.curriculum[{stage.index}].{key}" if stage.index < len(self.cfg.data.curriculum) else f"data.{key}"
+
+    def check_data_resumes(self, start: int, stage: Stage, meta: dict[str, Any]) -> None:
+        """ConfigError when the checkpoint's data iterator was written for sequences of another
+        length: it cannot go on at this one (nothing is changed)."""
+        saved = meta.get("seq_len")
+        if saved is not None and saved != stage.seq_len:
+            key = self.stage_key(stage, "seq_len")
+            raise ConfigError(f"{key} is {stage.seq_len} but the checkpoint at step {start} in "
+                              f"{self.run_dir / 'checkpoints'} was written with {key}={saved}: its data iterator "
+                              f"cannot go on at another length; resume with {key}={saved}, or start a new run "
+                              "with another run.dir. Nothing was changed")
+
+    def data_mismatch(self, start: int, meta: dict[str, Any], cause: str) -> ConfigError:
+        """The checkpoint's data iterator state does not fit this run's data pipeline."""
+        now = checkpoint.flatten(to_dict(self.cfg))
+        diffs = [d for d in changed_settings(meta.get("settings", {}), now) if d.startswith("data.")]
+        what = f"data settings changed ({', '.join(diffs)})" if diffs else cause
+        return ConfigError(f"the data iterator of the checkpoint at step {start} in {self.run_dir / 'checkpoints'} "
+                           f"does not fit this run's data: {what}; resume with the data settings it was written "
+                           "with, or start a new run with another run.dir. Nothing was changed")
+
     # -- loop ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.process == 0:
-            from comet_jax.train.train_config import dump_yaml
-
-            (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
         state = self.init_state()
         ckpt = TrainCheckpointer(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep,
                                  async_save=cfg.checkpoint.async_save)
         start, stage, loader = 0, None, None
         identity = self.identity()
-        from comet_jax.train.train_config import to_dict
-
+        everything = checkpoint.flatten(to_dict(cfg))  # every setting, logged when one changes on resume
         # the settings that may change the state's structure, named when it differs on resume
-        settings = {k: v for k, v in checkpoint.flatten(to_dict(cfg)).items()
+        settings = {k: v for k, v in everything.items()
                     if k.startswith(STATE_SETTINGS) and not isinstance(v, (list, dict))}
         try:
             restored = ckpt.restore_latest(abstract_like(state), identity=identity, config=settings,
@@ -282,11 +327,26 @@ class Trainer:
                          f"run's metrics were moved to {moved}")
         if restored is not None:
             start, state, data_state, meta = restored
-            stage = curriculum_stage(cfg, start)
-            if meta.get("stage") == stage.index:
-                loader = self.loader(stage)
-                loader.set_state(data_state)
+            try:
+                stage = curriculum_stage(cfg, start)
+                if meta.get("stage") == stage.index:
+                    self.check_data_resumes(start, stage, meta)
+                    loader = self.loader(stage)
+                    try:
+                        loader.set_state(data_state)
+                    except Exception as e:  # noqa: BLE001 - grain: a state of another data pipeline
+                        raise self.data_mismatch(start, meta, root_cause(e)) from None
+            except BaseException:
+                if loader is not None:
+                    loader.close()
+                ckpt.close(raise_errors=False)
+                raise
             self.log(f"resumed from {self.run_dir / 'checkpoints'} at step {start}")
+            changed = changed_settings(meta.get("settings", meta.get("config", {})), everything)
+            if changed and self.process == 0:
+                self.log(f"resuming with changed settings: {', '.join(changed)}")
+        if self.process == 0:  # only now: a refused resume changes nothing, this file included
+            write_text_atomic(self.run_dir / "config.yaml", dump_yaml(cfg))
         shardings = jax.tree.map(lambda x: x.sharding, state)
         step_fns = {}  # one jitted step per chunk size (the layout's slot count is static)
 
@@ -300,7 +360,7 @@ class Trainer:
 
         comet = step_fn = None
         writer = MetricsWriter(self.run_dir, jsonl=cfg.logging.jsonl, tensorboard=cfg.logging.tensorboard,
-                               enabled=self.process == 0)
+                               enabled=self.process == 0, resume_step=start if restored is not None else None)
         stop = {"signal": None}
 
         def on_signal(signum, frame):
@@ -349,7 +409,8 @@ class Trainer:
                             reported_skips = skips
                             self.log(f"data stage {stage.index}: {skips[0]} bad record(s) skipped, {skips[1]} "
                                      "document(s) of < 2 tokens dropped so far")
-                meta = {"stage": stage.index, "seq_len": seq_len, "identity": identity, "config": settings}
+                meta = {"stage": stage.index, "seq_len": seq_len, "identity": identity, "config": settings,
+                        "settings": everything}
                 done = step + 1 == cfg.train.steps
                 if done or (step + 1) % cfg.checkpoint.every == 0 or stop["signal"] is not None:
                     try:
