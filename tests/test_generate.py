@@ -165,67 +165,128 @@ def test_bad_arguments():
 # ------------------------------------------------------------------ the official layout
 
 def test_official_layout_by_hand():
-    """C 7, stride 3, G 3, budget 4, a full temp queue: the slots of one chunk written out.
-    Slots: 3 global placeholders, 4 temp placeholders, 7 text slots each followed (after every
-    third) by a beacon slot, 3 global beacons; P = placeholder, T = temp beacon, B = global."""
+    """C 7, stride 3, G 3, budget 4: the slots of one chunk written out. Slots: 3 global
+    placeholders, 4 temp placeholders, 7 text slots each followed (after every third) by a
+    beacon slot, 3 global beacons; P = placeholder, T = temp beacon, B = global. An open chunk
+    also gets the beacon the official decoder inserts right after the prompt: when its counter
+    (valid placeholders + text, §1.7) is a multiple of the stride; it takes the slot after the
+    last text token, which the static layout keeps for text or for another beacon."""
     sl = Slots.of(COMET)
     text = np.arange(1, 8, dtype=np.int32)[None]  # tokens 1..7
     P, T = COMET.placeholder_id, COMET.temp_beacon_id
-    cases = {  # (n_text, closed) -> the valid slots' tokens in order
-        (7, True): [P] * 7 + [1, 2, 3, T, 4, 5, 6, T, 7] + [52, 53, 54],  # training: also a T after 7
-        (6, True): [P] * 7 + [1, 2, 3, T, 4, 5, 6] + [52, 53, 54],  # complete final group: no T
-        (3, True): [P] * 7 + [1, 2, 3] + [52, 53, 54],
-        (5, False): [P] * 7 + [1, 2, 3, T, 4, 5],  # open: no global beacons
-        (6, False): [P] * 7 + [1, 2, 3, T, 4, 5, 6],  # ours would add a T after 6 here
-        (1, True): [P] * 7 + [1] + [52, 53, 54],
+    cases = {  # (n_text, closed, first, valid temp placeholders) -> the valid slots' tokens in order
+        (7, True, False, 4): [P] * 7 + [1, 2, 3, T, 4, 5, 6, T, 7] + [52, 53, 54],  # training: also a T after 7
+        (6, True, False, 4): [P] * 7 + [1, 2, 3, T, 4, 5, 6] + [52, 53, 54],  # complete final group: no T
+        (3, True, False, 4): [P] * 7 + [1, 2, 3] + [52, 53, 54],
+        (1, True, False, 4): [P] * 7 + [1] + [52, 53, 54],
+        (4, False, False, 4): [P] * 7 + [1, 2, 3, T, 4],  # open: no global beacons; 7 + 4 = 11
+        (5, False, False, 4): [P] * 7 + [1, 2, 3, T, 4, 5, T],  # 7 + 5 = 12: T after 5, in text slot 6's place
+        (6, False, False, 4): [P] * 7 + [1, 2, 3, T, 4, 5, 6],  # 7 + 6 = 13: none (ours would add one)
+        (6, False, True, 0): [1, 2, 3, T, 4, 5, 6, T],  # first chunk, empty queue: 0 + 6
+        (2, False, True, 0): [1, 2],
+        (5, False, False, 1): [P] * 4 + [1, 2, 3, T, 4, 5, T],  # 3 + 1 + 5 = 9: T after 5
     }
-    for (n, closed), want in cases.items():
-        lay = decode.chunk_layout(jnp.asarray(text), jnp.asarray([n]), jnp.asarray([False]),
-                                  jnp.ones((1, COMET.budget), bool), closed, jnp.asarray([True]), COMET, official=True)
+    for (n, closed, first, m), want in cases.items():
+        q_valid = jnp.asarray(np.arange(COMET.budget)[None] >= COMET.budget - m)
+        lay = decode.chunk_layout(jnp.asarray(text), jnp.asarray([n]), jnp.asarray([first]), q_valid, closed,
+                                  jnp.asarray([True]), COMET, official=True)
         valid = np.asarray(lay["valid"][0])
-        assert list(np.asarray(lay["tokens"][0])[valid]) == want, (n, closed)
+        assert list(np.asarray(lay["tokens"][0])[valid]) == want, (n, closed, first, m)
         np.testing.assert_array_equal(np.asarray(lay["positions"][0])[valid], np.arange(len(want)))
         assert valid.shape == (sl.size,)
 
 
-def official_layout(seqs, comet):
-    """The official generation layout built from the training one: take away the temp beacon
-    after the final group of every chunk (closed or open), so the temp queue fills more
-    slowly (its placeholders are valid for the min(budget, beacons so far) newest entries,
-    right-aligned), and renumber the positions."""
-    lay = generation_layout(seqs, comet)
-    sl = Slots.of(comet)
-    valid = lay.valid.copy()
-    g, k = sl.global_size, sl.budget
-    for r in range(valid.shape[1]):
-        pushed = 0
-        for c in range(valid.shape[0]):
-            n = int((lay.raw_index[c, r] >= 0).sum())
-            if n:
-                valid[c, r, g:g + k] = np.arange(k) >= k - min(k, pushed)
-                valid[c, r, sl.beacon_slots[(n - 1) // comet.stride]] = False
-                pushed += int(valid[c, r, sl.beacon_slots].sum())
-    positions = np.where(valid, np.cumsum(valid, axis=-1) - 1, 0).astype(np.int32)
-    return lay, {**lay.as_dict(), "valid": valid, "positions": positions}
+def official_reference(params, prompt, fed, comet):
+    """The official decoder written with the plain reference's pieces (tests/reference_comet.py),
+    token by token, with our closing of a full open chunk (docs/design.md §1.7): the logits
+    that each token after the prompt is chosen from, when `fed` is what was fed after it.
+
+    A chunk that another chunk follows is run closed, for the memories only: placeholders,
+    its text with a temp beacon after every group but the last, its global beacons. A chunk
+    that holds the last prompt token or generated ones is run open, for the logits:
+    placeholders (count p), its text, a temp beacon after each complete group of the prompt's
+    part but its last, and from the last prompt token on a temp beacon after each text token
+    that makes p + (text tokens so far) a multiple of the stride; no global beacons."""
+    import reference_comet as ref
+    from test_comet_reference import ref_cfgs
+
+    cfg, _ = ref_cfgs(MODEL, comet)
+    scfg = ref._Static(cfg)
+    c, stride, g, budget = comet.chunk_size, comet.stride, comet.global_size, comet.budget
+    seq, n = [int(t) for t in prompt] + [int(t) for t in fed], len(prompt)
+    layers = MODEL.num_layers
+    glob_o, glob_s = [None] * layers, [None] * layers
+    queue = [jnp.zeros((0, MODEL.hidden_size), jnp.float32) for _ in range(layers)]
+    pushed, logits = 0, []
+    for i, start in enumerate(range(0, len(seq), c)):
+        text = seq[start:start + c]
+        m = min(budget, pushed)
+        p = (g if i else 0) + m
+        n0 = min(max(n - start, 0), len(text))  # prompt tokens in this chunk
+        for closed in (False, True):
+            if closed and start + c >= len(seq) or not closed and start + len(text) < n:
+                continue
+            lay = {"tokens": [], "global_ph": [], "temp_ph": [], "text": [], "temp_beacon": [], "global_beacon": []}
+
+            def put(kind, tok):
+                lay[kind].append(len(lay["tokens"]))
+                lay["tokens"].append(int(tok))
+
+            for _ in range(g if i else 0):
+                put("global_ph", comet.placeholder_id)
+            for _ in range(m):
+                put("temp_ph", comet.placeholder_id)
+            for j, tok in enumerate(text):
+                put("text", tok)
+                k = j + 1
+                if closed or k < n0:
+                    beacon = k % stride == 0 and k < (len(text) if closed else n0)
+                else:
+                    beacon = (p + k) % stride == 0
+                if beacon:
+                    put("temp_beacon", comet.temp_beacon_id)
+            if closed:
+                for b in comet.global_beacon_ids:
+                    put("global_beacon", b)
+            # padded at the end to one length, so the reference compiles once (causal: no effect)
+            size = Slots.of(comet).size
+            h = jnp.asarray(params["embed"])[np.asarray(lay["tokens"] + [0] * (size - len(lay["tokens"])))]
+            cos, sin = ref.rope_cos_sin(cfg, size)
+            for l in range(layers):
+                lp = ref.layer_params(params, l)
+                if closed:
+                    h, glob_o[l], glob_s[l], queue[l] = ref.comet_layer_step(
+                        lp, cfg, {"global_size": g, "stride": stride, "budget": budget}, lay, h, glob_o[l],
+                        glob_s[l], queue[l])
+                    continue
+                if lay["global_ph"]:
+                    h = h.at[np.asarray(lay["global_ph"])].set(glob_o[l])
+                if lay["temp_ph"]:
+                    h = h.at[np.asarray(lay["temp_ph"])].set(queue[l])
+                h = ref._jit_layer(lp, scfg, h, cos, sin)
+            if closed:
+                pushed += len(lay["temp_beacon"])
+            else:
+                keep = [t for j, t in enumerate(lay["text"]) if start + j >= n - 1]
+                logits.append(np.asarray(ref._jit_logits(ref._head_params(params), scfg, h[np.asarray(keep)])))
+    return np.concatenate(logits)
 
 
-def test_official_decoding_equals_teacher_forcing_over_the_official_layout():
+def test_official_decoding_equals_the_official_decoder():
+    """Decoding with official=True equals the official decoder written out by hand (its beacon
+    counter includes the open chunk's placeholders, so beacons land where the static layout
+    has none), across prompts of 1..4 chunks, full and partial temp queues and closed chunks."""
     params = random_params(COMET)
     prompts, forced = prompts_and_forced(4)
     gen = Generator(params, MODEL, COMET, block_chunks=2, official=True)
     out = gen.generate(prompts, Sampling(max_new_tokens=NEW), forced=forced, record=True)
-    seqs = [np.concatenate([p, f[:-1]]) for p, f in zip(prompts, forced)]
-    lay, batch = official_layout(seqs, COMET)
-    logits = np.asarray(cm.text_logits(params, batch, MODEL, COMET))
     ours = Generator(params, MODEL, COMET, block_chunks=2).generate(prompts, Sampling(max_new_tokens=NEW),
                                                                      forced=forced, record=True)
     differs = 0
     for r, p in enumerate(prompts):
-        ref = np.zeros((len(seqs[r]), logits.shape[-1]), np.float32)
-        where = lay.raw_index[:, r] >= 0
-        ref[lay.raw_index[:, r][where]] = logits[:, r][where]
-        want, got = ref[len(p) - 1:], out.logits[r]
+        want, got = official_reference(params, p, forced[r, :-1], COMET), out.logits[r]
         live = np.isfinite(want)
+        assert np.array_equal(live, np.isfinite(got))
         assert rel_err(got[live], want[live]) < 1e-5, r
         differs += rel_err(ours.logits[r][live], got[live]) > 1e-3
     assert differs  # the two layouts give different numbers

@@ -10,10 +10,12 @@ sampling with --top-p, reproducible per --seed).
 
 CoMeT mode keeps constant state whatever the prompt length: closed chunks are prefilled into
 the memories, the last chunk stays open and grows with the continuation (docs/design.md §1.5).
---official-layout lays chunks out as the official generation code does (no temp beacon after
-the final group of any chunk, §1.7); the official code never closes a chunk while generating
-and lets the last one grow past the chunk size, while we close it and open a new one when it
-is full, so the two agree while the continuation fits in the last chunk. Full mode keeps a KV
+--official-layout reproduces the official generation code (§1.7): its chunk layout (no temp
+beacon after the final group of any chunk) and the temp beacons its decoder inserts (after a
+text token that makes the open chunk's placeholders plus text a multiple of the stride; they
+are fed, not printed). The official code never closes a chunk while generating and lets the
+last one grow past the chunk size, while we close it and open a new one when it is full, so
+the two agree token for token while the continuation fits in the last chunk. Full mode keeps a KV
 cache over the whole prompt and continuation. Progress goes to stderr; bad input is a
 one-line error with exit 2 and nothing printed on stdout.
 

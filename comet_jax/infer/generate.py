@@ -117,9 +117,12 @@ def full_cache_size(prompt_len: int, extra: int, block: int) -> int:
 
 class Generator:
     """Prefill and decode for one model. mode: "comet" (constant memory) or "full" (the
-    plain backbone with a KV cache over everything, the baseline). official: lay closed
-    chunks out as the official generation code does (no temp beacon after a final partial
-    group, docs/design.md §1.7); only differs when stride does not divide the chunk size."""
+    plain backbone with a KV cache over everything, the baseline). official: reproduce the
+    official generation code (docs/design.md §1.7): its chunk layout (no temp beacon after the
+    final group of any chunk) and its decoder's beacon rule (a temp beacon after each text
+    token, or right after the prompt, that makes the open chunk's placeholders plus text a
+    multiple of the stride); the two agree token for token while the continuation stays in the
+    prompt's last chunk."""
 
     def __init__(self, params: dict, model: ModelConfig, comet: CometConfig | None = None, mode: str = "comet",
                  block_chunks: int = 8, full_block: int = 256, official: bool = False):

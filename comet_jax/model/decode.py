@@ -11,6 +11,13 @@ first closes it: the chunk is re-run as a closed training chunk (beacons include
 the memories, and a new open chunk is started from its placeholders. State is
 O(layers x (S x kv + (2G + budget) x D)) whatever the length.
 
+The open chunk's slots are filled in the order tokens are fed (each new token right after the
+last valid slot; `cache["tokens"]` keeps the id in every slot). With `official` (docs/design.md
+§1.7) chunks are laid out as the official generation code does, and while decoding a temp
+beacon follows a text token when the official decoder's counter (`official_count`: the open
+chunk's valid placeholders plus its text tokens) is a multiple of the stride, also right after
+the prompt; such a beacon may sit where the static layout has a text slot.
+
 Full mode (the baseline): one KV cache over the whole prompt and its continuation, filled
 in one causal pass (`full_prefill`), and extended one token at a time (`full_feed`, always xla).
 
@@ -80,8 +87,10 @@ def chunk_layout(text: jnp.ndarray, n_text: jnp.ndarray, first: jnp.ndarray, q_v
     closed: the chunk ends with its global beacons and a temp beacon after a final partial
     group (training layout); open: neither. official: the official generation code's layout
     (docs/design.md §1.7): no temp beacon after the final group of any chunk, complete or
-    partial, open or closed. Rows that are not live are fully masked (they leave the memories
-    untouched)."""
+    partial, open or closed; an open chunk with text also gets the beacon the official decoder
+    inserts right after the prompt (when `official_count` is a multiple of the stride), in the
+    slot after its last text token. Rows that are not live are fully masked (they leave the
+    memories untouched)."""
     sl = Slots.of(comet)
     b = text.shape[0]
     closed = jnp.broadcast_to(jnp.asarray(closed), (b,))
@@ -105,12 +114,29 @@ def chunk_layout(text: jnp.ndarray, n_text: jnp.ndarray, first: jnp.ndarray, q_v
         bs = sl.beacon_slots
         tokens = tokens.at[:, bs].set(comet.temp_beacon_id)
         valid = valid.at[:, bs].set(jnp.arange(sl.num_beacons)[None] < nb[:, None])
+        if official:  # the beacon the official decoder inserts right after the prompt
+            after = ~closed & (n_text > 0) & (official_count(first, q_valid, n_text, comet) % sl.stride == 0)
+            # the slot after the last text token: a beacon slot, or the next text slot, never valid here
+            slot = jnp.asarray(sl.text_slots)[jnp.maximum(n_text - 1, 0)] + 1
+            rows = jnp.arange(b)
+            tokens = tokens.at[rows, slot].set(jnp.where(after, comet.temp_beacon_id, tokens[rows, slot]))
+            valid = valid.at[rows, slot].set(valid[rows, slot] | after)
     if g:
         tokens = tokens.at[:, sl.beacons_start:].set(jnp.asarray(comet.global_beacon_ids, jnp.int32))
         valid = valid.at[:, sl.beacons_start:].set(closed[:, None])
     valid = valid & live[:, None]
     positions = jnp.where(valid, jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
     return {"tokens": tokens, "valid": valid, "positions": positions}
+
+
+def official_count(first: jnp.ndarray, q_valid: jnp.ndarray, n_text: jnp.ndarray, comet: CometConfig) -> jnp.ndarray:
+    """The official decoder's beacon counter (`last_chunk_text_length`, docs/design.md §1.7) of
+    an open chunk holding n_text text tokens: its memory placeholders (G global ones unless the
+    chunk is the first, plus the valid temp ones) and its text; its temp beacons are not
+    counted. A temp beacon follows a text token (or the prompt) when this is a multiple of
+    the stride."""
+    g = jnp.where(first, 0, comet.global_size)
+    return (g + jnp.sum(q_valid, axis=1) + n_text).astype(jnp.int32)
 
 
 def _q_valid(mems: State, b: int, comet: CometConfig):
@@ -158,7 +184,7 @@ def _open(params, mems, text, n_text, first, live, model, comet, official):
     b = text.shape[0]
     lay = chunk_layout(text, n_text, first, _q_valid(mems, b, comet), False, live, comet, official)
     h, _, (ks, vs) = chunk_forward(params, mems, lay, first, live, model, comet, with_kv=True)
-    return {"k": ks, "v": vs, "valid": lay["valid"]}, h
+    return {"k": ks, "v": vs, "valid": lay["valid"], "tokens": lay["tokens"]}, h
 
 
 @partial(jax.jit, static_argnames=("model", "comet", "official"))
@@ -185,7 +211,8 @@ def _roll(params, s: State, full: jnp.ndarray, model, comet, official) -> State:
     cache, _ = _open(params, mems, s["text"], zero, first, full, model, comet, official)
     cache = {"k": _select(full, cache["k"], s["cache"]["k"], axis=1),
              "v": _select(full, cache["v"], s["cache"]["v"], axis=1),
-             "valid": _select(full, cache["valid"], s["cache"]["valid"], axis=0)}
+             "valid": _select(full, cache["valid"], s["cache"]["valid"], axis=0),
+             "tokens": _select(full, cache["tokens"], s["cache"]["tokens"], axis=0)}
     return {**s, "mems": mems, "cache": cache, "first": first, "n_text": jnp.where(full, 0, s["n_text"])}
 
 
@@ -193,23 +220,33 @@ def comet_feed(params: dict, s: State, token: jnp.ndarray, active: jnp.ndarray, 
                comet: CometConfig, official: bool = False) -> tuple[State, jnp.ndarray]:
     """Feed one text token per row (rows not `active` are left as they are): returns the new
     state and the next-token logits [B, V]. A temp beacon follows when the token completes a
-    group of `stride`; it is fed, never emitted."""
+    group of `stride` (official: when `official_count` becomes a multiple of `stride`); it is
+    fed, never emitted. Both go into the slots right after the last valid one, at the next
+    positions."""
     sl = Slots.of(comet)
     full = active & (s["n_text"] >= comet.chunk_size)
     s = jax.lax.cond(jnp.any(full), lambda s: _roll(params, s, full, model, comet, official), lambda s: s, s)
     rows = jnp.arange(token.shape[0])
     n = s["n_text"]
     k = jnp.minimum(n, comet.chunk_size - 1)  # inactive rows may sit on a full chunk
-    slot = jnp.asarray(sl.text_slots)[k]
-    pos = jnp.sum(s["cache"]["valid"], axis=1).astype(jnp.int32)
+    cvalid = s["cache"]["valid"]
+    # the open chunk fills its slots in the order tokens are fed: the next one goes right
+    # after the last valid slot (for our layout that is text slot n_text)
+    last = jnp.max(jnp.where(cvalid, jnp.arange(cvalid.shape[1]), -1), axis=1)
+    slot = jnp.maximum(last + 1, sl.text_start).astype(jnp.int32)
+    pos = jnp.sum(cvalid, axis=1).astype(jnp.int32)
     if sl.num_beacons:
-        beacon = active & ((n + 1) % sl.stride == 0)
+        count = official_count(s["first"], _q_valid(s["mems"], token.shape[0], comet), n + 1, comet) if official \
+            else n + 1
+        beacon = active & (count % sl.stride == 0)
         toks = jnp.stack([token, jnp.full_like(token, comet.temp_beacon_id)], axis=1)
         slots, valid, positions = (jnp.stack([slot, slot + 1], 1), jnp.stack([active, beacon], 1),
                                    jnp.stack([pos, pos + 1], 1))
     else:
         toks, slots, valid, positions = token[:, None], slot[:, None], active[:, None], pos[:, None]
     h, cache = extend(params, s["cache"], toks, slots, valid, positions, model)
+    fed = s["cache"]["tokens"].at[_rows(token.shape[0]), jnp.where(valid, slots, sl.size)].set(toks, mode="drop")
+    cache = {**cache, "tokens": fed}
     text = s["text"].at[rows, k].set(jnp.where(active, token, s["text"][rows, k]))
     s = {**s, "cache": cache, "text": text, "n_text": n + active.astype(n.dtype)}
     return s, logits_of(params, h[:, 0], model)
