@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(ap)
     ap.add_argument("--block-chunks", type=int, default=8, help="closed chunks per compiled prefill step")
     ap.add_argument("--official-layout", action="store_true",
-                    help="lay closed chunks out as the official generation code (docs/design.md §1.7)")
+                    help="generate as the official code does: its chunk layout and its decode-time temp beacons "
+                         "(docs/design.md §1.7)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
 
