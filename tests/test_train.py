@@ -239,6 +239,7 @@ def test_fine_tune_a_converted_checkpoint(tmp_path):
     assert sorted(losses(tmp_path / "run")) == [1, 2, 3]
     # G is baked into the weights: a different one is refused before training
     proc = subprocess.run([sys.executable, "-m", "train", f"model.init={tmp_path / 'ckpt'}", "comet.global_size=3",
+                           "data.source=jsonl", f"data.path={data}", "data.tokenizer=checkpoint",
                            "data.seq_len=64", "comet.chunk_size=16", f"run.dir={tmp_path / 'run2'}"], cwd=ROOT,
                           env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "baked into its weights" in proc.stderr
