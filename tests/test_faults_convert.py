@@ -5,6 +5,7 @@ destination; and the source's context length kept in the meta."""
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -85,7 +86,7 @@ def test_next_run_removes_what_a_killed_run_left(src, tmp_path):
 def test_destination_overlapping_the_source_is_refused(src, tmp_path, case, capsys):
     copy = tmp_path / "models" / "src"
     copy.parent.mkdir()
-    subprocess.run(["cp", "-r", str(src), str(copy)], check=True)
+    shutil.copytree(src, copy)
     before = {p: p.read_bytes() for p in copy.iterdir()}
     (tmp_path / "link").symlink_to(copy)
     dst = {"same": copy, "inside": copy / "converted", "same_via_symlink": tmp_path / "link",
@@ -101,7 +102,7 @@ def test_destination_overlapping_the_source_is_refused(src, tmp_path, case, caps
 
 def test_truncated_shard_is_one_line_error(src, tmp_path, capsys):
     copy = tmp_path / "src"
-    subprocess.run(["cp", "-r", str(src), str(copy)], check=True)
+    shutil.copytree(src, copy)
     shard = sorted(copy.glob("*.safetensors"))[1]
     data = shard.read_bytes()
     shard.write_bytes(data[:len(data) // 2])
@@ -144,7 +145,7 @@ def refused(src, tmp_path, capsys, *flags):
 
 def edited_copy(src, tmp_path, **settings):
     copy = tmp_path / "src"
-    subprocess.run(["cp", "-r", str(src), str(copy)], check=True)
+    shutil.copytree(src, copy)
     cfg = json.loads((copy / "config.json").read_text())
     (copy / "config.json").write_text(json.dumps({**cfg, **settings}))
     return copy

@@ -26,8 +26,8 @@ import os
 import sys
 
 from comet_jax.config import ATTENTION_HELP, ConfigError
-from comet_jax.train.train_config import config_parser, load_config
-from comet_jax.train.train_config_checks import validate
+from comet_jax.train.train_config import config_parser
+from comet_jax.train.train_config_checks import load_valid
 
 PLATFORMS = ("tpu", "cuda", "cpu")
 EXIT_OOM = 3
@@ -164,8 +164,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cpu_environment()
     try:
-        cfg = load_config(args.config, args.overrides)
-        validate(cfg)
+        cfg = load_valid(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -31,8 +31,8 @@ import sys
 
 from comet_jax.compile.lower import base_vocab, build_functions, memory_levers
 from comet_jax.config import ConfigError
-from comet_jax.train.train_config import config_parser, load_config
-from comet_jax.train.train_config_checks import validate
+from comet_jax.train.train_config import config_parser
+from comet_jax.train.train_config_checks import load_valid
 
 GB = 1e9
 # per chip: HBM (GB, as the compiler counts it) and dense bf16 peak (TFLOP/s)
@@ -195,8 +195,7 @@ def main(argv=None) -> int:
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     try:
-        cfg = load_config(args.config, args.overrides)
-        validate(cfg)
+        cfg = load_valid(args)
         if args.chip in CHIPS and args.chip not in ("h100", "h200") and not args.devices:
             devices, compiler = aot.tpu_devices(args.target), "tpu"
         else:

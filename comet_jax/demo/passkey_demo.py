@@ -215,9 +215,7 @@ def train_and_eval(name: str, cores, args, sets, seq_len, samples, depths, mults
         shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.time()
     overrides = overrides_of(name, args, sets, work, tag)
-    finished = finished_run(run_dir)
-    if finished and not same_config(run_dir, args.config, overrides):  # main refused this before any work
-        raise RuntimeError(f"{run_dir} holds a run trained with another config")
+    finished = finished_run(run_dir)  # with another config, main refused it before any work
     if not finished:
         log(f"training {name} ({LABELS[name]})" + (f" on cores {cores}" if cores else " on every core"), name)
         run(["-m", "comet_jax.train.cli", "--config", args.config, *overrides], name, cores)

@@ -15,6 +15,7 @@ from typing import Callable
 
 EXIT_USAGE = 2
 
+
 def add_model_options(ap, dtype_default: str | None = None) -> None:
     """--dtype, --chunk-size and --attention, which every evaluation command takes (dtype
     default None: the checkpoint's)."""
@@ -114,7 +115,10 @@ def atomic_write(path: Path, data: bytes) -> None:
     write leaves `path` as it was and no temporary file)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a crash leaves the old file or the new one
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -4,23 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write `path` whole or not at all: a temporary file next to it, then a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+from comet_jax.evals.common import atomic_write
 
 
 def drop_steps_after(path: str | Path, step: int) -> int:
@@ -42,7 +29,7 @@ def drop_steps_after(path: str | Path, step: int) -> int:
             continue
         keep.append(line)
     if dropped:
-        write_text_atomic(path, "".join(line + "\n" for line in keep))
+        atomic_write(path, "".join(line + "\n" for line in keep).encode())
     return dropped
 
 

@@ -24,10 +24,11 @@ from comet_jax.chunking import PlannerMix
 from comet_jax.config import CometConfig, ConfigError, ModelConfig
 from comet_jax.data.jsonl import comet_token_names
 from comet_jax.data.pipeline import make_loader, make_source, num_chunks_for
+from comet_jax.evals.common import atomic_write
 from comet_jax.train.flops import train_flops_per_token
 from comet_jax.layout import Slots
 from comet_jax.resources import device_peak_mb
-from comet_jax.train.metrics import MetricsWriter, format_line, write_text_atomic
+from comet_jax.train.metrics import MetricsWriter, format_line
 from comet_jax.model import attention
 from comet_jax.model.init import init_params
 from comet_jax.train.optim import make_optimizer
@@ -271,7 +272,7 @@ class Trainer:
                    f"resume from step {steps[-1]}{earlier}; checkpoint.keep={keep} keeps only the newest {keep}")
         if resumed and step - start <= RESUME_SUSPECT_STEPS:
             earlier = [s for s in ckpt.steps() if s < start]
-            instead = (f"move {ckpt.directory / str(start)} aside (e.g. into {self.run_dir / 'corrupt_checkpoints'}) "
+            instead = (f"move {ckpt.directory / str(start)} aside (e.g. into {self.run_dir / ASIDE_DIR}) "
                        f"and rerun to resume from step {earlier[-1]}" if earlier else "no earlier checkpoint is left")
             msg += (f". This is {step - start} step(s) after resuming from step {start}: if that checkpoint is at "
                     f"fault, {instead}")
@@ -346,7 +347,7 @@ class Trainer:
             if changed and self.process == 0:
                 self.log(f"resuming with changed settings: {', '.join(changed)}")
         if self.process == 0:  # only now: a refused resume changes nothing, this file included
-            write_text_atomic(self.run_dir / "config.yaml", dump_yaml(cfg))
+            atomic_write(self.run_dir / "config.yaml", dump_yaml(cfg).encode())
         shardings = jax.tree.map(lambda x: x.sharding, state)
         step_fns = {}  # one jitted step per chunk size (the layout's slot count is static)
 
