@@ -39,7 +39,7 @@ PASSKEY_SHIFT_AT = ("task", "start")
 # names of the extra passkey keys (data.passkey_named): words the passkey tokenizer already has
 PASSKEY_NAMES = ("blue", "green", "yellow")
 TRAIN_DTYPES = ("float32", "bfloat16")
-REMATS = ("full", "dots", "none")  # activation recompute policies (comet_jax/model/remat.py)
+REMATS = ("full", "dots", "offload", "none")  # activation recompute policies (comet_jax/model/remat.py)
 # The attention kernel (comet_jax/model/attention.py); "auto" picks one per backend at trace time.
 ATTENTIONS = ("auto", "xla", "splash", "cudnn")
 ATTENTION_HELP = "attention kernel: auto (splash on TPU, cudnn on GPU with bf16/fp16, else xla), xla, splash, cudnn"

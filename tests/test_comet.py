@@ -33,7 +33,7 @@ def batch(seqs, plans, comet, n=None):
 
 @pytest.mark.parametrize("comet, runs", [
     (COMET, [("layer_major", False), ("layer_major", True), ("chunk_major", True), ("chunk_major", False),
-             ("layer_major", "dots")]),
+             ("layer_major", "dots"), ("layer_major", "offload"), ("chunk_major", "offload")]),
     (CometConfig(chunk_size=7, global_size=2, placeholder_id=50, global_beacon_ids=(52, 53)),
      [("layer_major", True), ("chunk_major", True)]),
     (CometConfig(chunk_size=7, stride=2, budget=9, placeholder_id=50, temp_beacon_id=51),

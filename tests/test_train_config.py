@@ -78,7 +78,7 @@ def test_wrong_types(tmp_path):
     assert "int" in msg and "'ten'" in msg
     raises(r"train\.steps must be an int.*True", load_config, None, ["train.steps=true"])  # bool is not int
     raises(r"train\.steps must be an int", load_config, None, ["train.steps=2.5"])
-    raises(r"model\.remat must be one of full, dots, none", load_config, write(tmp_path, "model:\n  remat: 1\n"), [])
+    raises(r"model\.remat must be one of full, dots, offload, none", load_config, write(tmp_path, "model:\n  remat: 1\n"), [])
     assert load_config(write(tmp_path, "model:\n  remat: false\n"), []).model.remat == "none"  # older spelling
     raises(r"optim\.lr must be a float", load_config, None, ["optim.lr=true"])
     raises(r"comet\.boundary_ids\[1\] must be an int", load_config, None, ["comet.boundary_ids=[1, x]"])

@@ -24,7 +24,7 @@ from comet_jax.layout import Slots
 from comet_jax.loss import IGNORE, token_nll
 from comet_jax.model import attention, backbone
 from comet_jax.model.memory import fifo_push, global_update, temp_entries
-from comet_jax.model.remat import checkpointed
+from comet_jax.model.remat import checkpointed, split_policy
 
 Memory = dict[str, jnp.ndarray]
 
@@ -112,16 +112,18 @@ def layer_major_hidden(params: dict, batch: dict[str, jnp.ndarray], model: Model
     h = backbone.embed(params, batch["tokens"], model)  # [N, B, S, D]
     chunks = {key: batch[key] for key in ("positions", "valid", "first", "live")}
 
+    outer, inner = split_policy(remat)
+
     def layer_step(h_all, p):
         def chunk_step(mem, xs):
             h_c, c = xs
             h_c, mem = comet_layer(p, h_c, mem, chunk_inputs(c), model, comet)
             return mem, h_c
 
-        _, h_all = jax.lax.scan(checkpointed(chunk_step, remat), init_memory(b, model, comet), (h_all, chunks))
+        _, h_all = jax.lax.scan(checkpointed(chunk_step, inner), init_memory(b, model, comet), (h_all, chunks))
         return h_all, None
 
-    h, _ = jax.lax.scan(layer_step, h, params["layers"])
+    h, _ = jax.lax.scan(checkpointed(layer_step, outer), h, params["layers"])
     return h
 
 

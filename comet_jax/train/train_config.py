@@ -36,7 +36,7 @@ class ModelSection(BackboneShape):
     init: str = "scratch"  # or a converted checkpoint dir (comet-convert)
     vocab_size: int = 0  # 0 = from the tokenizer (scratch only)
     rope_theta: float = 10000.0
-    remat: str = "full"  # activation recompute: full, dots or none (true/false: full/none)
+    remat: str = "full"  # activation recompute: full, dots, offload (host memory) or none (true/false: full/none)
     schedule: str = "layer_major"  # or "chunk_major"
 
 
