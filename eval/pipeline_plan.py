@@ -3,8 +3,9 @@
 Size a pipeline run before renting the slice: for the config's model, sequence length
 and CoMeT settings, print for each number of stages P the wavefront's idle fraction
 (P-1)/(L+P-1), per-device parameter + optimizer memory, activation memory (the
-layer-boundary hidden states that remat keeps) and the bytes each device sends to
-its neighbour per optimizer step. Pure arithmetic: nothing is compiled or allocated.
+layer-boundary hidden states that remat keeps), the bytes each device sends to its
+neighbour per optimizer step (memories) and the layer weights it receives (each device
+holds 1/P of every parameter and reassembles the layer it runs at each step). Pure arithmetic: nothing is compiled or allocated.
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ def plan(cfg, model, comet, stages: int) -> dict:
     activations = steps * (n // stages) * b * slots * d * abytes
     memory_elems = (2 * comet.global_size + comet.budget) * d if comet.has_memory else 0
     p2p = 2 * steps * b * memory_elems * abytes * cfg.optim.grad_accum if stages > 1 else 0
+    # forward, the backward's re-assembly, and the gradient blocks sent back: 3 x (P-1)/P of a
+    # layer per wave step, in the compute dtype, per fsdp x tensor shard
+    layer = (params - model.vocab_size * d * (1 if model.tie_embeddings else 2)) / L
+    weights = 3 * steps * layer * (stages - 1) / stages * abytes / shard * cfg.optim.grad_accum
     return {"P": stages, "chunks/device": n // stages, "idle": (stages - 1) / steps,
-            "params+opt GB": (params * pbytes + params * 8) / shard / 1e9,
-            "activations GB": activations / 1e9, "p2p MB/step": p2p / 1e6}
+            "params+opt GB": (params * pbytes + params * 8) / shard / stages / 1e9,
+            "activations GB": activations / 1e9, "p2p MB/step": p2p / 1e6, "weights GB/step": weights / 1e9}
 
 
 def main(argv: list[str] | None = None) -> int:

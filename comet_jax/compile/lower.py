@@ -194,9 +194,6 @@ def main(argv=None) -> int:
         # JAX traces the cuDNN kernel only where cuDNN is loaded (a GPU machine)
         print("cuDNN attention cannot be traced without a GPU; lowering with xla attention", file=sys.stderr)
         model, kernel = dataclasses.replace(model, attention="xla"), "xla"
-    if m.stage > 1:
-        with attention.target(args.platform):
-            model = attention.for_pipeline(model)
     status = 0
     with attention.target(args.platform), sharding.tracing(mesh, cfg.mesh.rules):
         fns = build_functions(cfg, model, comet, mesh, set(args.functions.split(",")), args.decode_batch,

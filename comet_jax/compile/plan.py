@@ -91,10 +91,6 @@ def plan_once(cfg, args, devices, compile_target: str):
                           f"{len(devices)} devices; set e.g. mesh.fsdp={len(devices) // (m.data * m.tensor * m.stage)}")
     mesh = sharding.make_mesh(*shape, devices=np.asarray(devices[: int(np.prod(shape))]))
     platform = "tpu" if compile_target == "tpu" else "cpu"
-    kernel_platform = "gpu" if args.chip in ("h100", "h200") else platform
-    if m.stage > 1:
-        with attention.target(kernel_platform):
-            model = attention.for_pipeline(model)
     with attention.target(platform), sharding.tracing(mesh, cfg.mesh.rules):
         [(_, fn, fargs, _)] = build_functions(cfg, model, comet, mesh, {"train"}, 0, 8)
         result = aot.compile_fn(fn, fargs)

@@ -20,7 +20,6 @@ cache at dynamic offsets, which a static causal mask cannot express.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import sys
 from typing import Callable
@@ -29,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from comet_jax.config import ATTENTIONS, ConfigError, ModelConfig
+from comet_jax.config import ATTENTIONS, ModelConfig
 
 # Splash tiles the slot axis in blocks of at least this many (the TPU lane width); the slot
 # axis is padded up to a multiple of it, and the padded slots are invalid.
@@ -84,20 +83,6 @@ def resolve(attention: str, dtype: str, backend: str | None = None) -> str:
 
 def uses_kernel(model: ModelConfig) -> bool:
     return resolve(model.attention, model.dtype) != "xla"
-
-
-def for_pipeline(model: ModelConfig, backend: str | None = None) -> ModelConfig:
-    """The model config the layer pipeline trains with. Its shard_map over `stage` checks
-    varying axes, and a kernel's gradient cannot be typed inside it, so the pipeline keeps
-    xla: `auto` falls back with a notice, an explicit kernel is refused."""
-    kernel = resolve(model.attention, model.dtype, backend)
-    if kernel == "xla":
-        return model
-    if model.attention != "auto":
-        raise ConfigError(f"model.attention={model.attention} cannot train with mesh.stage > 1 (the layer pipeline); "
-                          "set model.attention=xla or mesh.stage=1")
-    _notice(f"attention=auto: the layer pipeline (mesh.stage > 1) trains with xla, not {kernel}")
-    return dataclasses.replace(model, attention="xla")
 
 
 # ------------------------------------------------------------------------------ dispatch

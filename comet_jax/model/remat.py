@@ -77,3 +77,17 @@ def split_policy(remat: bool | str) -> tuple[str, bool | str]:
     if policy_name(remat) == "offload":
         return "offload", "full"
     return "none", remat
+
+
+# the name of weights a step reassembles from shards (the pipeline's): never kept for the backward
+STREAMED = "streamed_weights"
+
+
+def wave_checkpointed(fn: Callable, remat: bool | str) -> Callable:
+    """The pipeline's wavefront step (comet_jax/parallel/pipeline.py) wrapped for the backward
+    pass: whatever `remat` keeps of the chunk steps inside, except the layer weights it
+    reassembled (named STREAMED), which the backward reassembles again; with `offload`, only
+    the step's carry is kept, in host memory, and everything else is recomputed."""
+    if policy_name(remat) == "offload":
+        return jax.checkpoint(named_carry(fn), policy=offload_policy())
+    return jax.checkpoint(fn, policy=jax.checkpoint_policies.save_anything_except_these_names(STREAMED))

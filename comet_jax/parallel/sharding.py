@@ -2,7 +2,8 @@
 
 Axes: `data` (pure data parallel: parameters replicated), `fsdp` (data parallel with
 parameters and optimizer state sharded), `tensor` (heads and MLP width), `stage` (the
-pipeline of docs/design.md §1.6: chunk groups of one sequence; parameters replicated). A
+pipeline of docs/design.md §1.6: chunk groups of one sequence; parameters split over it too,
+see `stage_dim`). A
 batch is split over data x fsdp, and its chunk axis over stage.
 
 Parameters and activations name logical axes (comet_jax/model/schema.py: `embed`, `mlp`,
@@ -122,16 +123,63 @@ def logical_spec(axes: tuple[str | None, ...], shape: tuple[int, ...], mesh, rul
     return P(*out)
 
 
+def _names(target) -> tuple[str, ...]:
+    return (target,) if isinstance(target, str) else tuple(target or ())
+
+
+def stage_dim(axes: tuple[str, ...], shape: tuple[int, ...], spec: P, mesh) -> int | None:
+    """The dimension of a parameter that the layer pipeline (mesh.stage > 1) also splits over
+    `stage`, so that no device holds a whole parameter (docs/design.md §1.6); None keeps it
+    whole on every stage (a leaf no dimension of which `stage` divides). Not the stacked layer
+    axis (every stage runs every layer), and the hidden size only as a last resort: the pipeline
+    reassembles a layer's weights along this dimension, and doing it on the fsdp-split one would
+    interleave the fsdp shards. Among the others, the largest that `stage` (times the mesh axes
+    already on it) divides."""
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    stages = sizes.get("stage", 1)
+    if stages == 1:
+        return None
+    spec = tuple(spec) + (None,) * (len(shape) - len(spec))
+    if any("stage" in _names(t) for t in spec):
+        return None  # the rule table put it there already
+    fits = [i for i, (ax, n, t) in enumerate(zip(axes, shape, spec))
+            if ax != "layers" and n % (stages * int(np.prod([sizes[a] for a in _names(t)] or [1]))) == 0]
+    for pool in ([i for i in fits if "fsdp" not in _names(spec[i])], fits):
+        if pool:
+            return max(pool, key=lambda i: shape[i])
+    return None
+
+
+def param_stage_dims(params: Any, mesh: Mesh, rules: dict[str, str] | None = None) -> Any:
+    """stage_dim of every leaf of a parameter tree (None where it stays whole over stage)."""
+    from comet_jax.model.schema import entry
+
+    table = check_rules(rules or {}) if rules is not None else _ACTIVE[-1]
+
+    def dim(path, x):
+        axes = entry(tuple(str(getattr(k, "key", k)) for k in path)).axes
+        return stage_dim(axes, x.shape, logical_spec(axes, x.shape, mesh, table), mesh)
+
+    return jax.tree_util.tree_map_with_path(dim, params)
+
+
 def param_specs(params: Any, mesh: Mesh, rules: dict[str, str] | None = None) -> Any:
     """PartitionSpecs for a parameter tree from the parameter schema's logical axes (optimizer
-    states follow their parameter)."""
+    states follow their parameter). With mesh.stage > 1 each leaf is also split over `stage`
+    on its `stage_dim`, stage-major, so a stage's share is one contiguous block."""
     from comet_jax.model.schema import entry
 
     table = check_rules(rules or {}) if rules is not None else _ACTIVE[-1]
 
     def spec(path, x):
-        names = tuple(str(getattr(k, "key", k)) for k in path)
-        return logical_spec(entry(names).axes, x.shape, mesh, table)
+        axes = entry(tuple(str(getattr(k, "key", k)) for k in path)).axes
+        out = logical_spec(axes, x.shape, mesh, table)
+        d = stage_dim(axes, x.shape, out, mesh)
+        if d is None:
+            return out
+        parts = list(tuple(out) + (None,) * (x.ndim - len(out)))
+        parts[d] = ("stage", *_names(parts[d])) if parts[d] else "stage"
+        return P(*parts)
 
     return jax.tree_util.tree_map_with_path(spec, params)
 

@@ -29,7 +29,6 @@ from comet_jax.train.flops import train_flops_per_token
 from comet_jax.layout import Slots
 from comet_jax.resources import device_peak_mb
 from comet_jax.train.metrics import MetricsWriter, format_line
-from comet_jax.model import attention
 from comet_jax.model.init import init_params
 from comet_jax.train.optim import make_optimizer
 from comet_jax.parallel import sharding
@@ -173,8 +172,6 @@ class Trainer:
         self.stages = cfg.mesh.stage
         if self.stages > 1 and self.mode != "comet":
             raise ConfigError("mesh.stage > 1 pipelines CoMeT chunks; it needs comet.mode=comet")
-        if self.stages > 1:
-            self.model = attention.for_pipeline(self.model)
         self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, self.stages,
                                        slices=cfg.mesh.slices)
         self.planners = PlannerMix(weights=dict(cfg.comet.planners), min_size=cfg.comet.min_chunk,
