@@ -79,15 +79,26 @@ def split_policy(remat: bool | str) -> tuple[str, bool | str]:
     return "none", remat
 
 
-# the name of weights a step reassembles from shards (the pipeline's): never kept for the backward
+# the names the pipeline's wavefront step gives the weights it reassembles from shards (never
+# kept for the backward: reassembled again) and the inputs of its chunk steps (kept)
 STREAMED = "streamed_weights"
+CHUNK_INPUT = "chunk_input"
 
 
 def wave_checkpointed(fn: Callable, remat: bool | str) -> Callable:
     """The pipeline's wavefront step (comet_jax/parallel/pipeline.py) wrapped for the backward
-    pass: whatever `remat` keeps of the chunk steps inside, except the layer weights it
-    reassembled (named STREAMED), which the backward reassembles again; with `offload`, only
-    the step's carry is kept, in host memory, and everything else is recomputed."""
-    if policy_name(remat) == "offload":
+    pass. Whatever the policy, the layer weights it reassembled (named STREAMED) are not kept:
+    the backward reassembles them again. full / dots keep the inputs of its chunk steps (named
+    CHUNK_INPUT; dots also the matmul outputs), none keeps everything else, and offload keeps
+    only the step's carry, in host memory. The outer policy decides for the steps inside too
+    (an inner checkpoint cannot recompute what an outer policy keeps), so each is spelled out."""
+    name = policy_name(remat)
+    cp = jax.checkpoint_policies
+    if name == "offload":
         return jax.checkpoint(named_carry(fn), policy=offload_policy())
-    return jax.checkpoint(fn, policy=jax.checkpoint_policies.save_anything_except_these_names(STREAMED))
+    if name == "none":
+        return jax.checkpoint(fn, policy=cp.save_anything_except_these_names(STREAMED))
+    keep = cp.save_only_these_names(CHUNK_INPUT)
+    if name == "dots":
+        keep = cp.save_from_both_policies(keep, cp.dots_with_no_batch_dims_saveable)
+    return jax.checkpoint(fn, policy=keep)

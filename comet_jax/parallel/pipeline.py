@@ -35,7 +35,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from comet_jax.config import CometConfig, ModelConfig
 from comet_jax.model import backbone
 from comet_jax.model.comet import chunk_inputs, text_nll, comet_layer, init_memory
-from comet_jax.model.remat import STREAMED, checkpointed, split_policy, wave_checkpointed
+from comet_jax.model.remat import CHUNK_INPUT, STREAMED, checkpointed, split_policy, wave_checkpointed
 from comet_jax.parallel.sharding import param_stage_dims
 
 BATCH_KEYS = ("tokens", "valid", "positions", "labels", "first", "live")
@@ -100,7 +100,11 @@ def pipeline_token_losses(params: dict, batch: dict[str, Any], model: ModelConfi
                 h_c, mem = comet_layer(p, h_c, mem, chunk_inputs(c), model, comet)
                 return mem, h_c
 
-            mem, h_new = jax.lax.scan(checkpointed(chunk_step, inner), start, (h_all, chunks))
+            def named_step(mem, xs):
+                (mem, h_c), c = checkpoint_name((mem, xs[0]), CHUNK_INPUT), xs[1]
+                return checkpointed(chunk_step, inner)(mem, (h_c, c))
+
+            mem, h_new = jax.lax.scan(named_step, start, (h_all, chunks))
             h_all = jnp.where(active, h_new, h_all)
             mem = jax.tree.map(lambda new, old: jnp.where(active, new, old), mem, start)
             sent = jax.tree.map(lambda x: jax.lax.ppermute(x, stage_axis, perm), mem)
