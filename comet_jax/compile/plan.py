@@ -43,7 +43,8 @@ from comet_jax.train.train_config import config_parser
 from comet_jax.train.train_config_checks import load_valid
 
 GB = 1e9
-# per chip: HBM (GB, as the compiler counts it) and dense bf16 peak (TFLOP/s)
+GIB = 2**30  # HBM sizes are binary: the TPU compiler's "15.75G" of a v5e is 15.75 GiB (16.9e9 bytes)
+# per chip: HBM (GiB, as the compiler counts it) and dense bf16 peak (TFLOP/s)
 CHIPS = {"v4": (32.0, 275.0), "v5e": (15.75, 197.0), "v5p": (95.0, 459.0), "v6e": (31.25, 918.0),
          "h100": (80.0, 989.0), "h200": (141.0, 989.0)}
 
@@ -52,7 +53,8 @@ def parse_args(argv=None):
     ap = config_parser("comet-plan", __doc__)
     ap.add_argument("--target", help="TPU topology (v5e:4x4, v5p:4x4x4, v6e:2x2, v4:2x2x2) or GPU preset (h100, h200)")
     ap.add_argument("--devices", type=int, default=0, help="compile for N fake CPU devices (no libtpu needed)")
-    ap.add_argument("--hbm-gb", type=float, default=0.0, help="device memory in GB (default: the target's)")
+    ap.add_argument("--hbm-gb", type=float, default=0.0,
+                    help="device memory in GiB, as the TPU compiler counts it (default: the target's)")
     ap.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation for the step-time estimate")
     ap.add_argument("--search-batch", action="store_true", help="find the largest train.batch_size that fits")
     ap.add_argument("--search", action="store_true",
@@ -134,7 +136,7 @@ def plan_once(cfg, args, devices, compile_target: str):
     out.update({f"{k}_per_device": v for k, v in mem.items()})  # a refusal: the figures of its message
     if result["compiled"]:
         out["hlo_flops"] = result.get("hlo_flops")
-        out["fits"] = mem.get("total_bytes", 0) <= hbm * GB if hbm else None
+        out["fits"] = mem.get("total_bytes", 0) <= hbm * GIB if hbm else None
     else:
         out.update({"fits": False, "error": result["error"]})
     if peak:
@@ -156,7 +158,8 @@ def table(r: dict) -> str:
             ("params + optimizer", gb("params_opt_bytes_per_device") + " per device"),
             ("arguments / temp", f"{gb('argument_bytes_per_device')} / {gb('temp_bytes_per_device')} per device"
                                  + refused),
-            ("total", f"{gb('total_bytes_per_device')} of {r['hbm_gb_per_device'] or '?'} GB HBM"),
+            ("total", f"{gb('total_bytes_per_device')} of {r['hbm_gb_per_device'] or '?'} GiB HBM "
+                      f"({(r['hbm_gb_per_device'] or 0) * GIB / GB:.2f} GB)"),
             ("host (pinned)", f"{gb('host_temp_bytes_per_device')} temp, {gb('host_argument_bytes_per_device')} "
                               "arguments per device, beside the HBM"),
             ("FLOPs per step", f"{r['flops_per_step']:.3e} (compiler, loop bodies once: {r.get('hlo_flops') or 0:.3e})"),
@@ -224,7 +227,7 @@ def run_search(cfg, args, devices, compiler, log) -> dict:
 
     hbm = args.hbm_gb or CHIPS[args.chip][0]
     found = search.search(cfg, make_cfg, lambda c: plan_once(c, args, devices, compiler), model,
-                          param_count(model, comet), slots, len(devices), chunks, hbm * GB, args.search_limit, log)
+                          param_count(model, comet), slots, len(devices), chunks, hbm * GIB, args.search_limit, log)
     if not found["tried"]:
         raise ConfigError(f"--search: no layout of {len(devices)} devices passes the config's checks "
                           f"(train.batch_size {cfg.train.batch_size} over mesh.data {cfg.mesh.data})")
@@ -249,7 +252,7 @@ def search_report(r: dict) -> str:
     if not fit:
         x = r["search"][0]
         need = x.get("total_bytes_per_device") or x.get("temp_bytes_per_device")
-        return (f"{head}\nnone fits in {r['hbm_gb_per_device']} GB; the closest: {x['overrides']}"
+        return (f"{head}\nnone fits in {r['hbm_gb_per_device']} GiB; the closest: {x['overrides']}"
                 + (f" needs {size(need)}" + ("" if x.get("total_bytes_per_device") else " of temporaries")
                    if need else "")
                 + "\nto fit, try: a smaller train.batch_size; more chips"
