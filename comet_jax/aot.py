@@ -161,13 +161,47 @@ def hlo_stats(text: str, mlir: bool = False) -> dict[str, Any]:
 
 
 def memory_stats(compiled) -> dict[str, int] | None:
-    """Per-device bytes of a compiled program (the compiler's own figures)."""
+    """Per-device bytes of a compiled program (the compiler's own figures). total_bytes is device
+    memory (HBM); host_*_bytes are the pinned_host buffers beside it (model.remat=offload keeps
+    saved step inputs there; 0 where the compiler reports no host figures)."""
     m = compiled.memory_analysis()
     if m is None:
         return None
-    out = {k: int(getattr(m, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp", "alias")}
-    out = {f"{k}_bytes": v for k, v in out.items()}
+    out = {f"{k}_bytes": int(getattr(m, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp", "alias")}
     out["total_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"] - out["alias_bytes"]
+    for k in ("temp", "argument", "output", "alias"):  # older jaxlibs and the CPU client may lack them
+        out[f"host_{k}_bytes"] = int(getattr(m, f"host_{k}_size_in_bytes", 0) or 0)
+    return out
+
+
+# The TPU compiler's refusals print sizes with binary units: "15.75G" of a v5e's 16 GiB is what
+# is left after the 256 MiB it reserves ("reserved 530.00M" + "15.48G" = 16G on a v3 core).
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_SIZE = r"([0-9.]+)([KMGT]?)B?"
+# (pattern, key it fills): the first group of each is the figure
+_REFUSALS = (
+    # "... the total memory required for HLO temporaries (66.04G) exceeds available HBM (15.75G)."
+    (re.compile(r"HLO temporaries \(" + _SIZE + r"\)"), "temp_bytes"),
+    # "Ran out of memory in memory space hbm. Used 21.95G of 15.48G hbm." (the program: HLO temp
+    # plus a few MB of scoped / global buffers)
+    (re.compile(r"memory space hbm\. Used " + _SIZE + " of"), "temp_bytes"),
+    # "Total hbm usage >= 22.47G:" (program + arguments + reserved)
+    (re.compile(r"Total hbm usage >= " + _SIZE), "total_bytes"),
+    # the capacity the compiler counted against
+    (re.compile(r"exceeds available HBM \(" + _SIZE + r"\)"), "hbm_bytes"),
+    (re.compile(r"Used [0-9.]+[KMGT]?B? of " + _SIZE + " hbm"), "hbm_bytes"),
+)
+
+
+def refusal_figures(text: str) -> dict[str, int]:
+    """The byte figures in an out-of-memory refusal of the TPU compiler: temp_bytes (what the
+    program needs), total_bytes (only where the message gives the total) and hbm_bytes (the
+    capacity it was checked against); {} for a message without figures."""
+    out: dict[str, int] = {}
+    for pattern, key in _REFUSALS:
+        hit = pattern.search(text)
+        if hit and key not in out:
+            out[key] = round(float(hit.group(1)) * _UNITS[hit.group(2)])
     return out
 
 
@@ -184,7 +218,8 @@ def out_of_memory(e: BaseException) -> bool:
 def compile_fn(fn: Callable, args: tuple, kwargs: dict | None = None) -> dict[str, Any]:
     """Lower and compile a jitted `fn` for the devices its abstract arguments are sharded over.
     Returns {compiled, compile_s, memory, custom_calls, host_callbacks, f64_ops} or, when the
-    compiler runs out of device memory, {compiled: False, fits: False, error}."""
+    compiler runs out of device memory, {compiled: False, fits: False, error, memory} with the
+    figures of its message (`refusal_figures`: temp_bytes, and total_bytes where given)."""
     t0 = time.perf_counter()
     lowered = fn.lower(*args, **(kwargs or {}))
     try:
@@ -193,7 +228,7 @@ def compile_fn(fn: Callable, args: tuple, kwargs: dict | None = None) -> dict[st
         if not out_of_memory(e):
             raise
         return {"compiled": False, "fits": False, "compile_s": round(time.perf_counter() - t0, 1),
-                "error": first_line(e)}
+                "error": first_line(e), "memory": refusal_figures(str(e))}
     out = {"compiled": True, "compile_s": round(time.perf_counter() - t0, 1), "memory": memory_stats(compiled)}
     out.update(hlo_stats(compiled.as_text()))
     cost = compiled.cost_analysis()

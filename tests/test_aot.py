@@ -48,6 +48,7 @@ def test_lower_compiles_for_cpu_and_lowers_for_cuda_and_tpu(capsys):
     train = lines[0]
     assert train["compiled"] and train["mesh"]["fsdp"] == 2
     assert train["memory"]["temp_bytes"] > 0 and train["host_callbacks"] == 0 and train["f64_ops"] == 0
+    assert train["memory"]["host_temp_bytes"] == 0  # the CPU compiler has no pinned host memory space
     rc, lines, _ = run(capsys, "--platform", "cuda", "--functions", "train")
     assert rc == 0 and lines[0]["compiled"] is False and lines[0]["attention"] == "xla"
     rc, lines, _ = run(capsys, "--platform", "tpu", "--attention", "splash", "--functions", "train,decode")
@@ -83,3 +84,63 @@ def test_lower_compiles_splash_for_a_real_tpu_topology(capsys):
     assert train["compiled"] and train["attention"] == "splash" and train["custom_calls"]["tpu_custom_call"] > 0
     assert train["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1, "stage": 1}
     assert 0 < train["memory"]["total_bytes"] < 16e9 and train["f64_ops"] == 0 and train["host_callbacks"] == 0
+
+
+# Refusals of the TPU compiler, verbatim. Seen here (libtpu, jax 0.10.2, `comet-plan --target
+# v5e:2x2 mesh.fsdp=4 train.batch_size=4`): Llama-3-8B CoMeT at 32k tokens, and the tiny config at
+# train.batch_size=65536 model.remat=none. Not seen here (a real chip refusing, from a public
+# report: github.com/erfanzar/EasyDeL/issues/166, a v4): the "memory space hbm" form, which
+# also gives the total.
+REFUSAL_8B = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+              "(66.04G) exceeds available HBM (15.75G).")
+REFUSAL_TINY = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+                "(325.03G) exceeds available HBM (15.75G).")
+REFUSAL_HBM_SPACE = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. "
+                     "Used 63.80G of 30.75G hbm. Exceeded hbm capacity by 33.05G.\n\nTotal hbm usage >= 65.05G:\n"
+                     "    reserved          1.25G\n    program          63.80G\n    arguments            0B\n")
+
+
+def test_refusal_figures_read_the_compilers_messages():
+    G = 2**30  # the compiler's G: 15.75G of a v5e's 16 GiB, 30.75G + 1.25G reserved of a v4's 32 GiB
+    assert aot.refusal_figures(REFUSAL_8B) == {"temp_bytes": round(66.04 * G), "hbm_bytes": round(15.75 * G)}
+    assert aot.refusal_figures(REFUSAL_TINY)["temp_bytes"] == round(325.03 * G)
+    # "Used" is the program (temp_bytes); "Total hbm usage" adds arguments and the reserve (total_bytes)
+    assert aot.refusal_figures(REFUSAL_HBM_SPACE) == {"temp_bytes": round(63.80 * G), "total_bytes": round(65.05 * G),
+                                                      "hbm_bytes": round(30.75 * G)}
+    assert aot.refusal_figures("RESOURCE_EXHAUSTED: Ran out of memory in memory space vmem.") == {}
+
+
+def test_compile_fn_returns_a_refusals_figures_and_raises_other_errors():
+    class Lowered:
+        def __init__(self, error):
+            self.error = error
+
+        def compile(self):
+            raise self.error
+
+    class Fn:
+        def __init__(self, error):
+            self.error = error
+
+        def lower(self, *args, **kwargs):
+            return Lowered(self.error)
+
+    r = aot.compile_fn(Fn(RuntimeError(REFUSAL_8B + "\n\nLargest program allocations...")), ())
+    assert r["compiled"] is False and r["fits"] is False and r["error"] == REFUSAL_8B
+    assert r["memory"]["temp_bytes"] == round(66.04 * 2**30) and "total_bytes" not in r["memory"]
+    with pytest.raises(ValueError):
+        aot.compile_fn(Fn(ValueError("not a memory problem")), ())
+
+
+def test_memory_stats_reports_host_bytes_beside_hbm():
+    class Analysis:  # what compiled.memory_analysis() gives on TPU (figures of a remat=offload step)
+        argument_size_in_bytes, output_size_in_bytes, temp_size_in_bytes, alias_size_in_bytes = 100, 50, 1000, 40
+        host_temp_size_in_bytes, host_argument_size_in_bytes = 1703936, 0
+
+    class Compiled:
+        def memory_analysis(self):
+            return Analysis()
+
+    m = aot.memory_stats(Compiled())
+    assert m["total_bytes"] == 1110 and m["host_temp_bytes"] == 1703936
+    assert m["host_argument_bytes"] == 0 and m["host_output_bytes"] == 0  # absent on the object: 0

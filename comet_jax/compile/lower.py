@@ -144,12 +144,15 @@ def build_functions(cfg, model, comet, mesh, wanted: set[str], decode_batch: int
 
 
 def memory_levers(cfg) -> list[str]:
-    """What to change in a config whose train step does not fit."""
-    out = [] if cfg.model.remat == "full" else ["model.remat=full"]
-    out += ["more chips (a larger topology, then a larger mesh.fsdp)", "a smaller train.batch_size"]
-    if cfg.model.schedule != "chunk_major":
-        out.append("model.schedule=chunk_major")
-    return out
+    """What to change in a config whose train step does not fit: only levers that cannot need
+    more device memory. Layout changes (model.schedule, mesh.tensor / stage) can go either way
+    (chunk_major needs more at fsdp 16): comet-plan --search compiles those."""
+    out = {"none": ["model.remat=full or model.remat=offload"], "dots": ["model.remat=full or model.remat=offload"],
+           "full": ["model.remat=offload (saved step inputs in host memory)"], "offload": []}.get(cfg.model.remat, [])
+    dp, accum, batch = cfg.mesh.data * cfg.mesh.fsdp, cfg.optim.grad_accum, cfg.train.batch_size
+    if batch % (2 * accum) == 0 and (batch // (2 * accum)) % dp == 0:
+        out.append(f"optim.grad_accum={2 * accum} (half the micro-batch, same batch)")
+    return out + ["a smaller train.batch_size", "more chips (a larger topology, then a larger mesh.fsdp)"]
 
 
 def cpu_environment() -> None:

@@ -14,8 +14,15 @@ exact), temp_bytes_per_device and the other per-device bytes of `memory_analysis
 flops_per_step (model FLOPs, comet_jax/train/flops.py) next to the compiler's hlo_flops (it
 counts a loop body once, so it is far lower for scanned layers), tokens_per_step, a step time at
 `--mfu` of the chip's peak, compile_s and fits (total bytes against the chip's HBM; a
-program the TPU compiler refuses is `fits: false` with its own figure). `--search-batch`
-finds the largest train.batch_size that fits by doubling / halving.
+program the TPU compiler refuses is `fits: false`, with the figures of its message in
+temp_bytes_per_device, and total_bytes_per_device where it gives one). host_temp_bytes_per_device
+(and host_argument / output / alias) are pinned host memory beside the HBM: model.remat=offload
+keeps the saved step inputs there. `--search-batch` finds the largest train.batch_size that fits
+by doubling / halving. `--search` tries the layouts of the same recipe (mesh.fsdp / tensor /
+stage, model.schedule, model.remat, optim.grad_accum; batch and seq_len kept), compiles at most
+`--search-limit` of them, likely winners first, and prints those that fit, fastest first, as
+`k=v` overrides to paste; the JSON line is then the best layout's plan plus `search: [{overrides,
+fits, total_bytes_per_device, host_temp_bytes_per_device, step_s_est}, ...]`.
 
 Figures from `--devices` (the CPU compiler) are estimates: its buffer assignment and fusion
 differ from a TPU's or a GPU's. The fake devices are asked for before jax starts, so
@@ -30,12 +37,14 @@ import os
 import sys
 
 from comet_jax.compile.lower import base_vocab, build_functions, memory_levers
+from comet_jax.compile.search import size
 from comet_jax.config import ConfigError
 from comet_jax.train.train_config import config_parser
 from comet_jax.train.train_config_checks import load_valid
 
 GB = 1e9
-# per chip: HBM (GB, as the compiler counts it) and dense bf16 peak (TFLOP/s)
+GIB = 2**30  # HBM sizes are binary: the TPU compiler's "15.75G" of a v5e is 15.75 GiB (16.9e9 bytes)
+# per chip: HBM (GiB, as the compiler counts it) and dense bf16 peak (TFLOP/s)
 CHIPS = {"v4": (32.0, 275.0), "v5e": (15.75, 197.0), "v5p": (95.0, 459.0), "v6e": (31.25, 918.0),
          "h100": (80.0, 989.0), "h200": (141.0, 989.0)}
 
@@ -44,9 +53,15 @@ def parse_args(argv=None):
     ap = config_parser("comet-plan", __doc__)
     ap.add_argument("--target", help="TPU topology (v5e:4x4, v5p:4x4x4, v6e:2x2, v4:2x2x2) or GPU preset (h100, h200)")
     ap.add_argument("--devices", type=int, default=0, help="compile for N fake CPU devices (no libtpu needed)")
-    ap.add_argument("--hbm-gb", type=float, default=0.0, help="device memory in GB (default: the target's)")
+    ap.add_argument("--hbm-gb", type=float, default=0.0,
+                    help="device memory in GiB, as the TPU compiler counts it (default: the target's)")
     ap.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation for the step-time estimate")
     ap.add_argument("--search-batch", action="store_true", help="find the largest train.batch_size that fits")
+    ap.add_argument("--search", action="store_true",
+                    help="try the mesh splits (fsdp/tensor/stage), model.schedule, model.remat and optim.grad_accum "
+                         "of this batch and seq_len; print those that fit, fastest first, as overrides to paste")
+    ap.add_argument("--search-limit", type=int, default=12,
+                    help="compile at most this many layouts with --search (default 12; likely winners first)")
     args = ap.parse_intermixed_args(argv)
     if not args.target and not args.devices:
         ap.error("give --target (a TPU topology or h100/h200) and/or --devices N")
@@ -58,6 +73,12 @@ def parse_args(argv=None):
     if gen in ("h100", "h200") and not args.devices:
         ap.error(f"--target {gen} is a GPU preset: give --devices N (the program is compiled for N CPU devices)")
     args.chip = gen or None
+    if args.search and args.search_batch:
+        ap.error("--search keeps train.batch_size; run --search-batch first, then --search at that batch")
+    if args.search and not (args.hbm_gb or gen in CHIPS):
+        ap.error("--search needs the device memory to tell what fits: give --target or --hbm-gb")
+    if args.search_limit < 1:
+        ap.error(f"--search-limit must be >= 1, got {args.search_limit}")
     return args
 
 
@@ -107,11 +128,11 @@ def plan_once(cfg, args, devices, compile_target: str):
            "params": param_count(model, comet),
            "params_opt_bytes_per_device": per_device_bytes({"p": state["params"], "o": state["opt_state"]}),
            "tokens_per_step": tokens, "flops_per_step": flops, "compile_s": result.get("compile_s")}
+    mem = result.get("memory") or {}
+    out.update({f"{k}_per_device": v for k, v in mem.items()})  # a refusal: the figures of its message
     if result["compiled"]:
-        mem = result["memory"] or {}
-        out.update({f"{k}_per_device": v for k, v in mem.items()})
         out["hlo_flops"] = result.get("hlo_flops")
-        out["fits"] = mem.get("total_bytes", 0) <= hbm * GB if hbm else None
+        out["fits"] = mem.get("total_bytes", 0) <= hbm * GIB if hbm else None
     else:
         out.update({"fits": False, "error": result["error"]})
     if peak:
@@ -122,14 +143,21 @@ def plan_once(cfg, args, devices, compile_target: str):
 
 
 def table(r: dict) -> str:
-    gb = lambda k: f"{r[k] / GB:.2f} GB" if r.get(k) is not None else "-"  # noqa: E731
+    if "target" not in r:  # a --search layout whose compile failed before it could be measured
+        return f"compiler  {r.get('error')}"
+    gb = lambda k: size(r.get(k))  # noqa: E731
+    refused = " (from the compiler's refusal; its G is GiB)" if r.get("error") and r.get("hlo_flops") is None else ""
     rows = [("target", f"{r['target']} ({r['devices']} devices, compiled by the {r['compiler']} compiler)"),
             ("mesh", " ".join(f"{k}={v}" for k, v in r["mesh"].items())),
             ("model", f"{r['params'] / 1e9:.3f}B parameters ({r['model_from']}), {r['mode']}, remat {r['remat']}"),
             ("batch", f"{r['batch_size']} x {r['seq_len']} tokens = {r['tokens_per_step']} per step"),
             ("params + optimizer", gb("params_opt_bytes_per_device") + " per device"),
-            ("arguments / temp", f"{gb('argument_bytes_per_device')} / {gb('temp_bytes_per_device')} per device"),
-            ("total", f"{gb('total_bytes_per_device')} of {r['hbm_gb_per_device'] or '?'} GB HBM"),
+            ("arguments / temp", f"{gb('argument_bytes_per_device')} / {gb('temp_bytes_per_device')} per device"
+                                 + refused),
+            ("total", f"{gb('total_bytes_per_device')} of {r['hbm_gb_per_device'] or '?'} GiB HBM "
+                      f"({(r['hbm_gb_per_device'] or 0) * GIB / GB:.2f} GB)"),
+            ("host (pinned)", f"{gb('host_temp_bytes_per_device')} temp, {gb('host_argument_bytes_per_device')} "
+                              "arguments per device, beside the HBM"),
             ("FLOPs per step", f"{r['flops_per_step']:.3e} (compiler, loop bodies once: {r.get('hlo_flops') or 0:.3e})"),
             ("step time", f"{r['step_s_at_mfu']} s at {r['mfu']:.0%} MFU" if "step_s_at_mfu" in r else "-"),
             ("compile", f"{r['compile_s']} s"),
@@ -141,7 +169,8 @@ def table(r: dict) -> str:
 
 
 def levers(cfg) -> str:
-    return "to fit, try: " + "; ".join(memory_levers(cfg) + ["mesh.stage (layer pipeline)"])
+    """Advice without --search: the search itself, and only levers that cannot need more memory."""
+    return "to fit, try: --search (layouts of this batch, compiled); " + "; ".join(memory_levers(cfg))
 
 
 def search_batch(cfg, args, devices, compiler, first: dict, log) -> tuple[dict, int | None]:
@@ -169,6 +198,69 @@ def search_batch(cfg, args, devices, compiler, first: dict, log) -> tuple[dict, 
     if best[0] is not None and best[1] == batch and step > 1:
         best[0]["search_stopped_at"] = batch  # still fitting after 8 doublings: a lower bound
     return best if best[0] is not None else (last, None)
+
+
+def run_search(cfg, args, devices, compiler, log) -> dict:
+    """--search: the best layout's plan (or, when none fits, the closest) with the search's rows."""
+    from comet_jax import build
+    from comet_jax.chunking import PlannerMix
+    from comet_jax.compile import search
+    from comet_jax.data.pipeline import num_chunks_for
+    from comet_jax.train.flops import param_count, real_slots_per_chunk
+    from comet_jax.train.train_config import load_config
+    from comet_jax.train.train_config_checks import validate
+
+    model, comet, _ = build.from_sections(cfg.model, cfg.comet, base_vocab(cfg))
+    chunked = cfg.comet.mode == "comet"
+    chunks = num_chunks_for(cfg.data.seq_len, comet, PlannerMix(weights=dict(cfg.comet.planners),
+                                                                min_size=cfg.comet.min_chunk)) if chunked else 1
+    slots = real_slots_per_chunk(comet) / comet.chunk_size if chunked else 1.0
+
+    def make_cfg(overrides):
+        c = load_config(args.config, [*args.overrides, *overrides])
+        validate(c)
+        return c
+
+    hbm = args.hbm_gb or CHIPS[args.chip][0]
+    found = search.search(cfg, make_cfg, lambda c: plan_once(c, args, devices, compiler), model,
+                          param_count(model, comet), slots, len(devices), chunks, hbm * GIB, args.search_limit, log)
+    if not found["tried"]:
+        raise ConfigError(f"--search: no layout of {len(devices)} devices passes the config's checks "
+                          f"(train.batch_size {cfg.train.batch_size} over mesh.data {cfg.mesh.data})")
+    # every layout runs the same FLOPs on the same devices: its estimate is the plain one x its cost
+    plain = next((r["step_s_at_mfu"] for _, r in found["tried"] if r.get("step_s_at_mfu")), None)
+    rows = search.ranked(found["tried"], dict(cfg.mesh.rules),
+                         lambda c: float(f"{plain * c.cost:.4g}") if plain else None)
+    by_text = {c.text(dict(cfg.mesh.rules)): r for c, r in found["tried"]}
+    top = rows[0]
+    out = dict(by_text[top["overrides"]])
+    out.update({"overrides": top["overrides"], "step_s_est": top["step_s_est"], "search": rows,
+                "search_compiled": len(found["tried"]), "search_skipped": found["skipped"],
+                "search_untried": found["untried"], "search_candidates": found["total"]})
+    return out
+
+
+def search_report(r: dict) -> str:
+    """The search's rows for the terminal: what fits, fastest first; else the closest."""
+    fit = [x for x in r["search"] if x["fits"]]
+    head = (f"searched {r['search_compiled']} of {r['search_candidates']} layouts "
+            f"({r['search_skipped']} answered by a compiled neighbour, {r['search_untried']} not tried)")
+    if not fit:
+        x = r["search"][0]
+        need = x.get("total_bytes_per_device") or x.get("temp_bytes_per_device")
+        return (f"{head}\nnone fits in {r['hbm_gb_per_device']} GiB; the closest: {x['overrides']}"
+                + (f" needs {size(need)}" + ("" if x.get("total_bytes_per_device") else " of temporaries")
+                   if need else "")
+                + "\nto fit, try: a smaller train.batch_size; more chips"
+                + (f"; --search-limit {r['search_compiled'] + r['search_untried']} (try every layout)"
+                   if r["search_untried"] else ""))
+    lines = [head, "layouts that fit, fastest first (step time estimated: model FLOPs x recompute x pipeline "
+                   "bubble; paste the overrides after the command):"]
+    for i, x in enumerate(fit, 1):
+        step = f"{x['step_s_est']} s" if x["step_s_est"] else "-"
+        host = f" + {size(x['host_temp_bytes_per_device'])} host" if x.get("host_temp_bytes_per_device") else ""
+        lines.append(f"  {i}. {step:>10}  {size(x['total_bytes_per_device'])}{host}  {x['overrides']}")
+    return "\n".join(lines)
 
 
 def device_environment(devices: int) -> None:
@@ -201,6 +293,12 @@ def main(argv=None) -> int:
                                   "`comet-plan`, which asks for them before jax starts)")
             devices = devices[: args.devices]
         log(f"compiling the train step for {args.target or ''} {len(devices)} devices ({compiler} compiler)...")
+        if args.search:
+            result = run_search(cfg, args, devices, compiler, log)
+            print(table(result))
+            print(search_report(result))
+            print(json.dumps(result), flush=True)
+            return 0
         result = plan_once(cfg, args, devices, compiler)
         if args.search_batch:
             result, best = search_batch(cfg, args, devices, compiler, result, log)
