@@ -190,7 +190,8 @@ def test_dump_load_round_trip(tmp_path):
     assert load_config(write(tmp_path, dump_yaml(TrainConfig()), "d.yaml"), []) == TrainConfig()
 
 
-@pytest.mark.parametrize("name", ["tiny_cpu.yaml", "qwen3_comet_32k.yaml", "llama3_8b_comet_32k.yaml"])
+@pytest.mark.parametrize("name", ["tiny_cpu.yaml", "qwen3_comet_32k.yaml", "llama3_8b_comet_32k.yaml",
+                                  "llama3_8b_comet_32k_v5e16.yaml", "qwen3_8b_comet_32k_v5e16.yaml"])
 def test_shipped_configs(name, tmp_path):
     cfg = load_config(str(CONFIGS / name), [])
     validate(cfg)
@@ -211,6 +212,18 @@ def test_shipped_recipes():
         assert cfg.model.dtype == "bfloat16" and cfg.model.remat == "full" and cfg.model.init != "scratch"
         assert cfg.data.tokenizer == "checkpoint" and cfg.data.source == "jsonl"
         validate(cfg, device_count=8)
+    # the v5e-16 layouts: the same recipe (model, CoMeT, optimizer, batch), only the layout differs
+    from dataclasses import replace
+
+    for base, v5e in (("llama3_8b_comet_32k.yaml", "llama3_8b_comet_32k_v5e16.yaml"),
+                      ("qwen3_comet_32k.yaml", "qwen3_8b_comet_32k_v5e16.yaml")):
+        a, b = (load_config(str(CONFIGS / n), []) for n in (base, v5e))
+        assert b.model == replace(a.model, remat="offload") and (b.comet, b.data) == (a.comet, a.data)
+        assert replace(b.optim, grad_accum=1) == replace(a.optim, grad_accum=1)
+        assert b.train.batch_size // b.optim.grad_accum * b.optim.grad_accum == b.train.batch_size >= 8
+        m = b.mesh
+        assert m.data * m.fsdp * m.tensor * m.stage == 16 and m.stage > 1
+        validate(b, device_count=16)
 
 
 def test_curriculum_stage_needles():

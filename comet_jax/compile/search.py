@@ -23,6 +23,15 @@ GB = 1e9
 # recomputing the forward in the backward adds ~1 (4/3); `dots` saves the matmul outputs and
 # recomputes only elementwise work (~10%).
 RECOMPUTE = {"none": 1.0, "dots": 1.1, "full": 4 / 3, "offload": 4 / 3}
+# offload nests two recomputes where the schedule nests two loops (layer-major, the pipeline:
+# comet_jax/model/remat.py split_policy): the outer step's forward, then each chunk's again
+NESTED_OFFLOAD = 5 / 3
+
+
+def recompute(remat: str, schedule: str, stage: int) -> float:
+    if remat == "offload" and (schedule == "layer_major" or stage > 1):
+        return NESTED_OFFLOAD
+    return RECOMPUTE[remat]
 SEARCH_REMATS = ("full", "offload", "dots")  # full first: offload ties with it but copies to host
 SEARCH_SCHEDULES = ("layer_major", "chunk_major")
 # HBM order of the remat policies at one layout (offload <= full <= dots <= none): used only to
@@ -100,7 +109,7 @@ def candidates(cfg, devices: int, chunks: int, kv_heads: int, layers: int) -> li
                     for remat in SEARCH_REMATS:
                         for accum in accums:
                             out.append(Candidate(fsdp, tensor, stage, schedule, remat, accum, rules,
-                                                 cost=RECOMPUTE[remat] * bubble(stage, layers)))
+                                                 cost=recompute(remat, schedule, stage) * bubble(stage, layers)))
     return out
 
 
