@@ -20,20 +20,33 @@ def next_token_labels(tokens: jnp.ndarray, lengths: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(keep, shifted, IGNORE)
 
 
+# A block of logits holds at most this many float32 values (128 MiB): with a 128k-150k
+# vocabulary 1024 tokens' logits were 0.5-0.6 GB, three of them live in the backward pass,
+# which is what a 16 GB chip could not spare (docs/benchmarks.md, the v5e-16 plans).
+BLOCK_LOGITS = 1 << 25
+
+
+def block_tokens(vocab: int, most: int = 1024, least: int = 128) -> int:
+    """Tokens per block for a vocabulary: a power of two in [least, most], logits <= BLOCK_LOGITS."""
+    fit = max(1, BLOCK_LOGITS // max(vocab, 1))
+    return max(least, min(most, 1 << (fit.bit_length() - 1)))
+
+
 def token_nll(h: jnp.ndarray, head: jnp.ndarray, labels: jnp.ndarray, real_vocab: int | None = None,
-              block_size: int = 1024) -> jnp.ndarray:
+              block_size: int | None = None) -> jnp.ndarray:
     """Per-token negative log-likelihood (float32, or float64 for float64 inputs), 0 where
     label == IGNORE.
 
     h: [..., D] final-normed hidden states; head: (D, V); labels: [...] int.
-    Vocabulary rows >= real_vocab are excluded from the softmax.
+    Vocabulary rows >= real_vocab are excluded from the softmax. `block_size` tokens are
+    scored at a time (default: `block_tokens(V)`); it changes memory, not values.
     """
     lead = labels.shape
     d = h.shape[-1]
     h = h.reshape(-1, d)
     labels = labels.reshape(-1)
     n = labels.shape[0]
-    block = max(1, min(block_size, n))
+    block = max(1, min(block_size or block_tokens(head.shape[-1]), n))
     n_blocks = -(-n // block)
     pad = n_blocks * block - n
     h = jnp.pad(h, ((0, pad), (0, 0)))

@@ -17,7 +17,7 @@ def naive(h, head, labels, real_vocab):
     return jnp.where(labels == IGNORE, 0.0, nll)
 
 
-@pytest.mark.parametrize("block", [1, 7, 64, 1000])
+@pytest.mark.parametrize("block", [1, 7, 64, 1000, None])
 def test_blockwise_equals_naive(block):
     rng = np.random.default_rng(0)
     h = jnp.asarray(rng.normal(size=(3, 21, 16)), jnp.float32)
@@ -51,3 +51,12 @@ def test_no_full_logits_in_the_compiled_loss():
     if mem is None:
         pytest.skip("memory analysis unavailable on this backend")
     assert mem.temp_size_in_bytes < n * v * 4 / 4, mem.temp_size_in_bytes
+
+
+def test_block_size_follows_the_vocabulary():
+    from comet_jax.loss import BLOCK_LOGITS, block_tokens
+
+    assert block_tokens(64) == 1024 and block_tokens(129024) == 256 and block_tokens(151936) == 128
+    for v in (32000, 129024, 151936, 262144):
+        b = block_tokens(v)
+        assert b & (b - 1) == 0 and (b * v <= BLOCK_LOGITS or b == 128)
