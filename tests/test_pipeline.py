@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from comet_jax import chunking, layout
+from comet_jax import layout
 from comet_jax.config import CometConfig
 from comet_jax.loss import IGNORE
 from comet_jax.model import comet as cm
