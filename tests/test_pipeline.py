@@ -74,23 +74,6 @@ def test_every_recompute_policy_gives_the_same_gradients(mixed_plans):
         assert_tree_close(g, g0, rtol=1e-5)
 
 
-def test_tied_embeddings(mixed_plans):
-    """A tied head is the embedding: then the table goes into the pipeline (all_gathered there)."""
-    import dataclasses
-
-    tied = dataclasses.replace(MODEL, tie_embeddings=True)
-    params = random_params(COMET)
-    params.pop("lm_head")
-    seqs, plans = mixed_plans
-    b = layout.build(seqs, plans, COMET, num_chunks=4).as_dict()
-    mean = lambda nll: _mean(nll, b["labels"])  # noqa: E731
-    v0, g0 = jax.value_and_grad(lambda p: mean(cm.token_losses(p, b, tied, COMET)))(params)
-    mesh = make_mesh(2)
-    v, g = jax.jit(jax.value_and_grad(lambda p: mean(pipeline_token_losses(p, b, tied, COMET, mesh))))(params)
-    np.testing.assert_allclose(v, v0, rtol=1e-6)
-    assert_tree_close(g, g0, rtol=1e-5)
-
-
 def test_chunks_not_divisible_raises(mixed_plans):
     seqs, plans = mixed_plans
     b = layout.build(seqs, plans, COMET, num_chunks=5).as_dict()

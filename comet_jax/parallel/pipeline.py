@@ -15,9 +15,8 @@ a different layer (t - p), so the layer's weights are reassembled with one `all_
 device q sends device p its block of layer t - p. Its transpose sends the gradient blocks
 back to their owners, so each device accumulates only its own block. The reassembled
 weights are never kept for the backward pass: the step is rematerialised around them
-(`remat.wave_checkpointed`), which re-runs the all_to_all instead. The head, used by every
-device at once, is all_gathered (transpose: psum_scatter); the embedding lookup runs before
-the shard_map, on the table as stored.
+(`remat.wave_checkpointed`), which re-runs the all_to_all instead. The embedding and head,
+used by every device at once, are all_gathered (transpose: psum_scatter).
 
 The shard_map does not check varying axes (`check_vma=False`): a Pallas kernel (splash
 attention) inside it has no typed gradient otherwise. Values and gradients equal
@@ -65,11 +64,12 @@ def pipeline_token_losses(params: dict, batch: dict[str, Any], model: ModelConfi
     def gather(x, d):
         return x if d is None else jax.lax.all_gather(x, stage_axis, axis=d, tiled=True)
 
-    def stage(params, h, batch):
+    def stage(params, batch):
         # Inside: each parameter leaf is this device's block along its stage dim (whole where
-        # that is None); h and the batch arrays are [N/P, B, ...] of this device's chunk group.
+        # that is None); batch arrays are [N/P, B, ...] of this device's chunk group.
         b = batch["tokens"].shape[1]
         top = {k: jax.tree.map(gather, params[k], dims[k]) for k in params if k != "layers"}
+        h = backbone.embed(top, batch["tokens"], model)  # [N/P, B, S, D]
         chunks = {key: batch[key] for key in ("positions", "valid", "first", "live")}
         me = jax.lax.axis_index(stage_axis)
         mem0 = init_memory(b, model, comet)
@@ -114,15 +114,9 @@ def pipeline_token_losses(params: dict, batch: dict[str, Any], model: ModelConfi
         (h, _), _ = jax.lax.scan(wave_checkpointed(wave_step, remat), (h, mem0), steps)
         return text_nll(top, h, batch["labels"], model, comet)
 
-    # The lookup runs outside, on the embedding as stored: gathering the table inside would
-    # make the compiler assemble all of it on every device (1-1.2 GB at 8B).
-    h = backbone.embed(params, batch["tokens"], model)  # [N, B, S, D]
-    tied = "lm_head" not in params
-    held = {k: v for k, v in params.items() if k != "embed" or tied}
-    dims = {k: v for k, v in dims.items() if k in held}
-    param_specs = jax.tree.map(lambda d, x: _spec(d, x.ndim, stage_axis), dims, held,
+    param_specs = jax.tree.map(lambda d, x: _spec(d, x.ndim, stage_axis), dims, params,
                                is_leaf=lambda d: d is None or isinstance(d, int))
     batch_specs = {k: P(stage_axis) for k in batch}
-    run = jax.shard_map(stage, mesh=mesh, in_specs=(param_specs, P(stage_axis), batch_specs),
-                        out_specs=P(stage_axis), axis_names={stage_axis}, check_vma=False)
-    return run(held, h, batch)
+    run = jax.shard_map(stage, mesh=mesh, in_specs=(param_specs, batch_specs), out_specs=P(stage_axis),
+                        axis_names={stage_axis}, check_vma=False)
+    return run(params, batch)
