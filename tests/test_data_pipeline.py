@@ -338,3 +338,45 @@ def test_smaller_num_chunks_redraws_plans(tok):
     for b in take(loader, 3):
         assert b["tokens"].shape[0] == 24 and b["live"].any(axis=1).sum() <= 24
         assert int(b["n_tokens"]) == 4 * 6
+
+
+def test_jsonl_labels_and_loss_mask_choose_the_scored_tokens(tmp_path):
+    """`labels` (-100 = not scored, else the token) and `loss_mask` (0/1) decide which tokens
+    are targets, in both modes: token k+1 is the label of slot k only where it is scored."""
+    rng = np.random.default_rng(3)
+    docs = [rng.integers(1, 250, n).tolist() for n in (40, 23)]
+    scored = [rng.random(len(d)) < 0.5 for d in docs]
+    path = tmp_path / "masked.jsonl"
+    path.write_text(json.dumps({"input_ids": docs[0], "labels": [t if m else -100 for t, m in zip(docs[0], scored[0])]})
+                    + "\n" + json.dumps({"input_ids": docs[1], "loss_mask": [int(m) for m in scored[1]]}) + "\n")
+    src = JsonlSource(path)
+    for mode in ("comet", "full"):
+        loader = make_loader(src, seq_len=32, batch_size=2, comet_cfg=COMET, mode=mode, seed=0, shuffle=False,
+                             num_epochs=1)
+        batch = take(loader, 1)[0]
+        for j, (doc, m) in enumerate(zip(docs, scored)):
+            doc, m = np.asarray(doc[:32]), m[:32]
+            want = np.where(m[1:], doc[1:], IGNORE)
+            if mode == "full":
+                got = batch["labels"][j, : len(doc) - 1]
+            else:
+                cb = layout.build([doc], [plan_by_name("fixed", len(doc), COMET.chunk_size)], COMET,
+                                  num_chunks=batch["labels"].shape[0], loss_masks=[m])
+                np.testing.assert_array_equal(batch["labels"][:, j], cb.labels[:, 0])
+                got = cb.labels[:, 0][cb.raw_index[:, 0] >= 0][: len(doc) - 1]
+            np.testing.assert_array_equal(got, want)
+        assert (batch["labels"] != IGNORE).sum() == sum(int(m[1:32].sum()) for m in scored)
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"input_ids": [1, 2, 3], "labels": [1, 5, 3]}, r"labels\[1\] = 5 is neither -100 \(not scored\) nor the token"),
+    ({"input_ids": [1, 2, 3], "labels": [1, 2]}, "labels has 2 entries, input_ids 3"),
+    ({"input_ids": [1, 2, 3], "loss_mask": [1, 2, 0]}, "loss_mask must hold 0 or 1, found 2"),
+    ({"input_ids": [1, 2, 3], "loss_mask": [1, 1, 0], "labels": [1, 2, 3]}, "give 'labels' or 'loss_mask', not both"),
+    ({"text": "abc", "labels": [1, 2, 3]}, "'labels' needs 'input_ids'"),
+])
+def test_bad_labels_name_the_line(tmp_path, record, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"input_ids": [1, 2, 3]}) + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(DataError, match=f"bad.jsonl:2: {message}"):
+        JsonlSource(path, tokenizer=byte_tokenizer())[1]

@@ -192,7 +192,7 @@ def test_loss_mask_scores_only_the_marked_tokens(comet_ckpt, capsys, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"input_ids": seqs[0], "loss_mask": [1, 0]}) + "\n")
     assert eval_loss.main(["--checkpoint", str(root / "ckpt"), "--data", str(bad)]) == 2
-    assert "bad.jsonl:1: loss_mask must be" in capsys.readouterr().err
+    assert f"bad.jsonl:1: loss_mask has 2 entries, input_ids {len(seqs[0])}" in capsys.readouterr().err
     none = tmp_path / "none.jsonl"
     none.write_text(json.dumps({"input_ids": seqs[0], "loss_mask": [1] + [0] * (len(seqs[0]) - 1)}) + "\n")
     assert eval_loss.main(["--checkpoint", str(root / "ckpt"), "--data", str(none)]) == 2

@@ -1,5 +1,10 @@
 """JSONL token sequences: one `{"input_ids": [...]}` or `{"text": "..."}` object a line.
 
+A record with `input_ids` may say which tokens are scored: `labels` (same length; -100 = not
+scored, otherwise the token itself: the official CoMeT / Hugging Face convention, where the
+model shifts them) or `loss_mask` (same length, 0/1). `parse_record(..., with_mask=True)`
+returns the mask beside the ids (None when the record has neither: every token is scored).
+
 One parser for every reader (comet-loss, the training pipeline): `parse_bytes` takes a raw
 line or record, `parse_line` a decoded one, `parse_record` a decoded JSON object.
 """
@@ -63,20 +68,55 @@ def tokenize_prefix(tokenizer: Any, text: str, max_tokens: int, where: str = "<t
         n *= 2
 
 
+NOT_SCORED = -100  # the label of a token that is not scored (Hugging Face, the official code)
+
+
+def record_mask(obj: dict, ids: list, where: str) -> np.ndarray | None:
+    """The scored tokens of a record with `input_ids` ([n] bool, True = scored) from its `labels`
+    or `loss_mask`, or None when it has neither; DataError naming `where` for a bad one."""
+    keys = [k for k in ("labels", "loss_mask") if k in obj]
+    if not keys:
+        return None
+    if len(keys) == 2:
+        raise DataError(f"{where}: give 'labels' or 'loss_mask', not both")
+    key, values = keys[0], obj[keys[0]]
+    if "input_ids" not in obj:
+        raise DataError(f"{where}: '{key}' needs 'input_ids' (the tokens of a 'text' record are not known "
+                        "in advance)")
+    if not isinstance(values, list) or not all(isinstance(v, int) for v in values):
+        raise DataError(f"{where}: {key} must be a list of integers")
+    if len(values) != len(obj["input_ids"]):
+        raise DataError(f"{where}: {key} has {len(values)} entries, input_ids {len(obj['input_ids'])}")
+    values = np.asarray(values[:len(ids)], np.int64)
+    if key == "loss_mask":
+        if values.size and not np.isin(values, (0, 1)).all():
+            raise DataError(f"{where}: loss_mask must hold 0 or 1, found {int(values[~np.isin(values, (0, 1))][0])}")
+        return values.astype(bool)
+    scored = values != NOT_SCORED
+    differ = scored & (values != np.asarray(ids, np.int64))
+    if differ.any():
+        k = int(np.flatnonzero(differ)[0])
+        raise DataError(f"{where}: labels[{k}] = {int(values[k])} is neither {NOT_SCORED} (not scored) nor the "
+                        f"token input_ids[{k}] = {ids[k]}")
+    return scored
+
+
 def parse_record(obj: Any, where: str, tokenizer: Any = None, vocab_size: int | None = None,
                  min_tokens: int = 2, *, max_tokens: int | None = None,
-                 reserved: Mapping[int, str] | None = None) -> np.ndarray:
+                 reserved: Mapping[int, str] | None = None, with_mask: bool = False):
     """Token ids of one decoded JSON record; raises DataError naming `where` (file:line).
 
     Fewer than `min_tokens` ids is an error (a sequence needs 2 tokens to have a label);
     the training pipeline passes 0 and drops short documents itself, counting them.
     max_tokens: return at most this many ids (the first ones); a text record then has only a
     prefix tokenised, input_ids are cut before they are checked.
-    reserved: ids that must not occur in data, with their names (`comet_token_names`)."""
+    reserved: ids that must not occur in data, with their names (`comet_token_names`).
+    with_mask: return (ids, scored tokens or None), see `record_mask`."""
     if max_tokens is not None and max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    mask = None
     if "input_ids" in obj:
         ids = obj["input_ids"]
         if not isinstance(ids, list):
@@ -84,7 +124,10 @@ def parse_record(obj: Any, where: str, tokenizer: Any = None, vocab_size: int | 
         ids = ids[:max_tokens]
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise DataError(f"{where}: input_ids must be a list of integers")
+        mask = record_mask(obj, ids, where) if with_mask else None
     elif "text" in obj:
+        if with_mask:
+            record_mask(obj, [], where)  # refuses labels / loss_mask without input_ids
         if not isinstance(obj["text"], str):
             raise DataError(f"{where}: text must be a string")
         if tokenizer is None:
@@ -109,12 +152,12 @@ def parse_record(obj: Any, where: str, tokenizer: Any = None, vocab_size: int | 
             bad = int(arr[hit][0])
             raise DataError(f"{where}: token id {bad} is the CoMeT {reserved[bad]} token, which the model "
                             "inserts itself; it cannot occur in data")
-    return arr.astype(np.int32)
+    return (arr.astype(np.int32), mask) if with_mask else arr.astype(np.int32)
 
 
 def parse_line(text: str, where: str, tokenizer: Any = None, vocab_size: int | None = None,
                min_tokens: int = 2, *, max_tokens: int | None = None,
-               reserved: Mapping[int, str] | None = None) -> np.ndarray:
+               reserved: Mapping[int, str] | None = None, with_mask: bool = False):
     """Token ids of one JSONL line (or ArrayRecord record); DataError names `where`."""
     if not text.strip():
         raise DataError(f"{where}: empty line")
@@ -122,18 +165,20 @@ def parse_line(text: str, where: str, tokenizer: Any = None, vocab_size: int | N
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-    return parse_record(obj, where, tokenizer, vocab_size, min_tokens, max_tokens=max_tokens, reserved=reserved)
+    return parse_record(obj, where, tokenizer, vocab_size, min_tokens, max_tokens=max_tokens, reserved=reserved,
+                        with_mask=with_mask)
 
 
 def parse_bytes(raw: bytes, where: str, tokenizer: Any = None, vocab_size: int | None = None,
                 min_tokens: int = 2, *, max_tokens: int | None = None,
-                reserved: Mapping[int, str] | None = None) -> np.ndarray:
+                reserved: Mapping[int, str] | None = None, with_mask: bool = False):
     """parse_line of an undecoded line or record: bytes that are not UTF-8 are a DataError."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise DataError(f"{where}: not valid UTF-8") from None
-    return parse_line(text, where, tokenizer, vocab_size, min_tokens, max_tokens=max_tokens, reserved=reserved)
+    return parse_line(text, where, tokenizer, vocab_size, min_tokens, max_tokens=max_tokens, reserved=reserved,
+                      with_mask=with_mask)
 
 
 def iter_jsonl(path: str | Path, tokenizer: Any = None, vocab_size: int | None = None, *,

@@ -4,7 +4,8 @@ Sources are random-access (`__len__`, `__getitem__`) and return records
 `{"input_ids": int32 [n], "loss_mask": bool [n] (optional)}`:
 
 - `PasskeySource` (`comet_jax.data.passkey`): synthetic, a pure function of (seed, index);
-- `JsonlSource`: one `{"input_ids": [...]}` or `{"text": ...}` object a line; the file is
+- `JsonlSource`: one `{"input_ids": [...]}` (optionally with `labels` or `loss_mask`:
+  comet_jax/data/jsonl.py) or `{"text": ...}` object a line; the file is
   scanned once for line offsets, records are read and validated on access;
 - `ArrayRecordSource`: ArrayRecord files whose records are the same JSON objects (bytes).
 
@@ -76,10 +77,12 @@ _named = {"count": 0}
 
 def _decode_record(raw: bytes, where: str, tokenizer: Any, vocab_size: int | None, skip_bad: bool,
                    max_tokens: int | None = None, reserved: Mapping[int, str] | None = None) -> dict[str, Any]:
-    """JSON bytes -> {"input_ids"}; a bad record raises DataError or, with skip_bad, is marked."""
+    """JSON bytes -> {"input_ids", "loss_mask" (when the record has labels or a loss_mask)}; a bad
+    record raises DataError or, with skip_bad, is marked."""
     try:
         # documents shorter than 2 tokens are valid records: dropped and counted downstream
-        ids = parse_bytes(raw, where, tokenizer, vocab_size, min_tokens=0, max_tokens=max_tokens, reserved=reserved)
+        ids, mask = parse_bytes(raw, where, tokenizer, vocab_size, min_tokens=0, max_tokens=max_tokens,
+                                reserved=reserved, with_mask=True)
     except DataError as e:
         if not skip_bad:
             raise
@@ -88,7 +91,7 @@ def _decode_record(raw: bytes, where: str, tokenizer: Any, vocab_size: int | Non
             more = " (further skips are only counted)" if _named["count"] == _NAMED_SKIPS else ""
             print(f"skipping bad record {e}{more}", file=sys.stderr, flush=True)
         return _bad_record(where)
-    return {"input_ids": ids}
+    return {"input_ids": ids} if mask is None else {"input_ids": ids, "loss_mask": mask}
 
 
 # --------------------------------------------------------------------------- sources

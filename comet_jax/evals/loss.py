@@ -3,7 +3,7 @@
 
 Mean next-token cross-entropy of a converted checkpoint over a JSONL file of
 `{"input_ids": [...]}` (or `{"text": ...}` when the checkpoint has a tokenizer). A line with
-input_ids may also hold `"loss_mask": [0/1 per token]`: only the tokens it marks are scored
+input_ids may also hold `"loss_mask": [0/1 per token]` or `"labels"` (-100 = not scored): only the tokens it marks are scored
 (e.g. the answers in a long document of questions; the first token is never scored).
 The last line of stdout is one JSON object:
   {"loss": float, "n_tokens": int, "per_sequence": [{"loss": float, "n_tokens": int}, ...]}
@@ -59,23 +59,15 @@ def position_warning(seqs, data: str, mode: str, comet, max_positions) -> str | 
 
 
 def read_loss_masks(path, seqs) -> list | None:
-    """The "loss_mask" of every line (bool arrays; None for a line without one), or None when no
-    line has one. DataError (naming file:line) for a mask that is not 0/1 of the line's length."""
-    import numpy as np
-
-    from comet_jax.data.jsonl import DataError
+    """The scored tokens of every line (bool arrays from its "labels" or "loss_mask", as training
+    reads them: comet_jax/data/jsonl.py; None for a line with neither), or None when no line has
+    one. DataError naming file:line for a bad one."""
+    from comet_jax.data.jsonl import record_mask
 
     masks = []
     with open(path, "rb") as f:
         for lineno, (line, ids) in enumerate(zip(f, seqs), start=1):
-            mask = json.loads(line).get("loss_mask")
-            if mask is not None:
-                arr = np.asarray(mask)
-                if arr.shape != ids.shape or not np.isin(arr, (0, 1)).all():
-                    raise DataError(f"{path}:{lineno}: loss_mask must be {len(ids)} zeros and ones (one per "
-                                    f"token), got {arr.size} values")
-                mask = arr.astype(bool)
-            masks.append(mask)
+            masks.append(record_mask(json.loads(line), list(map(int, ids)), f"{path}:{lineno}"))
     return masks if any(m is not None for m in masks) else None
 
 
