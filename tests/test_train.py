@@ -264,3 +264,18 @@ def test_pipeline_stages_match_one_device(tmp_path):
         p = ocp.StandardCheckpointer().restore(tmp_path / name / "checkpoints" / "2" / "state")["params"]
         jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6),
                      p_ref, p)
+
+
+def test_profile_steps_and_compile_cache(tmp_path):
+    """logging.profile_steps leaves a jax.profiler trace in RUN_DIR/profile; run.compile_cache
+    fills a directory that a second run loads its compiled step from (and says so)."""
+    cache = tmp_path / "cache"
+    first = run(tmp_path / "a", "train.steps=2", "checkpoint.every=100", "logging.profile_steps=[2, 2]",
+                f"run.compile_cache={cache}")
+    traces = list((tmp_path / "a" / "profile").rglob("*.xplane.pb"))
+    assert traces and traces[0].stat().st_size > 0, first.stdout[-2000:]
+    assert "profile of steps 2-2 written to" in first.stdout + first.stderr
+    assert any(cache.iterdir())
+    second = run(tmp_path / "b", "train.steps=2", "checkpoint.every=100", f"run.compile_cache={cache}")
+    line = next(ln for ln in (second.stdout + second.stderr).splitlines() if ln.startswith("compile cache"))
+    assert int(line.split(": ")[1].split(" hit")[0]) >= 1, line

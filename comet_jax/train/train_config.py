@@ -26,6 +26,9 @@ class RunSection:
     name: str = "tiny"
     dir: str = ""  # empty -> runs/{name}
     seed: int = 0
+    # a directory for JAX's persistent compilation cache: a restart loads the compiled step
+    # instead of compiling it again (suggested on TPU; empty = off)
+    compile_cache: str = ""
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,8 @@ class LoggingSection:
     tensorboard: bool = True
     jsonl: bool = True
     peak_tflops_per_device: float = 0.0  # 0 = do not report MFU
+    # [start, stop]: a jax.profiler trace of optimizer steps start..stop in RUN_DIR/profile
+    profile_steps: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,10 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
             raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(o, key)}")
     if o.min_lr_ratio > 1:
         raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    steps = cfg.logging.profile_steps
+    if steps and (len(steps) != 2 or not 1 <= steps[0] <= steps[1] <= t.steps):
+        raise ConfigError(f"logging.profile_steps must be [start, stop] with 1 <= start <= stop <= train.steps "
+                          f"({t.steps}), or [] for no profile; got {list(steps)}")
     _one_of(cfg, "distributed.init", ("auto", "always", "never"))
     if cfg.distributed.process_id < -1:
         raise ConfigError(f"distributed.process_id must be >= 0, or -1 for the environment; "

@@ -32,6 +32,7 @@ from comet_jax.train.metrics import MetricsWriter, format_line
 from comet_jax.model.init import init_params
 from comet_jax.train.optim import make_optimizer
 from comet_jax.parallel import sharding
+from comet_jax.train.run_tools import CompileCache, Profiler
 from comet_jax.train.run_lock import RunDirLocked, RunLock
 from comet_jax.train.train_checkpoint import (ASIDE_DIR, CheckpointSaveError, NoReadableCheckpoint, NonFiniteState,
                                               TrainCheckpointer, abstract_like, root_cause)
@@ -303,6 +304,8 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        cache = CompileCache(cfg.run.compile_cache) if cfg.run.compile_cache else None
+        profiler = Profiler(str(self.run_dir / "profile"), cfg.logging.profile_steps, self.log)
         state = self.init_state()
         ckpt = TrainCheckpointer(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep,
                                  async_save=cfg.checkpoint.async_save)
@@ -384,8 +387,10 @@ class Trainer:
                 seq_len = stage.seq_len
                 local = next(loader)
                 t0 = time.perf_counter()
+                profiler.before(step + 1)
                 with sharding.tracing(self.mesh, cfg.mesh.rules):
                     state, metrics = step_fn(state, self.global_batch(local))
+                profiler.after(step + 1, state)
                 metrics = jax.device_get(metrics)
                 dt = time.perf_counter() - t0
                 loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
@@ -402,6 +407,8 @@ class Trainer:
                 if (step + 1) % cfg.train.log_every == 0 or step == start or step + 1 == cfg.train.steps:
                     if self.process == 0:
                         self.log(format_line(step + 1, cfg.train.steps, last))
+                        if cache is not None and step == start:
+                            self.log(cache.summary())
                         skips = (loader.stats["bad"], loader.stats["short"])
                         if skips != reported_skips:
                             reported_skips = skips
@@ -423,6 +430,7 @@ class Trainer:
             ckpt.wait()  # a failed final save is reported before the export
             finished = True
         finally:
+            profiler.close()
             for s, h in old.items():
                 signal.signal(s, h)
             ckpt.close(raise_errors=finished)
