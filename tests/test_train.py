@@ -279,3 +279,30 @@ def test_profile_steps_and_compile_cache(tmp_path):
     second = run(tmp_path / "b", "train.steps=2", "checkpoint.every=100", f"run.compile_cache={cache}")
     line = next(ln for ln in (second.stdout + second.stderr).splitlines() if ln.startswith("compile cache"))
     assert int(line.split(": ")[1].split(" hit")[0]) >= 1, line
+
+
+def test_validation_loss_every_n_steps_equal_after_resume(tmp_path):
+    """eval.every=2 logs eval_loss at steps 2 and 4 (held-out passkey batches, another seed);
+    resumed from step 2, the run logs the same validation losses. A JSONL eval.path works too."""
+    import shutil
+
+    args = ["train.steps=4", "checkpoint.every=2", "eval.every=2", "eval.batches=1"]
+    run(tmp_path / "a", *args)
+
+    def evals(d):
+        recs = [json.loads(ln) for ln in (d / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["eval_loss"] for r in recs if r.get("eval_loss") is not None}
+
+    first = evals(tmp_path / "a")
+    assert sorted(first) == [2, 4] and all(np.isfinite(v) for v in first.values())
+    shutil.rmtree(tmp_path / "a" / "checkpoints" / "4")
+    again = run(tmp_path / "a", *args)
+    assert "step 4: eval_loss" in again.stdout + again.stderr
+    assert evals(tmp_path / "a") == first
+    held = tmp_path / "held.jsonl"
+    rng = np.random.default_rng(0)
+    held.write_text("".join(json.dumps({"input_ids": rng.integers(1, 200, 300).tolist()}) + "\n" for _ in range(4)))
+    proc = run(tmp_path / "b", "train.steps=2", "checkpoint.every=100", "eval.every=1", f"eval.path={held}",
+               "data.source=jsonl", f"data.path={held}", check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(evals(tmp_path / "b")) == [1, 2]

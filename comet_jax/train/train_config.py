@@ -145,6 +145,15 @@ class CheckpointSection:
 
 
 @dataclass(frozen=True)
+class EvalSection:
+    """Validation while training: the mean loss of fixed held-out batches."""
+
+    every: int = 0  # optimizer steps between validations (and at the end); 0 = none
+    path: str = ""  # held-out data in data.source's format; empty = data.path's source reseeded (passkey only)
+    batches: int = 2  # batches of train.batch_size sequences of data.seq_len tokens
+
+
+@dataclass(frozen=True)
 class LoggingSection:
     tensorboard: bool = True
     jsonl: bool = True
@@ -174,6 +183,7 @@ class TrainConfig:
     mesh: MeshSection = field(default_factory=MeshSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    eval: EvalSection = field(default_factory=EvalSection)
     distributed: DistributedSection = field(default_factory=DistributedSection)
 
 

@@ -110,6 +110,12 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
             raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(o, key)}")
     if o.min_lr_ratio > 1:
         raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    if cfg.eval.every < 0 or cfg.eval.batches < 1:
+        raise ConfigError(f"eval.every must be >= 0 (0 = no validation) and eval.batches >= 1; got "
+                          f"{cfg.eval.every} and {cfg.eval.batches}")
+    if cfg.eval.every and not cfg.eval.path and d.source != "passkey":
+        raise ConfigError(f"eval.every={cfg.eval.every} needs eval.path: held-out data in the format of "
+                          f"data.source={d.source}")
     steps = cfg.logging.profile_steps
     if steps and (len(steps) != 2 or not 1 <= steps[0] <= steps[1] <= t.steps):
         raise ConfigError(f"logging.profile_steps must be [start, stop] with 1 <= start <= stop <= train.steps "

@@ -33,6 +33,7 @@ from comet_jax.model.init import init_params
 from comet_jax.train.optim import make_optimizer
 from comet_jax.parallel import sharding
 from comet_jax.train.run_tools import CompileCache, Profiler
+from comet_jax.train.validation import Validator
 from comet_jax.train.run_lock import RunDirLocked, RunLock
 from comet_jax.train.train_checkpoint import (ASIDE_DIR, CheckpointSaveError, NoReadableCheckpoint, NonFiniteState,
                                               TrainCheckpointer, abstract_like, root_cause)
@@ -305,6 +306,7 @@ class Trainer:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cache = CompileCache(cfg.run.compile_cache) if cfg.run.compile_cache else None
+        validator = Validator(cfg, self, self.global_batch) if cfg.eval.every else None
         profiler = Profiler(str(self.run_dir / "profile"), cfg.logging.profile_steps, self.log)
         state = self.init_state()
         ckpt = TrainCheckpointer(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep,
@@ -403,6 +405,9 @@ class Trainer:
                         "mfu": self.flops_per_token * tps / peak if peak > 0 else None,
                         "memory_mb": device_peak_mb(),
                         "data_bad": loader.stats["bad"], "data_short": loader.stats["short"]}
+                if validator is not None and validator.due(step + 1):
+                    last["eval_loss"] = validator(state["params"])
+                    self.log(f"step {step + 1}: eval_loss {last['eval_loss']:.4f} ({cfg.eval.batches} held-out batches)")
                 writer.write(step + 1, last)
                 if (step + 1) % cfg.train.log_every == 0 or step == start or step + 1 == cfg.train.steps:
                     if self.process == 0:
