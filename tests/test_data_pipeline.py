@@ -380,3 +380,25 @@ def test_bad_labels_name_the_line(tmp_path, record, message):
     path.write_text(json.dumps({"input_ids": [1, 2, 3]}) + "\n" + json.dumps(record) + "\n")
     with pytest.raises(DataError, match=f"bad.jsonl:2: {message}"):
         JsonlSource(path, tokenizer=byte_tokenizer())[1]
+
+
+def test_data_path_takes_globs_and_lists(tmp_path):
+    """data.path names several files: a glob (matches sorted) and/or a comma-separated list; the
+    records are read in that order, and a name that matches nothing is one line naming it."""
+    from comet_jax.config import ConfigError
+    from comet_jax.train.train_config import load_config
+    from comet_jax.train.train_config_checks import validate_paths
+
+    for name, n in (("b-books.jsonl", 3), ("a-books.jsonl", 2), ("code.jsonl", 1)):
+        (tmp_path / name).write_text("".join(json.dumps({"input_ids": [len(name), k, 7]}) + "\n" for k in range(n)))
+    src = make_source(source="jsonl", path=f"{tmp_path}/*-books.jsonl,{tmp_path}/code.jsonl", seq_len=8)
+    assert len(src) == 6
+    firsts = [(int(src[i]["input_ids"][0]), int(src[i]["input_ids"][1])) for i in range(6)]
+    assert firsts == [(13, 0), (13, 1), (13, 0), (13, 1), (13, 2), (10, 0)]
+    loader = make_loader(src, seq_len=8, batch_size=2, mode="full", seed=0, shuffle=False, num_epochs=1)
+    assert sum(int((b["lengths"] > 0).sum()) for b in loader) == 6
+    with pytest.raises(DataError, match="nothing-\\*.jsonl: no file matches"):
+        make_source(source="jsonl", path=f"{tmp_path}/nothing-*.jsonl", seq_len=8)
+    cfg = load_config(None, ["data.source=jsonl", f"data.path={tmp_path}/code.jsonl,{tmp_path}/missing.jsonl"])
+    with pytest.raises(ConfigError, match="data.path: .*missing.jsonl does not exist"):
+        validate_paths(cfg)

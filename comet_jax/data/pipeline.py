@@ -56,6 +56,7 @@ import numpy as np
 from comet_jax import layout
 from comet_jax.chunking import PlannerMix, fixed
 from comet_jax.config import MODES, SOURCES, CometConfig
+from comet_jax.data.files import data_files
 from comet_jax.data.jsonl import DataError, parse_bytes
 from comet_jax.data.passkey import PasskeySource
 from comet_jax.loss import IGNORE
@@ -204,6 +205,31 @@ class ArrayRecordSource:
         return rec
 
 
+class ConcatSource:
+    """Several sources read as one: the records of the first, then of the second, ..."""
+
+    def __init__(self, sources: Sequence[Any]):
+        self.sources = list(sources)
+        self._offsets = np.cumsum([0] + [len(s) for s in self.sources]).astype(np.int64)
+
+    @property
+    def num_bad(self) -> int:
+        return sum(s.num_bad for s in self.sources)
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __repr__(self) -> str:
+        return f"ConcatSource({self.sources!r})"
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} outside [0, {len(self)})")
+        f = int(np.searchsorted(self._offsets, index, side="right")) - 1
+        return self.sources[f][index - int(self._offsets[f])]
+
+
 def _get(cfg: Any, key: str, default: Any) -> Any:
     if cfg is None:
         return default
@@ -214,8 +240,8 @@ def _get(cfg: Any, key: str, default: Any) -> Any:
 
 def make_source(cfg: Any = None, tokenizer: Any = None, **overrides):
     """Build a source from a data config (a mapping or an object with these attributes) and/or
-    keyword overrides: source ("passkey" | "jsonl" | "arrayrecord"), path (a file, or for
-    arrayrecord a list of files / a comma-separated string), seq_len, skip_bad (False),
+    keyword overrides: source ("passkey" | "jsonl" | "arrayrecord"), path (files and globs,
+    comma-separated, read in that order: comet_jax/data/files.py; for arrayrecord also a list), seq_len, skip_bad (False),
     passkey_min_len (None: the shortest possible prompt), passkey_digits (5), passkey_loss
     ("answer" or "all"), passkey_needles (1), passkey_questions (1), passkey_end (""),
     passkey_filler ("cycle"), passkey_repeats ("spread"), passkey_named (0), passkey_shift (0), passkey_shift_at ("task"),
@@ -250,11 +276,15 @@ def make_source(cfg: Any = None, tokenizer: Any = None, **overrides):
     if not path:
         raise ValueError(f"make_source: source {kind!r} needs a path")
     limits = {"max_tokens": get("seq_len"), "reserved": get("reserved")}
+    if kind in ("jsonl", "arrayrecord") and isinstance(path, (str, os.PathLike)):
+        try:
+            path = data_files(str(path))
+        except FileNotFoundError as e:
+            raise DataError(str(e)) from None
     if kind == "jsonl":
-        return JsonlSource(path, tokenizer, vocab_size, skip_bad, **limits)
+        sources = [JsonlSource(p, tokenizer, vocab_size, skip_bad, **limits) for p in path]
+        return sources[0] if len(sources) == 1 else ConcatSource(sources)
     if kind == "arrayrecord":
-        if isinstance(path, str):
-            path = [p for p in path.split(",") if p]
         return ArrayRecordSource(path, tokenizer, vocab_size, skip_bad, **limits)
     raise ValueError(f"make_source: unknown source {kind!r}; expected one of {SOURCES}")
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from comet_jax.data.files import data_files
+
 from comet_jax.config import (ATTENTIONS, MODES, PASSKEY_FILLERS, PASSKEY_NAMES, PASSKEY_REPEATS, PASSKEY_SHIFT_AT,
                               PLANNERS, REMATS, SCHEDULES, SOURCES, TRAIN_DTYPES, ConfigError, check_comet_settings)
 from comet_jax.train.train_config import FIELD_TYPES, TrainConfig, load_config, unknown_key
@@ -24,10 +26,12 @@ def load_valid(args) -> TrainConfig:
 def validate_paths(cfg: TrainConfig) -> None:
     """The files the run reads exist: checked before anything is imported, compiled or written."""
     d, m = cfg.data, cfg.model
-    if d.source != "passkey":
-        for p in [s for s in d.path.split(",") if s] if d.source == "arrayrecord" else [d.path]:
-            if not Path(p).is_file():
-                raise ConfigError(f"data.path: {p} does not exist or is not a file")
+    for key, path in (("data.path", d.path if d.source != "passkey" else ""), ("eval.path", cfg.eval.path)):
+        if path:
+            try:
+                data_files(path)
+            except FileNotFoundError as e:
+                raise ConfigError(f"{key}: {e}") from None
     if m.init != "scratch" and not (Path(m.init) / "comet_jax.json").is_file():
         what = "does not exist" if not Path(m.init).exists() else "is not a converted checkpoint (no comet_jax.json)"
         raise ConfigError(f"model.init: {m.init} {what}; convert an HF model first with "
