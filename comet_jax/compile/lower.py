@@ -102,9 +102,7 @@ def build_functions(cfg, model, comet, mesh, wanted: set[str], decode_batch: int
         state = aot.abstract_train_state(params, tx, mesh)
         planners = PlannerMix(weights=dict(cfg.comet.planners), min_size=cfg.comet.min_chunk,
                               boundary_ids=tuple(cfg.comet.boundary_ids))
-        n = num_chunks_for(cfg.data.seq_len, comet, planners)
-        if stages > 1:
-            n = -(-n // stages) * stages
+        n = num_chunks_for(cfg.data.seq_len, comet, planners, stages)
         batch = aot.abstract_batch(mode, comet, cfg.train.batch_size, cfg.data.seq_len, n, mesh, stages > 1)
         fn = make_train_step(tx, schedule, model=model, comet=comet, mode=mode, schedule=cfg.model.schedule,
                              remat=cfg.model.remat, grad_accum=o.grad_accum,

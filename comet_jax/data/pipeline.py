@@ -291,13 +291,16 @@ def make_source(cfg: Any = None, tokenizer: Any = None, **overrides):
 
 # --------------------------------------------------------------------------- chunk counts
 
-def num_chunks_for(seq_len: int, comet_cfg: CometConfig, planner_mix: PlannerMix | None = None) -> int:
+def num_chunks_for(seq_len: int, comet_cfg: CometConfig, planner_mix: PlannerMix | None = None,
+                   stages: int = 1) -> int:
     """Most chunks any planner of the mix can make for a sequence of at most `seq_len` tokens.
 
     fixed / right_aligned: ceil(seq_len / C); uniform / random: ceil(seq_len / min(min_size, C));
     semantic: two consecutive chunks hold more than C tokens together, so at most
     2 * ((seq_len - 1) // (C + 1)) + 2 (and never more than seq_len). Used as the fixed chunk count
-    of every batch, so the train step compiles once.
+    of every batch, so the train step compiles once. With `stages` (the layer pipeline's
+    mesh.stage) it is rounded up to a multiple of them: every stage gets the same number of
+    chunks, the extra ones fully masked.
     """
     C = comet_cfg.chunk_size
     mix = planner_mix or PlannerMix()
@@ -310,7 +313,7 @@ def num_chunks_for(seq_len: int, comet_cfg: CometConfig, planner_mix: PlannerMix
         else:  # semantic
             n = 1 if seq_len <= C else min(seq_len, 2 * ((seq_len - 1) // (C + 1)) + 2)
         best = max(best, n)
-    return best
+    return -(-best // stages) * stages
 
 
 # --------------------------------------------------------------------------- transforms

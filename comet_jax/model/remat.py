@@ -22,7 +22,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from comet_jax.config import REMATS
 
-# the name every floating input of a checkpointed step carries (what `offload` moves off the chip)
+# the name the floating arrays of a checkpointed step's carry take (what `offload` moves off the chip)
 STEP_INPUT = "step_input"
 
 
@@ -95,7 +95,7 @@ def wave_checkpointed(fn: Callable, remat: bool | str) -> Callable:
     name = policy_name(remat)
     cp = jax.checkpoint_policies
     if name == "offload":
-        return jax.checkpoint(named_carry(fn), policy=offload_policy())
+        return checkpointed(fn, "offload")
     if name == "none":
         return jax.checkpoint(fn, policy=cp.save_anything_except_these_names(STREAMED))
     keep = cp.save_only_these_names(CHUNK_INPUT)

@@ -85,8 +85,7 @@ def pipeline_token_losses(params: dict, batch: dict[str, Any], model: ModelConfi
                 whole = jax.lax.all_to_all(blocks, stage_axis, split_axis=0, concat_axis=d, tiled=True)
                 return whole[0]
 
-            return jax.tree.map(checkpoint_name, jax.tree.map(one, params["layers"], dims["layers"]),
-                                jax.tree.map(lambda _: STREAMED, params["layers"]))
+            return checkpoint_name(jax.tree.map(one, params["layers"], dims["layers"]), STREAMED)
 
         def wave_step(carry, t):
             h_all, received = carry

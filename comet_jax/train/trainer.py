@@ -219,11 +219,8 @@ class Trainer:
                           passkey_shift=stage.shift,
                           seed=cfg.run.seed + stage.index,
                           vocab_size=self.model.real_vocab, reserved=comet_token_names(self.comet))
-        num_chunks = None
-        if self.mode == "comet" and self.stages > 1:
-            # every stage gets the same number of chunks: pad with fully masked ones
-            n = num_chunks_for(seq_len, comet, self.planners)
-            num_chunks = -(-n // self.stages) * self.stages
+        pipelined = self.mode == "comet" and self.stages > 1
+        num_chunks = num_chunks_for(seq_len, comet, self.planners, self.stages) if pipelined else None
         return make_loader(src, seq_len=seq_len, batch_size=local_batch, comet_cfg=comet,
                            planner_mix=self.planners, mode=self.mode, seed=cfg.run.seed + 1000 * stage.index,
                            shuffle=cfg.data.shuffle, shard_index=self.process, shard_count=self.n_processes,

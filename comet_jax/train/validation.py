@@ -28,13 +28,15 @@ class Validator:
         t, d = trainer, cfg.data
         local = cfg.train.batch_size // t.n_processes
         over = {"path": cfg.eval.path} if cfg.eval.path else {"seed": HELD_OUT_SEED}
+        pipelined = t.mode == "comet" and t.stages > 1
+        num_chunks = num_chunks_for(d.seq_len, t.comet, t.planners, t.stages) if pipelined else None
         src = make_source(d, t.tokenizer, seq_len=d.seq_len, passkey_min_len=min(d.passkey_min_len or d.seq_len,
                                                                                d.seq_len),
                           vocab_size=t.model.real_vocab,
                           reserved=comet_token_names(t.comet), **over)
         loader = make_loader(src, seq_len=d.seq_len, batch_size=local, comet_cfg=t.comet, planner_mix=t.planners,
                              mode=t.mode, seed=HELD_OUT_SEED, shuffle=False, shard_index=t.process,
-                             shard_count=t.n_processes, num_chunks=self.num_chunks(t, d.seq_len))
+                             shard_count=t.n_processes, num_chunks=num_chunks)
         keys = COMET_KEYS if t.mode == "comet" else FULL_KEYS
         try:
             self.batches = [place({k: v for k, v in next(loader).items() if k in keys})
@@ -44,14 +46,6 @@ class Validator:
         m = cfg.model
         self.fn = jax.jit(partial(loss_sum, model=t.model, comet=t.comet, mode=t.mode, schedule=m.schedule,
                                   remat=m.remat, pipeline_mesh=t.mesh if t.stages > 1 else None))
-
-    @staticmethod
-    def num_chunks(t, seq_len: int) -> int | None:
-        """The pipeline needs a chunk count its stages divide (as the trainer's loader pads to)."""
-        if t.mode != "comet" or t.stages == 1:
-            return None
-        n = num_chunks_for(seq_len, t.comet, t.planners)
-        return -(-n // t.stages) * t.stages
 
     def due(self, step: int) -> bool:
         every = self.cfg.eval.every
