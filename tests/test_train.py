@@ -303,6 +303,11 @@ def test_validation_loss_every_n_steps_equal_after_resume(tmp_path):
     rng = np.random.default_rng(0)
     held.write_text("".join(json.dumps({"input_ids": rng.integers(1, 200, 300).tolist()}) + "\n" for _ in range(4)))
     proc = run(tmp_path / "b", "train.steps=2", "checkpoint.every=100", "eval.every=1", f"eval.path={held}",
-               "data.source=jsonl", f"data.path={held}", check=False)
+               "data.source=jsonl", f"data.path={held}", "eval.passkey_lengths=[300]", "eval.passkey_samples=1",
+               check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(evals(tmp_path / "b")) == [1, 2]
+    rec = [json.loads(ln) for ln in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert np.isfinite(rec["eval_loss_first_chunk"]) and np.isfinite(rec["eval_loss_last_chunk"])
+    assert 0 <= rec["eval_passkey_300"] <= 1
+    assert "first chunk" in proc.stdout + proc.stderr and "passkey@300" in proc.stdout + proc.stderr

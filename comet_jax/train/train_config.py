@@ -151,6 +151,9 @@ class EvalSection:
     every: int = 0  # optimizer steps between validations (and at the end); 0 = none
     path: str = ""  # held-out data in data.source's format; empty = data.path's source reseeded (passkey only)
     batches: int = 2  # batches of train.batch_size sequences of data.seq_len tokens
+    # passkey retrieval at these prompt lengths (tokens) at each validation: eval_passkey_{length}
+    passkey_lengths: list[int] = field(default_factory=list)
+    passkey_samples: int = 4  # prompts per (length, depth); depths 0, 0.5 and 1
 
 
 @dataclass(frozen=True)

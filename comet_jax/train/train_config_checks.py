@@ -120,6 +120,9 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     if cfg.eval.every and not cfg.eval.path and d.source != "passkey":
         raise ConfigError(f"eval.every={cfg.eval.every} needs eval.path: held-out data in the format of "
                           f"data.source={d.source}")
+    if cfg.eval.passkey_samples < 1 or any(n < 1 for n in cfg.eval.passkey_lengths):
+        raise ConfigError(f"eval.passkey_samples must be >= 1 and eval.passkey_lengths positive token counts; got "
+                          f"{cfg.eval.passkey_samples} and {list(cfg.eval.passkey_lengths)}")
     steps = cfg.logging.profile_steps
     if steps and (len(steps) != 2 or not 1 <= steps[0] <= steps[1] <= t.steps):
         raise ConfigError(f"logging.profile_steps must be [start, stop] with 1 <= start <= stop <= train.steps "

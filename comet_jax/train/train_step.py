@@ -22,18 +22,23 @@ def batch_axis(mode: str) -> int:
     return 1 if mode == "comet" else 0
 
 
-def loss_sum(params, batch: dict[str, jnp.ndarray], model: ModelConfig, comet: CometConfig, mode: str,
-             schedule: str, remat: bool | str, pipeline_mesh=None) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """(sum of token losses, number of labeled tokens) of one micro-batch. With a
-    `pipeline_mesh` the chunks run as the wavefront over its `stage` axis."""
+def token_losses(params, batch: dict[str, jnp.ndarray], model: ModelConfig, comet: CometConfig, mode: str,
+                 schedule: str, remat: bool | str, pipeline_mesh=None) -> jnp.ndarray:
+    """Per-token losses of one micro-batch, 0 where unlabeled: [N, B, C] (comet) or [B, T]
+    (full). With a `pipeline_mesh` the chunks run as the wavefront over its `stage` axis."""
     if mode == "comet" and pipeline_mesh is not None:
         from comet_jax.parallel.pipeline import pipeline_token_losses
 
-        nll = pipeline_token_losses(params, batch, model, comet, pipeline_mesh, remat=remat)
-    elif mode == "comet":
-        nll = comet_model.token_losses(params, batch, model, comet, schedule, remat)
-    else:
-        nll = backbone.full_token_losses(params, batch["tokens"], batch["lengths"], batch["labels"], model, remat)
+        return pipeline_token_losses(params, batch, model, comet, pipeline_mesh, remat=remat)
+    if mode == "comet":
+        return comet_model.token_losses(params, batch, model, comet, schedule, remat)
+    return backbone.full_token_losses(params, batch["tokens"], batch["lengths"], batch["labels"], model, remat)
+
+
+def loss_sum(params, batch: dict[str, jnp.ndarray], model: ModelConfig, comet: CometConfig, mode: str,
+             schedule: str, remat: bool | str, pipeline_mesh=None) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(sum of token losses, number of labeled tokens) of one micro-batch."""
+    nll = token_losses(params, batch, model, comet, mode, schedule, remat, pipeline_mesh)
     return jnp.sum(nll), jnp.sum(batch["labels"] != IGNORE)
 
 

@@ -33,7 +33,7 @@ from comet_jax.model.init import init_params
 from comet_jax.train.optim import make_optimizer
 from comet_jax.parallel import sharding
 from comet_jax.train.run_tools import CompileCache, Profiler
-from comet_jax.train.validation import Validator
+from comet_jax.train.validation import Validator, describe
 from comet_jax.train.run_lock import RunDirLocked, RunLock
 from comet_jax.train.train_checkpoint import (ASIDE_DIR, CheckpointSaveError, NoReadableCheckpoint, NonFiniteState,
                                               TrainCheckpointer, abstract_like, root_cause)
@@ -403,8 +403,9 @@ class Trainer:
                         "memory_mb": device_peak_mb(),
                         "data_bad": loader.stats["bad"], "data_short": loader.stats["short"]}
                 if validator is not None and validator.due(step + 1):
-                    last["eval_loss"] = validator(state["params"])
-                    self.log(f"step {step + 1}: eval_loss {last['eval_loss']:.4f} ({cfg.eval.batches} held-out batches)")
+                    results = validator(state["params"])
+                    last.update(results)
+                    self.log(f"step {step + 1}: {describe(results, cfg.eval.batches)}")
                 writer.write(step + 1, last)
                 if (step + 1) % cfg.train.log_every == 0 or step == start or step + 1 == cfg.train.steps:
                     if self.process == 0:
