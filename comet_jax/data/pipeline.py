@@ -7,7 +7,8 @@ Sources are random-access (`__len__`, `__getitem__`) and return records
 - `JsonlSource`: one `{"input_ids": [...]}` (optionally with `labels` or `loss_mask`:
   comet_jax/data/jsonl.py) or `{"text": ...}` object a line; the file is
   scanned once for line offsets, records are read and validated on access;
-- `ArrayRecordSource`: ArrayRecord files whose records are the same JSON objects (bytes).
+- `ArrayRecordSource`: ArrayRecord files whose records are the same JSON objects (bytes);
+- `ConcatSource` (several files one after another), `MixtureSource` (weighted: data/mixture.py).
 
 A bad record raises `DataError` naming file:line (file:record for ArrayRecord), or with
 `skip_bad=True` is skipped and counted (`Loader.stats["bad"]`); the first few skipped records
@@ -58,6 +59,7 @@ from comet_jax.chunking import PlannerMix, fixed
 from comet_jax.config import MODES, SOURCES, CometConfig
 from comet_jax.data.files import data_files
 from comet_jax.data.jsonl import DataError, parse_bytes
+from comet_jax.data.mixture import MixtureSource
 from comet_jax.data.passkey import PasskeySource
 from comet_jax.loss import IGNORE
 
@@ -241,7 +243,9 @@ def _get(cfg: Any, key: str, default: Any) -> Any:
 def make_source(cfg: Any = None, tokenizer: Any = None, **overrides):
     """Build a source from a data config (a mapping or an object with these attributes) and/or
     keyword overrides: source ("passkey" | "jsonl" | "arrayrecord"), path (files and globs,
-    comma-separated, read in that order: comet_jax/data/files.py; for arrayrecord also a list), seq_len, skip_bad (False),
+    comma-separated, read in that order: comet_jax/data/files.py; for arrayrecord also a list),
+    mixture (a list of {path, weight}: comet_jax/data/mixture.py; ignored when `path` is a keyword
+    override), seq_len, skip_bad (False),
     passkey_min_len (None: the shortest possible prompt), passkey_digits (5), passkey_loss
     ("answer" or "all"), passkey_needles (1), passkey_questions (1), passkey_end (""),
     passkey_filler ("cycle"), passkey_repeats ("spread"), passkey_named (0), passkey_shift (0), passkey_shift_at ("task"),
@@ -272,10 +276,15 @@ def make_source(cfg: Any = None, tokenizer: Any = None, **overrides):
                              named=int(get("passkey_named", 0)), shift=int(get("passkey_shift", 0)),
                              shift_at=get("passkey_shift_at", "task"),
                              shift_share=float(get("passkey_shift_share", 1.0)))
+    limits = {"max_tokens": get("seq_len"), "reserved": get("reserved")}
+    mixture = None if "path" in overrides else get("mixture")  # an explicit path (eval.path) wins
+    if mixture:
+        items = [(_get(m, "path", None), float(_get(m, "weight", 1.0))) for m in mixture]
+        return MixtureSource([make_source(cfg, tokenizer, **{**overrides, "path": p}) for p, _ in items],
+                             [w for _, w in items])
     path = get("path")
     if not path:
-        raise ValueError(f"make_source: source {kind!r} needs a path")
-    limits = {"max_tokens": get("seq_len"), "reserved": get("reserved")}
+        raise ValueError(f"make_source: source {kind!r} needs a path (or a mixture)")
     if kind in ("jsonl", "arrayrecord") and isinstance(path, (str, os.PathLike)):
         try:
             path = data_files(str(path))

@@ -68,9 +68,19 @@ class StageSection:
 
 
 @dataclass(frozen=True)
+class MixtureItem:
+    """One component of `data.mixture`: files (as data.path: comma-separated, globs) and its weight."""
+
+    path: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
 class DataSection:
     source: str = "passkey"  # or "jsonl", "arrayrecord"
-    path: str = ""
+    path: str = ""  # files in that format: comma-separated, globs allowed
+    # instead of path: [{path, weight}, ...] drawn in proportion to the weights (data/mixture.py)
+    mixture: list[MixtureItem] = field(default_factory=list)
     # "byte" (UTF-8 bytes), "passkey" (byte-level, one token per word of the passkey texts:
     # data/passkey_tokenizer.py), "checkpoint" (model.init's tokenizer.json), or a tokenizer.json path
     tokenizer: str = "byte"

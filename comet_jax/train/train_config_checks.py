@@ -26,7 +26,9 @@ def load_valid(args) -> TrainConfig:
 def validate_paths(cfg: TrainConfig) -> None:
     """The files the run reads exist: checked before anything is imported, compiled or written."""
     d, m = cfg.data, cfg.model
-    for key, path in (("data.path", d.path if d.source != "passkey" else ""), ("eval.path", cfg.eval.path)):
+    paths = [("data.path", d.path if d.source != "passkey" else ""), ("eval.path", cfg.eval.path)]
+    paths += [(f"data.mixture[{i}].path", m.path) for i, m in enumerate(d.mixture)]
+    for key, path in paths:
         if path:
             try:
                 data_files(path)
@@ -180,8 +182,15 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     if any(ch.isdigit() for ch in d.passkey_end):
         raise ConfigError(f"data.passkey_end must not contain digits (it marks the end of the key), "
                           f"got {d.passkey_end!r}; e.g. data.passkey_end=.")
-    if d.source != "passkey" and not d.path:
-        raise ConfigError(f"data.source={d.source} needs data.path (the {d.source} file or directory)")
+    if d.source != "passkey" and not d.path and not d.mixture:
+        raise ConfigError(f"data.source={d.source} needs data.path (its files: comma-separated, globs allowed) or "
+                          "data.mixture ([{path, weight}, ...])")
+    if d.mixture and (d.path or d.source == "passkey"):
+        raise ConfigError("data.mixture replaces data.path and mixes files of data.source=jsonl or arrayrecord; "
+                          + ("remove data.path" if d.path else f"set data.source (now {d.source})"))
+    for i, item in enumerate(d.mixture):
+        if not (item.weight > 0 and math.isfinite(item.weight)):
+            raise ConfigError(f"data.mixture[{i}].weight must be > 0, got {item.weight}")
     if d.tokenizer == "checkpoint" and m.init == "scratch":
         raise ConfigError("data.tokenizer=checkpoint needs model.init to be a converted checkpoint; "
                           "use data.tokenizer=byte, passkey or a tokenizer.json path for model.init=scratch")
