@@ -115,7 +115,7 @@ def describe(results: dict[str, float], batches: int) -> str:
         parts.append(f"first chunk {results['eval_loss_first_chunk']:.4f} -> last chunk "
                      f"{results['eval_loss_last_chunk']:.4f}")
     parts += [f"passkey@{k.rsplit('_', 1)[1]} {v:.2f}" for k, v in results.items() if k.startswith("eval_passkey_")]
-    return ", ".join(parts) + f" ({batches} held-out batches)"
+    return ", ".join(parts) + f" ({batches} held-out batch{'es' if batches != 1 else ''})"
 
 
 class PasskeyProbe:
