@@ -283,7 +283,8 @@ def test_profile_steps_and_compile_cache(tmp_path):
 
 def test_validation_loss_every_n_steps_equal_after_resume(tmp_path):
     """eval.every=2 logs eval_loss at steps 2 and 4 (held-out passkey batches, another seed);
-    resumed from step 2, the run logs the same validation losses. A JSONL eval.path works too."""
+    resumed from step 2, the run logs the same validation losses. A JSONL eval.path (read as
+    JSONL though the run trains on the passkey task), the chunk losses and a passkey probe too."""
     import shutil
 
     args = ["train.steps=4", "checkpoint.every=2", "eval.every=2", "eval.batches=1"]
@@ -303,7 +304,7 @@ def test_validation_loss_every_n_steps_equal_after_resume(tmp_path):
     rng = np.random.default_rng(0)
     held.write_text("".join(json.dumps({"input_ids": rng.integers(1, 200, 300).tolist()}) + "\n" for _ in range(4)))
     proc = run(tmp_path / "b", "train.steps=2", "checkpoint.every=100", "eval.every=1", f"eval.path={held}",
-               "data.source=jsonl", f"data.path={held}", "eval.passkey_lengths=[300]", "eval.passkey_samples=1",
+               "eval.passkey_lengths=[300]", "eval.passkey_samples=1",
                check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(evals(tmp_path / "b")) == [1, 2]

@@ -65,3 +65,12 @@ def test_the_log_line_names_the_chunk_losses_and_passkey_lengths():
     line = describe({"eval_loss": 2.0, "eval_loss_first_chunk": 3.0, "eval_loss_last_chunk": 1.5,
                      "eval_passkey_512": 0.75}, batches=2)
     assert line == "eval_loss 2.0000, first chunk 3.0000 -> last chunk 1.5000, passkey@512 0.75 (2 held-out batches)"
+
+
+def test_held_out_files_are_read_in_the_training_format_or_by_name():
+    from comet_jax.data.files import held_out_source
+
+    assert held_out_source("jsonl", "v.array_record") == "jsonl"
+    assert held_out_source("arrayrecord", "v.jsonl") == "arrayrecord"
+    assert held_out_source("passkey", "held/v.jsonl") == "jsonl"
+    assert held_out_source("passkey", "a.array_record-00000-of-00002,b.arrayrecord") == "arrayrecord"

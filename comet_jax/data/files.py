@@ -27,3 +27,13 @@ def data_files(path: str) -> list[str]:
     if not out:
         raise FileNotFoundError("no file given")
     return out
+
+
+def held_out_source(data_source: str, path: str) -> str:
+    """The format of held-out files (eval.path): the training data's, or, when training reads
+    the synthetic passkey task, ArrayRecord for files named *.array_record* / *.arrayrecord,
+    else JSONL."""
+    if data_source != "passkey":
+        return data_source
+    names = [item.strip().lower() for item in str(path).split(",") if item.strip()]
+    return "arrayrecord" if names and all("array_record" in n or "arrayrecord" in n for n in names) else "jsonl"

@@ -159,7 +159,9 @@ class EvalSection:
     """Validation while training: the mean loss of fixed held-out batches."""
 
     every: int = 0  # optimizer steps between validations (and at the end); 0 = none
-    path: str = ""  # held-out data in data.source's format; empty = data.path's source reseeded (passkey only)
+    # held-out files in data.source's format (JSONL, or ArrayRecord by name, for the passkey task);
+    # empty = the passkey task under another seed (passkey only)
+    path: str = ""
     batches: int = 2  # batches of train.batch_size sequences of data.seq_len tokens
     # passkey retrieval at these prompt lengths (tokens) at each validation: eval_passkey_{length}
     passkey_lengths: list[int] = field(default_factory=list)

@@ -10,8 +10,9 @@ falling below the first-chunk loss is the memory at work. `eval_passkey_{length}
 of passkey prompts of that many tokens (depths 0, 0.5, 1; `eval.passkey_samples` each) whose
 greedy answer starts with the key (comet-passkey's "accuracy").
 
-The batches are read once, in order, from `eval.path` (data.source's format) or, for the
-passkey source without a path, from the task's own generator under another seed; nothing here
+The batches are read once, in order, from `eval.path` (data.source's format; JSONL or
+ArrayRecord by the file names when training on the passkey task) or, for the passkey source
+without a path, from the task's own generator under another seed; nothing here
 touches the training data's order, so a resumed run logs the same numbers."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from comet_jax.config import ConfigError
+from comet_jax.data.files import held_out_source
 from comet_jax.data.jsonl import comet_token_names
 from comet_jax.data.pipeline import make_loader, make_source, num_chunks_for
 from comet_jax.layout import Slots
@@ -67,7 +69,8 @@ class Validator:
         self.cfg, self.trainer = cfg, trainer
         t, d = trainer, cfg.data
         local = cfg.train.batch_size // t.n_processes
-        over = {"path": cfg.eval.path} if cfg.eval.path else {"seed": HELD_OUT_SEED}
+        over = ({"path": cfg.eval.path, "source": held_out_source(d.source, cfg.eval.path)} if cfg.eval.path
+                else {"seed": HELD_OUT_SEED})
         pipelined = t.mode == "comet" and t.stages > 1
         num_chunks = num_chunks_for(d.seq_len, t.comet, t.planners, t.stages) if pipelined else None
         src = make_source(d, t.tokenizer, seq_len=d.seq_len, passkey_min_len=min(d.passkey_min_len or d.seq_len,
