@@ -12,7 +12,8 @@ from comet_jax.data.files import data_files
 
 from comet_jax.config import (ATTENTIONS, MODES, PASSKEY_FILLERS, PASSKEY_NAMES, PASSKEY_REPEATS, PASSKEY_SHIFT_AT,
                               PLANNERS, REMATS, SCHEDULES, SOURCES, TRAIN_DTYPES, ConfigError, check_comet_settings)
-from comet_jax.train.train_config import FIELD_TYPES, TrainConfig, load_config, unknown_key
+from comet_jax.train.config_parse import unknown_key
+from comet_jax.train.train_config import FIELD_TYPES, TrainConfig, load_config
 
 
 def load_valid(args) -> TrainConfig:
