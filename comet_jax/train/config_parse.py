@@ -74,7 +74,8 @@ def coerce(key: str, tp: Any, value: Any) -> Any:
         return dict(value)
     if dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp)
-        need = [f.name for f in dataclasses.fields(tp) if f.default is dataclasses.MISSING]
+        need = [f.name for f in dataclasses.fields(tp)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         optional = [k for k in hints if k not in need]
         shape = (f"a mapping {{{', '.join(f'{k}: {type_name(hints[k])}' for k in need)}}}"
                  + (f" with optional {', '.join(optional)}" if optional else ""))
