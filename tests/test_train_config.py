@@ -332,7 +332,8 @@ def test_passkey_section_from_yaml_and_overrides(tmp_path):
 
 def test_unknown_passkey_keys_suggest(tmp_path):
     msg = raises(r"unknown key data\.passkey\.digts \(in command line\)", load_config, None, ["data.passkey.digts=3"])
-    assert "known keys of data.passkey: min_len, digits, loss" in msg and msg.endswith("did you mean data.passkey.digits?")
+    assert "known keys of data.passkey: min_len, digits, loss" in msg
+    assert msg.endswith("did you mean data.passkey.digits?")
     msg = raises(r"unknown key data\.passkey\.digts", load_config, None, ["data.passkey={digts: 3}"])
     assert msg.endswith("did you mean data.passkey.digits?")
     p = write(tmp_path, "data:\n  passkey:\n    shift_shar: 0.5\n")
