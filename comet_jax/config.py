@@ -33,10 +33,10 @@ PASSKEY_FILLERS = ("cycle", "random")  # filler sentences in their fixed cycle, 
 # where a key's later questions go: after more filler each ("spread"), or all straight after its
 # first answer ("end": the first question then comes as late as the length allows)
 PASSKEY_REPEATS = ("spread", "end")
-# where data.passkey_shift's filler goes: between the task line and the rest ("task"), or
+# where data.passkey.shift's filler goes: between the task line and the rest ("task"), or
 # before the task line ("start": the needle of depth 0 still follows the task line directly)
 PASSKEY_SHIFT_AT = ("task", "start")
-# names of the extra passkey keys (data.passkey_named): words the passkey tokenizer already has
+# names of the extra passkey keys (data.passkey.named): words the passkey tokenizer already has
 PASSKEY_NAMES = ("blue", "green", "yellow")
 TRAIN_DTYPES = ("float32", "bfloat16")
 REMATS = ("full", "dots", "offload", "none")  # activation recompute policies (comet_jax/model/remat.py)

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", type=int, default=4, help="documents (loss) or items (tasks) (default 4)")
     ap.add_argument("--tokens", default="64k", help="tokens per document or prompt, k/M allowed (default 64k)")
     ap.add_argument("--episode", default="512", help="loss: tokens per prompt + answer in a document (default 512)")
-    ap.add_argument("--end", default="", help="loss: text after each answer's key (as data.passkey_end)")
+    ap.add_argument("--end", default="", help="loss: text after each answer's key (as data.passkey.end)")
     ap.add_argument("--tokenizer", default="passkey", help="byte, passkey or a tokenizer.json path (default passkey)")
     ap.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     args = ap.parse_args(argv)

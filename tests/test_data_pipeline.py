@@ -200,6 +200,18 @@ def test_make_source(tmp_path, tok):
         make_source(source="parquet", path="x")
 
 
+def test_make_source_reads_the_training_configs_passkey_section():
+    """The training config keeps passkey_X as data.passkey.X; keyword overrides still win."""
+    from comet_jax.train.train_config import load_config
+
+    d = load_config(None, ["data.passkey={digits: 4, end: ., shift: 3, shift_at: start, needles: 2}"]).data
+    pk = make_source(d, None, seq_len=600, passkey_min_len=400)
+    assert (pk.digits, pk.shift, pk.shift_at, pk.needles, pk.min_len) == (4, 3, "start", 2, 400)
+    assert make_source(d, None, seq_len=600, passkey_min_len=400, passkey_shift=0).shift == 0
+    nested = make_source({"source": "passkey", "seq_len": 600, "passkey": {"digits": 3, "named": 2}}, None)
+    assert (nested.digits, nested.named, nested.needles) == (3, 2, 1)  # the rest: make_source's defaults
+
+
 # --------------------------------------------------------------------------- loader
 
 def test_comet_batches_have_fixed_shapes(tok):

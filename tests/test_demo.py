@@ -104,7 +104,7 @@ def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
     (tmp_path / "config.yaml").write_text(dump_yaml(load_config(config, sets)))
     assert demo.same_config(tmp_path, config, sets)
     assert not demo.same_config(tmp_path, config, ["run.seed=1", "train.steps=4"])
-    assert not demo.same_config(tmp_path, config, sets + ["data.passkey_questions=2"])
+    assert not demo.same_config(tmp_path, config, sets + ["data.passkey.questions=2"])
 
 
 class FakeChildren:

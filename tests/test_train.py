@@ -119,12 +119,12 @@ def test_loss_falls(tmp_path):
 
 
 def test_curriculum_stage_sets_chunk_size_and_min_len(tmp_path):
-    """A stage's chunk_size / passkey_min_len are used for that stage (its steps equal a run
+    """A stage's chunk_size / passkey.min_len are used for that stage (its steps equal a run
     configured with them throughout) and the run goes back to the comet section's after it."""
     a = run(tmp_path / "staged", "train.steps=3", "checkpoint.every=100",
-            "data.curriculum=[{until_step: 2, seq_len: 320, chunk_size: 128, passkey_min_len: 300}]")
+            "data.curriculum=[{until_step: 2, seq_len: 320, chunk_size: 128, passkey: {min_len: 300}}]")
     run(tmp_path / "plain", "train.steps=2", "checkpoint.every=100", "comet.chunk_size=128",
-        "data.passkey_min_len=300")
+        "data.passkey.min_len=300")
     assert "chunks of 128" in a.stderr and "chunks of 64" in a.stderr
     staged, plain = losses(tmp_path / "staged"), losses(tmp_path / "plain")
     assert [staged[1], staged[2]] == [plain[1], plain[2]]

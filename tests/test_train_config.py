@@ -101,6 +101,8 @@ def test_override_syntax():
     raises(r"'optim\.lr' has no '='", load_config, None, ["optim.lr"])
     raises(r"section\.key", load_config, None, ["lr=1"])
     raises(r"section\.key", load_config, None, ["a.b.c=1"])
+    raises(r"section\.key.*data\.passkey\.digits=3", load_config, None, ["train.steps.x=1"])
+    raises(r"section\.key", load_config, None, ["data.passkey.digits.x=1"])
 
 
 def test_validate_mesh_and_batch():
@@ -152,21 +154,27 @@ def test_validate_mesh_and_batch():
      r"data\.curriculum\[0\]\.chunk_size \(128\) is larger than data\.curriculum\[0\]\.seq_len"),
     (["data.curriculum=[{until_step: 10, seq_len: 64, chunks: 2}]"],
      r"unknown key data\.curriculum\[0\]\.chunks.*did you mean data\.curriculum\[0\]\.chunk_size"),
-    (["data.curriculum=[{until_step: 10, seq_len: 64, passkey_min_len: -1}]"],
-     r"data\.curriculum\[0\]\.passkey_min_len must be a positive"),
-    (["data.curriculum=[{until_step: 10, seq_len: 64, passkey_needles: -1}]"],
-     r"data\.curriculum\[0\]\.passkey_needles must be a positive"),
-    (["data.curriculum=[{until_step: 10, seq_len: 64, passkey_shift: -2}]"],
-     r"data\.curriculum\[0\]\.passkey_shift must be an int >= 0 \(or -1: the section's value\)"),
-    (["data.passkey_shift=-1"], r"data\.passkey_shift must be >= 0, got -1"),
-    (["data.passkey_shift_at=end"], r"data\.passkey_shift_at must be one of task, start, got 'end'"),
-    (["data.passkey_shift_share=2"], r"data\.passkey_shift_share must be in \[0, 1\].*got 2"),
-    (["data.passkey_needles=0"], r"data\.passkey_needles"),
-    (["data.passkey_questions=0"], r"data\.passkey_questions"),
-    (["data.passkey_end=1."], r"data\.passkey_end must not contain digits"),
-    (["data.passkey_filler=shuffled"], r"data\.passkey_filler must be one of cycle, random, got 'shuffled'"),
-    (["data.passkey_repeats=last"], r"data\.passkey_repeats must be one of spread, end, got 'last'"),
-    (["data.passkey_named=4"], r"data\.passkey_named must be 0\.\.3 \(one key per name: blue, green, yellow\), got 4"),
+    (["data.curriculum=[{until_step: 10, seq_len: 64, passkey: {min_len: -1}}]"],
+     r"data\.curriculum\[0\]\.passkey\.min_len must be a positive"),
+    (["data.curriculum=[{until_step: 10, seq_len: 64, passkey: {needles: -1}}]"],
+     r"data\.curriculum\[0\]\.passkey\.needles must be a positive"),
+    (["data.curriculum=[{until_step: 10, seq_len: 64, passkey: {shift: -2}}]"],
+     r"data\.curriculum\[0\]\.passkey\.shift must be an int >= 0 \(or -1: the section's value\)"),
+    (["data.curriculum=[{until_step: 10, seq_len: 64, passkey: {needls: 1}}]"],
+     r"unknown key data\.curriculum\[0\]\.passkey\.needls.*did you mean data\.curriculum\[0\]\.passkey\.needles"),
+    (["data.passkey.shift=-1"], r"data\.passkey\.shift must be >= 0, got -1"),
+    (["data.passkey.shift_at=end"], r"data\.passkey\.shift_at must be one of task, start, got 'end'"),
+    (["data.passkey.shift_share=2"], r"data\.passkey\.shift_share must be in \[0, 1\].*got 2"),
+    (["data.passkey.shift_share=.nan"], r"data\.passkey\.shift_share must be a finite number"),
+    (["data.passkey.needles=0"], r"data\.passkey\.needles must be > 0"),
+    (["data.passkey.questions=0"], r"data\.passkey\.questions must be > 0"),
+    (["data.passkey.digits=0"], r"data\.passkey\.digits must be > 0"),
+    (["data.passkey.min_len=-1"], r"data\.passkey\.min_len must be >= 0"),
+    (["data.passkey.loss=some"], r"data\.passkey\.loss must be answer or all"),
+    (["data.passkey.end=1."], r"data\.passkey\.end must not contain digits.*data\.passkey\.end=\."),
+    (["data.passkey.filler=shuffled"], r"data\.passkey\.filler must be one of cycle, random, got 'shuffled'"),
+    (["data.passkey.repeats=last"], r"data\.passkey\.repeats must be one of spread, end, got 'last'"),
+    (["data.passkey.named=4"], r"data\.passkey\.named must be 0\.\.3 \(one key per name: blue, green, yellow\), got 4"),
 ])
 def test_validate_errors(overrides, match):
     raises(match, lambda: validate(load_config(None, overrides)))
@@ -191,7 +199,8 @@ def test_dump_load_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["tiny_cpu.yaml", "qwen3_comet_32k.yaml", "llama3_8b_comet_32k.yaml",
-                                  "llama3_8b_comet_32k_v5e16.yaml", "qwen3_8b_comet_32k_v5e16.yaml"])
+                                  "llama3_8b_comet_32k_v5e16.yaml", "qwen3_8b_comet_32k_v5e16.yaml",
+                                  "finetune.yaml"])
 def test_shipped_configs(name, tmp_path):
     cfg = load_config(str(CONFIGS / name), [])
     validate(cfg)
@@ -229,18 +238,18 @@ def test_shipped_recipes():
 def test_curriculum_stage_needles():
     from comet_jax.train.trainer import curriculum_stage
 
-    cfg = load_config(None, ["data.passkey_needles=3", "data.passkey_end=.",
-                             "data.curriculum=[{until_step: 10, seq_len: 128, passkey_needles: 1}, "
+    cfg = load_config(None, ["data.passkey.needles=3", "data.passkey.end=.",
+                             "data.curriculum=[{until_step: 10, seq_len: 128, passkey: {needles: 1}}, "
                              "{until_step: 20, seq_len: 256}]"])
     validate(cfg)
     assert [curriculum_stage(cfg, s).needles for s in (0, 10, 20)] == [1, 3, 3]
     assert [curriculum_stage(cfg, s).shift for s in (0, 10, 20)] == [0, 0, 0]
-    shifted = load_config(None, ["data.passkey_shift=15", "data.curriculum=[{until_step: 10, seq_len: 128, "
-                                 "passkey_shift: 0}, {until_step: 20, seq_len: 256}, {until_step: 30, seq_len: 256, "
-                                 "passkey_shift: 7}]"])
+    shifted = load_config(None, ["data.passkey.shift=15", "data.curriculum=[{until_step: 10, seq_len: 128, "
+                                 "passkey: {shift: 0}}, {until_step: 20, seq_len: 256}, {until_step: 30, seq_len: 256, "
+                                 "passkey: {shift: 7}}]"])
     validate(shifted)
     assert [curriculum_stage(shifted, s).shift for s in (0, 10, 20, 30)] == [0, 15, 7, 15]
-    assert cfg.data.passkey_end == "."
+    assert cfg.data.passkey.end == "."
 
 
 def test_duplicate_keys_are_refused_at_any_depth(tmp_path, capsys):
@@ -288,7 +297,9 @@ def test_passkey_seq_len_below_the_shortest_prompt_is_refused_before_anything_is
     validate_data(load_config(None, [f"data.seq_len={shortest}"]))
     raises(r"data\.curriculum\[0\]\.seq_len \(64\)", validate_data,
            load_config(None, ["data.curriculum=[{until_step: 5, seq_len: 64}]"]))
-    raises(r"data\.passkey_min_len \(50\)", validate_data, load_config(None, ["data.passkey_min_len=50"]))
+    raises(r"data\.passkey\.min_len \(50\)", validate_data, load_config(None, ["data.passkey.min_len=50"]))
+    raises(r"data\.curriculum\[0\]\.passkey\.min_len \(50\)", validate_data,
+           load_config(None, ["data.curriculum=[{until_step: 5, seq_len: 512, passkey: {min_len: 50}}]"]))
     validate_data(load_config(None, ["data.source=jsonl", "data.path=x", "data.seq_len=8"]))  # not passkey
     for name in ("tiny_cpu.yaml", "demo_passkey.yaml"):
         validate_data(load_config(str(CONFIGS / name), []))
@@ -297,3 +308,133 @@ def test_passkey_seq_len_below_the_shortest_prompt_is_refused_before_anything_is
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "data.seq_len (100)" in err, err
     assert not run.exists()
+
+
+# ---------------------------------------------------------------------------------------
+# data.passkey: the passkey task's options, a section inside data
+
+
+def test_passkey_section_from_yaml_and_overrides(tmp_path):
+    from comet_jax.train.train_config import PasskeySection
+
+    p = write(tmp_path, 'data:\n  passkey:\n    digits: 3\n    end: "."\n')
+    cfg = load_config(p, [])
+    assert cfg.data.passkey == PasskeySection(digits=3, end=".")  # the keys left out keep their defaults
+    assert load_config(None, ["data.passkey.digits=3"]).data.passkey == PasskeySection(digits=3)
+    assert load_config(None, ["data.passkey={digits: 3, shift: 4}"]).data.passkey == PasskeySection(digits=3, shift=4)
+    # a mapping sets its keys only, as a section does: the file's end stays
+    assert load_config(p, ["data.passkey={digits: 4}"]).data.passkey == PasskeySection(digits=4, end=".")
+    assert load_config(None, ["data.passkey.end=1."]).data.passkey.end == "1."  # text as written
+    assert load_config(write(tmp_path, "data:\n  passkey:\n", "empty.yaml"), []) == TrainConfig()
+    raises(r"data\.passkey must be a mapping of its keys \(min_len, digits, .*got 5", load_config, None,
+           ["data.passkey=5"])
+    raises(r"data\.passkey\.digits must be an int.*'three'", load_config, None, ["data.passkey.digits=three"])
+
+
+def test_unknown_passkey_keys_suggest(tmp_path):
+    msg = raises(r"unknown key data\.passkey\.digts \(in command line\)", load_config, None, ["data.passkey.digts=3"])
+    assert "known keys of data.passkey: min_len, digits, loss" in msg
+    assert msg.endswith("did you mean data.passkey.digits?")
+    msg = raises(r"unknown key data\.passkey\.digts", load_config, None, ["data.passkey={digts: 3}"])
+    assert msg.endswith("did you mean data.passkey.digits?")
+    p = write(tmp_path, "data:\n  passkey:\n    shift_shar: 0.5\n")
+    msg = raises(rf"unknown key data\.passkey\.shift_shar \(in {p}\)", load_config, p, [])
+    assert msg.endswith("did you mean data.passkey.shift_share?")
+    msg = raises(r"unknown key data\.pasky \(in command line\)", load_config, None, ["data.pasky.digits=3"])
+    assert msg.endswith("did you mean data.passkey?")
+
+
+def test_flat_passkey_keys_are_read_with_one_deprecation_line(tmp_path, capsys):
+    assert load_config(None, ["data.passkey_digits=3"]) == load_config(None, ["data.passkey.digits=3"])
+    assert capsys.readouterr().err == ("warning: data.passkey_digits on the command line is deprecated: "
+                                       "write data.passkey.digits (read as that)\n")
+    p = write(tmp_path, "data:\n  passkey_digits: 3\n  passkey_end: .\n")
+    cfg = load_config(p, ["data.passkey_digits=4"])
+    assert (cfg.data.passkey.digits, cfg.data.passkey.end) == (4, ".")
+    assert capsys.readouterr().err.splitlines() == [  # once per key
+        f"warning: data.passkey_digits in {p} is deprecated: write data.passkey.digits (read as that)",
+        f"warning: data.passkey_end in {p} is deprecated: write data.passkey.end (read as that)"]
+    # a stage's flat keys: read as its passkey section, one line per key over all stages
+    flat = load_config(None, ["data.curriculum=[{until_step: 5, seq_len: 512, passkey_shift: 0, passkey_needles: 2}, "
+                              "{until_step: 9, seq_len: 512, passkey_shift: 3}]"])
+    nested = load_config(None, ["data.curriculum=[{until_step: 5, seq_len: 512, passkey: {shift: 0, needles: 2}}, "
+                                "{until_step: 9, seq_len: 512, passkey: {shift: 3}}]"])
+    assert flat == nested
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["warning: data.curriculum[0].passkey_shift on the command line is deprecated: write "
+                   "data.curriculum[0].passkey.shift, i.e. passkey: {shift: ...} in the stage (read as that)",
+                   "warning: data.curriculum[0].passkey_needles on the command line is deprecated: write "
+                   "data.curriculum[0].passkey.needles, i.e. passkey: {needles: ...} in the stage (read as that)"]
+
+
+def test_both_spellings_of_a_passkey_key_the_later_wins(tmp_path):
+    p = write(tmp_path, "data:\n  passkey_digits: 3\n  passkey:\n    digits: 4\n")
+    assert load_config(p, []).data.passkey.digits == 4
+    assert load_config(p, ["data.passkey_digits=6"]).data.passkey.digits == 6
+    assert load_config(None, ["data.passkey_digits=3", "data.passkey.digits=4"]).data.passkey.digits == 4
+    assert load_config(None, ["data.passkey.digits=4", "data.passkey_digits=3"]).data.passkey.digits == 3
+    stage = load_config(None, ["data.curriculum=[{until_step: 5, seq_len: 512, passkey_shift: 0, "
+                               "passkey: {shift: 3, needles: 2}}, "
+                               "{until_step: 9, seq_len: 512, passkey: {shift: 3}, passkey_shift: 0}]"])
+    assert [(s.passkey.shift, s.passkey.needles) for s in stage.data.curriculum] == [(3, 2), (0, 0)]
+
+
+def test_flat_spelling_of_the_demo_config_reads_the_same(tmp_path):
+    # configs/demo_passkey.yaml's data section as it was written before data.passkey
+    flat = write(tmp_path, """data:
+  source: passkey
+  tokenizer: passkey
+  seq_len: 512
+  passkey_loss: answer
+  passkey_questions: 4
+  passkey_end: "."
+  passkey_shift: 15
+  passkey_shift_share: 0.5
+  curriculum:
+    - {until_step: 300, seq_len: 128, chunk_size: 128, passkey_shift: 0}
+    - {until_step: 600, seq_len: 128, chunk_size: 32, passkey_shift: 0}
+    - {until_step: 1000, seq_len: 256, passkey_shift: 0}
+""")
+    assert load_config(flat, []).data == load_config(str(CONFIGS / "demo_passkey.yaml"), []).data
+
+
+def test_print_config_of_another_source_names_no_passkey_key(tmp_path, capsys):
+    from comet_jax.train.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "hello"}\n')
+    sets = ["data.source=jsonl", f"data.path={data}", "data.curriculum=[{until_step: 5, seq_len: 128}]",
+            "data.passkey.digits=5"]  # a default value is allowed, and left out as well
+    assert main([*sets, "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "passkey" not in out and "source: jsonl" in out
+    assert load_config(write(tmp_path, out), []) == load_config(None, sets)
+    # the demo config: the section, nested, and each stage's own
+    demo = str(CONFIGS / "demo_passkey.yaml")
+    assert main(["--config", demo, "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "  passkey:\n    min_len: 0\n    digits: 5\n    loss: answer\n    needles: 1\n    questions: 4\n" in out
+    assert "    passkey:\n      min_len: 0\n      needles: 0\n      shift: 0\n" in out and "passkey_" not in out
+    assert load_config(write(tmp_path, out, "demo.yaml"), []) == load_config(demo, [])
+
+
+def test_passkey_settings_with_another_source_are_refused(tmp_path, capsys):
+    from comet_jax.train.cli import main
+
+    jsonl = ["data.source=jsonl", "data.path=x.jsonl"]
+    validate(load_config(None, jsonl + ["data.passkey.digits=5", "data.curriculum=[{until_step: 5, seq_len: 512}]"]))
+    assert raises("applies only", validate, load_config(None, jsonl + ["data.passkey.digits=3"])) == (
+        "data.passkey.digits applies only to data.source=passkey; remove it or set data.source=passkey")
+    raises(r"^data\.curriculum\[0\]\.passkey\.shift applies only to data\.source=passkey; remove it or set "
+           r"data\.source=passkey$", validate,
+           load_config(None, jsonl + ["data.curriculum=[{until_step: 5, seq_len: 512, passkey: {shift: 0}}]"]))
+    assert main(["--config", str(CONFIGS / "demo_passkey.yaml"), *jsonl, "--print-config"]) == 2
+    assert capsys.readouterr().err == ("error: data.passkey.questions applies only to data.source=passkey; "
+                                       "remove it or set data.source=passkey\n")
+
+
+def test_dump_load_round_trip_with_passkey_settings(tmp_path):
+    cfg = load_config(None, ["data.passkey={digits: 3, end: ., shift: 7, shift_share: 0.25, loss: all}",
+                             "data.curriculum=[{until_step: 5, seq_len: 256, passkey: {min_len: 200, needles: 2}}]"])
+    validate(cfg)
+    assert load_config(write(tmp_path, dump_yaml(cfg)), []) == cfg

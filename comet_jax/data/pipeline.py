@@ -254,7 +254,13 @@ def make_source(cfg: Any = None, tokenizer: Any = None, **overrides):
     source uses the byte tokenizer when `tokenizer` is None; its examples are at most seq_len
     tokens long; file sources read at most seq_len tokens of a document."""
     def get(key, default=None):
-        return overrides[key] if key in overrides else _get(cfg, key, default)
+        if key in overrides:
+            return overrides[key]
+        # a training config keeps passkey_X as X of its data.passkey section
+        nested = _get(cfg, "passkey", None)
+        if key.startswith("passkey_") and nested is not None:
+            return _get(nested, key[len("passkey_"):], default)
+        return _get(cfg, key, default)
 
     kind = get("source")
     if kind is None:

@@ -7,7 +7,7 @@ pass key." after `depth` of the filler, then "What is the pass key? The pass key
 random 5-digit key each; greedy generation; a sample is correct when the first number in
 the generated text starts with exactly the key's digits ("accuracy"); "exact" also asks
 that the number stop there (five digits, then no digit: the answer format of a model trained
-with data.passkey_end). Lengths take k (x1024) and M (x1024^2). --prompt-variant held_out
+with data.passkey.end). Lengths take k (x1024) and M (x1024^2). --prompt-variant held_out
 uses filler sentences and a question wording that no training example has.
 
 Every prompt of a cell has the same length, so the chunk boundaries cut the needle and the

@@ -2,9 +2,11 @@
 
 The frozen dataclasses below are the single source of defaults; a YAML file only overrides
 them, section by section (`run`, `model`, `comet`, `data`, `optim`, `train`, `mesh`,
-`checkpoint`, `logging`, `distributed`). `load_config` checks names and types (unknown keys
-get a "did you mean" suggestion), `train_config_checks.validate` checks values and their
-consistency with the devices, and `dump_yaml` writes a config that `load_config` reads back unchanged.
+`checkpoint`, `logging`, `eval`, `distributed`); one section has a section inside it,
+`data.passkey` (YAML `data: {passkey: {digits: 3}}`, override `data.passkey.digits=3`).
+`load_config` checks names and types (unknown keys get a "did you mean" suggestion),
+`train_config_checks.validate` checks values and their consistency with the devices, and
+`dump_yaml` writes a config that `load_config` reads back unchanged.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import sys
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +22,7 @@ from typing import Any
 import yaml
 
 from comet_jax.config import REMATS, BackboneShape, ConfigError
+from comet_jax.train.config_parse import DuplicateKey, StrictLoader, coerce, unknown_key
 
 
 @dataclass(frozen=True)
@@ -56,15 +60,54 @@ class CometSection:
 
 
 @dataclass(frozen=True)
+class StagePasskeySection:
+    """A curriculum stage's own passkey knobs, nested as data.passkey is (a stage item
+    `{until_step: 300, seq_len: 128, passkey: {shift: 0}}`) and, like it, for
+    data.source=passkey only (another source refuses values off these defaults, and
+    --print-config leaves them out). The flat stage keys of older configs (`passkey_shift: 0`)
+    are still read as these, with a notice."""
+
+    min_len: int = 0  # 0 = data.passkey.min_len
+    needles: int = 0  # 0 = data.passkey.needles
+    shift: int = -1  # -1 = data.passkey.shift (0 is a value here: no shift)
+
+
+@dataclass(frozen=True)
 class StageSection:
     """One curriculum stage: until optimizer step `until_step`, sequences of `seq_len` tokens."""
 
     until_step: int
     seq_len: int
     chunk_size: int = 0  # 0 = comet.chunk_size (comet.mode=full ignores it)
-    passkey_min_len: int = 0  # 0 = data.passkey_min_len
-    passkey_needles: int = 0  # 0 = data.passkey_needles
-    passkey_shift: int = -1  # -1 = data.passkey_shift (0 is a value here: no shift)
+    passkey: StagePasskeySection = field(default_factory=StagePasskeySection)  # e.g. {shift: 0}
+
+
+@dataclass(frozen=True)
+class PasskeySection:
+    """The synthetic passkey task (data.passkey; used by data.source=passkey only, so for
+    another source a value off its default is refused and --print-config leaves the section
+    out). Older configs spelled these flat, data.passkey_digits: still read, with a notice."""
+
+    min_len: int = 0  # 0 = data.seq_len
+    digits: int = 5
+    loss: str = "answer"  # "answer": loss on the answer only; "all": on every token
+    # up to this many (needle, question, answer) episodes per sequence: more supervised answers
+    needles: int = 1
+    # each needle asked about up to this many times, after more filler each time: more labels
+    questions: int = 1
+    # "end": a needle's later questions straight after its first answer, so the first one (the
+    # one that needs the memory) comes after all the filler; "spread": filler before each
+    repeats: str = "spread"
+    end: str = ""  # text after each answer's key (e.g. "."): the model learns where it stops
+    # "random": filler sentences drawn at random instead of their fixed cycle (varied contexts)
+    filler: str = "cycle"
+    # up to this many extra keys with a name ("the blue key"), each asked once at the end
+    named: int = 0
+    # up to this many filler tokens after the task line (uniform per sequence, which is that
+    # much shorter otherwise): the chunk grid falls at a different place in every sequence
+    shift: int = 0
+    shift_at: str = "task"  # or "start": the shift before the task line
+    shift_share: float = 1.0  # the share of sequences that get a shift; the rest none
 
 
 @dataclass(frozen=True)
@@ -88,26 +131,7 @@ class DataSection:
     shuffle: bool = True
     skip_bad: bool = False
     num_workers: int = 0
-    passkey_min_len: int = 0  # 0 = seq_len
-    passkey_digits: int = 5
-    passkey_loss: str = "answer"  # "answer": loss on the answer only; "all": on every token
-    # up to this many (needle, question, answer) episodes per sequence: more supervised answers
-    passkey_needles: int = 1
-    # each needle asked about up to this many times, after more filler each time: more labels
-    passkey_questions: int = 1
-    # "end": a needle's later questions straight after its first answer, so the first one (the
-    # one that needs the memory) comes after all the filler; "spread": filler before each
-    passkey_repeats: str = "spread"
-    passkey_end: str = ""  # text after each answer's key (e.g. "."): the model learns where it stops
-    # "random": filler sentences drawn at random instead of their fixed cycle (varied contexts)
-    passkey_filler: str = "cycle"
-    # up to this many extra keys with a name ("the blue key"), each asked once at the end
-    passkey_named: int = 0
-    # up to this many filler tokens after the task line (uniform per sequence, which is that
-    # much shorter otherwise): the chunk grid falls at a different place in every sequence
-    passkey_shift: int = 0
-    passkey_shift_at: str = "task"  # or "start": the shift before the task line
-    passkey_shift_share: float = 1.0  # the share of sequences that get a shift; the rest none
+    passkey: PasskeySection = field(default_factory=PasskeySection)  # data.source=passkey only
     # stages in order; after the last one, the data and comet sections themselves apply
     curriculum: list[StageSection] = field(default_factory=list)
 
@@ -204,85 +228,67 @@ class TrainConfig:
 
 SECTIONS: dict[str, type] = typing.get_type_hints(TrainConfig)
 FIELD_TYPES: dict[str, dict[str, Any]] = {name: typing.get_type_hints(cls) for name, cls in SECTIONS.items()}
+# sections inside a section (data.passkey): set key by key as a section is, section.key.subkey=value
+SUBSECTIONS: dict[tuple[str, str], type] = {(name, key): tp for name, types in FIELD_TYPES.items()
+                                            for key, tp in types.items() if dataclasses.is_dataclass(tp)}
+PASSKEY_KEYS = [f.name for f in dataclasses.fields(PasskeySection)]
+STAGE_PASSKEY_KEYS = [f.name for f in dataclasses.fields(StagePasskeySection)]
 
 
 # ---------------------------------------------------------------------------------------
-# names and types
+# the flat passkey keys of older configs (data.passkey_digits, a stage's passkey_shift)
 
 
-def unknown_key(key: str, known: list[str], what: str, source: str = "") -> ConfigError:
-    """'unknown key optim.lrr; known keys of optim: ...; did you mean optim.lr?'"""
-    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
-    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
-    hint = f"; did you mean {prefix}{close[0]}?" if close else ""
-    where = f" (in {source})" if source else ""
-    return ConfigError(f"unknown key {key}{where}; known {what}: {', '.join(known)}{hint}")
+def _where(source: str) -> str:
+    return "on the command line" if source == "command line" else f"in {source}"
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) if typing.get_origin(tp) is None else str(tp)
+def _notice(notes: set[str], once: str, text: str) -> None:
+    """A deprecation warning on stderr, once per key in one config read (`notes`: those given)."""
+    if once not in notes:
+        notes.add(once)
+        print(f"warning: {text}", file=sys.stderr)
 
 
-def _coerce(key: str, tp: Any, value: Any) -> Any:
-    """`value` as type `tp`, or a ConfigError naming the key, the type and the value."""
-    def bad(expected: str = "") -> ConfigError:
-        return ConfigError(f"{key} must be {expected or _type_name(tp)}, got {value!r} "
-                           f"({type(value).__name__})")
-
-    origin = typing.get_origin(tp)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad("a bool (true/false)")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an int")
-        return value
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad("a float")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-4 as the string "1e-4"
-            try:
-                return float(value)
-            except ValueError:
-                raise bad("a float") from None
-        raise bad("a float")
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
-    if origin is dict:
-        kt, vt = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise bad(f"a mapping of {_type_name(kt)} to {_type_name(vt)}")
-        return {_coerce(f"{key} key", kt, k): _coerce(f"{key}.{k}", vt, v) for k, v in value.items()}
-    if origin is list:
-        (it,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise bad(f"a list of {_type_name(it)}")
-        return [_coerce(f"{key}[{i}]", it, v) for i, v in enumerate(value)]
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise bad("a mapping")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        hints = typing.get_type_hints(tp)
-        need = [f.name for f in dataclasses.fields(tp) if f.default is dataclasses.MISSING]
-        optional = [k for k in hints if k not in need]
-        shape = (f"a mapping {{{', '.join(f'{k}: {_type_name(hints[k])}' for k in need)}}}"
-                 + (f" with optional {', '.join(optional)}" if optional else ""))
-        if not isinstance(value, dict) or not set(need) <= set(value):
-            raise ConfigError(f"{key} must be {shape}, got {value!r}")
-        for k in value:
-            if k not in hints:
-                raise unknown_key(f"{key}.{k}", list(hints), f"keys of {key}")
-        return tp(**{k: _coerce(f"{key}.{k}", hints[k], v) for k, v in value.items()})
-    raise AssertionError(f"unhandled field type {tp!r} for {key}")  # pragma: no cover
+def _flat_passkey(key: str, known: list[str]) -> str | None:
+    """'digits' for 'passkey_digits' (when 'digits' is in `known`), else None."""
+    sub = key[len("passkey_"):]
+    return sub if key.startswith("passkey_") and sub in known else None
 
 
-def _set(tree: dict[str, dict[str, Any]], section: str, key: str, value: Any, source: str) -> None:
+def _unflatten(section: str, key: str, notes: set[str], source: str) -> tuple[str, str | None]:
+    """data.passkey_X as ("passkey", "X"), with a notice; any other key as (key, None)."""
+    sub = _flat_passkey(key, PASSKEY_KEYS) if section == "data" else None
+    if sub is None:
+        return key, None
+    _notice(notes, f"data.{key}", f"data.{key} {_where(source)} is deprecated: write data.passkey.{sub} (read as that)")
+    return "passkey", sub
+
+
+def _unflatten_stage(i: int, item: Any, notes: set[str], source: str) -> Any:
+    """A curriculum stage's flat passkey_X keys as its `passkey: {X: ...}`, with a notice; in
+    the stage's order, so that of two spellings of one key the later wins."""
+    if not isinstance(item, dict):
+        return item  # coerce says what a stage must be
+    out: dict[Any, Any] = {}
+    for k, v in item.items():
+        sub = _flat_passkey(str(k), STAGE_PASSKEY_KEYS)
+        if sub is not None:
+            _notice(notes, f"data.curriculum.{k}", f"data.curriculum[{i}].{k} {_where(source)} is deprecated: write "
+                    f"data.curriculum[{i}].passkey.{sub}, i.e. passkey: {{{sub}: ...}} in the stage (read as that)")
+            k, v = "passkey", {sub: v}
+        if k == "passkey" and isinstance(v, dict) and isinstance(out.get(k), dict):
+            v = {**out[k], **v}
+        out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# YAML and overrides onto the tree {section: {key: value}}
+
+
+def _set(tree: dict[str, dict[str, Any]], section: str, key: str, value: Any, source: str,
+         notes: set[str] | None = None) -> None:
     if section not in SECTIONS:
         close = difflib.get_close_matches(section, list(SECTIONS), n=1)
         hint = f"; did you mean {close[0]}.{key}?" if close else ""
@@ -291,16 +297,37 @@ def _set(tree: dict[str, dict[str, Any]], section: str, key: str, value: Any, so
     types = FIELD_TYPES[section]
     if key not in types:
         raise unknown_key(f"{section}.{key}", list(types), f"keys of {section}", source)
+    if (section, key) in SUBSECTIONS:
+        _set_subsection(tree, section, key, value, source)
+        return
     if (section, key) == ("model", "remat"):
         if isinstance(value, bool):
             value = "full" if value else "none"  # remat: true / false, as configs wrote it before
         elif value not in REMATS:
             raise ConfigError(f"model.remat must be one of {', '.join(REMATS)} (or true/false: full/none), "
                               f"got {value!r} ({type(value).__name__}) in {source}")
-    tree.setdefault(section, {})[key] = _coerce(f"{section}.{key}", types[key], value)
+    if (section, key) == ("data", "curriculum") and isinstance(value, list):
+        notes = set() if notes is None else notes
+        value = [_unflatten_stage(i, item, notes, source) for i, item in enumerate(value)]
+    tree.setdefault(section, {})[key] = coerce(f"{section}.{key}", types[key], value)
 
 
-def _merge_yaml(tree: dict[str, dict[str, Any]], data: Any, path: str) -> None:
+def _set_subsection(tree: dict[str, dict[str, Any]], section: str, key: str, value: Any, source: str) -> None:
+    """data.passkey: {digits: 3} sets those keys and keeps the others' values, as a section does."""
+    if value is None:  # a subsection whose keys are all commented out
+        return
+    dotted, hints = f"{section}.{key}", typing.get_type_hints(SUBSECTIONS[section, key])
+    if not isinstance(value, dict):
+        raise ConfigError(f"{dotted} must be a mapping of its keys ({', '.join(hints)}), e.g. "
+                          f"{{{next(iter(hints))}: ...}}; got {value!r} (in {source})")
+    body = tree.setdefault(section, {}).setdefault(key, {})
+    for k, v in value.items():
+        if k not in hints:
+            raise unknown_key(f"{dotted}.{k}", list(hints), f"keys of {dotted}", source)
+        body[k] = coerce(f"{dotted}.{k}", hints[k], v)
+
+
+def _merge_yaml(tree: dict[str, dict[str, Any]], data: Any, path: str, notes: set[str]) -> None:
     if data is None:  # empty file
         return
     if not isinstance(data, dict):
@@ -314,47 +341,39 @@ def _merge_yaml(tree: dict[str, dict[str, Any]], data: Any, path: str) -> None:
         if not isinstance(body, dict):
             raise ConfigError(f"{path}: section {section} must be a mapping of keys, got {body!r}")
         for key, value in body.items():
-            _set(tree, section, str(key), value, path)
+            key, sub = _unflatten(section, str(key), notes, path)
+            _set(tree, section, key, value if sub is None else {sub: value}, path, notes)
 
 
-class DuplicateKey(yaml.YAMLError):
-    """A key repeated in one YAML mapping (PyYAML itself keeps the last one silently)."""
-
-    def __init__(self, key: Any, line: int, first: int):
-        super().__init__(f"{line}: duplicate key {key!r} (first at line {first})")
-        self.key, self.line, self.first = key, line, first
-
-
-class StrictLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` that refuses a key repeated in one mapping, at any depth: a second
-    `train:` section would otherwise replace the whole first one without a word. Keys merged
-    in with `<<:` may still be overridden, as YAML allows."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, Any] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.setdefault(key, key_node)
-                except TypeError:  # an unhashable key: SafeLoader's own error names it
-                    continue
-                if first is not key_node:
-                    raise DuplicateKey(key, key_node.start_mark.line + 1, first.start_mark.line + 1)
-        return super().construct_mapping(node, deep=deep)
+def _split_key(item: str, dotted: str) -> tuple[str, str, str | None]:
+    """(section, key, None) of section.key, or (section, key, subkey) of data.passkey.subkey."""
+    parts = dotted.split(".")
+    if all(parts) and len(parts) == 2:
+        return parts[0], parts[1], None
+    if all(parts) and len(parts) == 3:
+        if (parts[0], parts[1]) in SUBSECTIONS:
+            return parts[0], parts[1], parts[2]
+        if parts[0] in SECTIONS and parts[1] not in FIELD_TYPES[parts[0]]:
+            raise unknown_key(f"{parts[0]}.{parts[1]}", list(FIELD_TYPES[parts[0]]), f"keys of {parts[0]}",
+                              "command line")
+    raise ConfigError(f"override {item!r}: the key must be section.key (e.g. train.steps=5), or "
+                      f"data.passkey.key for the passkey task (e.g. data.passkey.digits=3); got {dotted!r}")
 
 
-def _parse_override(tree: dict[str, dict[str, Any]], item: str) -> None:
+def _leaf_type(section: str, key: str, sub: str | None) -> Any:
+    tp = FIELD_TYPES.get(section, {}).get(key)
+    return typing.get_type_hints(tp).get(sub) if sub is not None and dataclasses.is_dataclass(tp) else tp
+
+
+def _parse_override(tree: dict[str, dict[str, Any]], item: str, notes: set[str] | None = None) -> None:
+    notes = set() if notes is None else notes
     if "=" not in item:
         raise ConfigError(f"override {item!r} has no '='; write section.key=value, e.g. optim.lr=1e-4")
     dotted, raw = item.split("=", 1)
     dotted = dotted.strip()
-    parts = dotted.split(".")
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"override {item!r}: the key must be section.key (e.g. train.steps=5), got {dotted!r}")
-    section, key = parts
+    section, key, sub = _split_key(item, dotted)
+    if sub is None:
+        key, sub = _unflatten(section, key, notes, "command line")
     try:
         value = yaml.load(raw, Loader=StrictLoader) if raw.strip() else ""
     except DuplicateKey as e:
@@ -363,10 +382,9 @@ def _parse_override(tree: dict[str, dict[str, Any]], item: str) -> None:
         raise ConfigError(f"override {dotted}: cannot parse value {raw!r} as YAML: {e}") from None
     if (section, key) == ("model", "remat") and isinstance(value, bool):
         pass  # the older boolean spelling; _set maps it
-    elif section in SECTIONS and FIELD_TYPES[section].get(key) is str and \
-            isinstance(value, (bool, int, float)):
+    elif _leaf_type(section, key, sub) is str and isinstance(value, (bool, int, float)):
         value = raw.strip()  # run.name=2024, data.path=123: keep the text as written
-    _set(tree, section, key, value, "command line")
+    _set(tree, section, key, value if sub is None else {sub: value}, "command line", notes)
 
 
 def config_parser(prog: str, doc: str | None):
@@ -385,6 +403,7 @@ def config_parser(prog: str, doc: str | None):
 def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
     """Defaults, then the YAML file at `path` (if any), then `section.key=value` overrides."""
     tree: dict[str, dict[str, Any]] = {}
+    notes: set[str] = set()  # the deprecated keys already named
     if path is not None:
         try:
             with open(path, encoding="utf-8") as f:
@@ -397,9 +416,9 @@ def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
             raise ConfigError(f"config file {path} cannot be read: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-        _merge_yaml(tree, data, path)
+        _merge_yaml(tree, data, path, notes)
     for item in overrides or ():
-        _parse_override(tree, item)
+        _parse_override(tree, item, notes)
     if tree.get("run", {}).get("dir"):
         # absolute and without `..`: Orbax and TensorStore refuse some relative paths (the
         # final export did), and the run's files are then named the same from anywhere
@@ -408,8 +427,16 @@ def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
 
 
 def from_dict(tree: dict[str, dict[str, Any]]) -> TrainConfig:
-    """A TrainConfig from {section: {key: value}} (already type-checked by `_set`)."""
-    return TrainConfig(**{name: cls(**tree.get(name, {})) for name, cls in SECTIONS.items()})
+    """A TrainConfig from {section: {key: value}} (already type-checked by `_set`; a
+    subsection such as data.passkey as a mapping of its keys)."""
+    def section(name: str, cls: type) -> Any:
+        body = dict(tree.get(name, {}))
+        for (owner, key), sub in SUBSECTIONS.items():
+            if owner == name and isinstance(body.get(key), dict):
+                body[key] = sub(**body[key])
+        return cls(**body)
+
+    return TrainConfig(**{name: section(name, cls) for name, cls in SECTIONS.items()})
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
@@ -417,8 +444,24 @@ def to_dict(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
 
 
 def dump_yaml(cfg: TrainConfig) -> str:
-    """The whole resolved config as YAML (for --print-config and <run dir>/config.yaml)."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+    """The whole resolved config as YAML (for --print-config and <run dir>/config.yaml). For a
+    data.source other than passkey, the passkey settings are left out while at their defaults
+    (validate refuses other values there), as are eval's passkey probe settings while it is off,
+    so a JSONL run's config shows none of them and `load_config` of the text still gives `cfg` back."""
+    tree = to_dict(cfg)
+    if cfg.data.source != "passkey":
+        _drop_default_passkey(tree["data"])
+    if not cfg.eval.passkey_lengths and cfg.eval.passkey_samples == EvalSection.passkey_samples:
+        del tree["eval"]["passkey_lengths"], tree["eval"]["passkey_samples"]  # no passkey probe: nothing to say
+    return yaml.safe_dump(tree, sort_keys=False, default_flow_style=False)
+
+
+def _drop_default_passkey(data: dict[str, Any]) -> None:
+    if data["passkey"] == dataclasses.asdict(PasskeySection()):
+        del data["passkey"]
+    for stage in data["curriculum"]:
+        if stage["passkey"] == dataclasses.asdict(StagePasskeySection()):
+            del stage["passkey"]
 
 
 def run_dir(cfg: TrainConfig) -> str:

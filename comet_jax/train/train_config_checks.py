@@ -5,14 +5,19 @@ This module imports `train_config`, never the other way round."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import typing
 from pathlib import Path
 
 from comet_jax.data.files import data_files
 
 from comet_jax.config import (ATTENTIONS, MODES, PASSKEY_FILLERS, PASSKEY_NAMES, PASSKEY_REPEATS, PASSKEY_SHIFT_AT,
                               PLANNERS, REMATS, SCHEDULES, SOURCES, TRAIN_DTYPES, ConfigError, check_comet_settings)
-from comet_jax.train.train_config import FIELD_TYPES, TrainConfig, load_config, unknown_key
+from comet_jax.train.config_parse import unknown_key
+from comet_jax.train.train_config import (FIELD_TYPES, PasskeySection, StagePasskeySection, TrainConfig,
+                                         load_config)
 
 
 def load_valid(args) -> TrainConfig:
@@ -46,9 +51,9 @@ def validate_paths(cfg: TrainConfig) -> None:
 
 def validate_data(cfg: TrainConfig) -> None:
     """The passkey task fits every sequence length the run asks for (data.seq_len, each
-    curriculum stage's seq_len, data.passkey_min_len): its shortest prompt depends on the
+    curriculum stage's seq_len, data.passkey.min_len): its shortest prompt depends on the
     tokenizer, so this builds it (after `validate_paths`, before anything is written)."""
-    d = cfg.data
+    d, p = cfg.data, cfg.data.passkey
     if d.source != "passkey":
         return
     from comet_jax.data.passkey import PasskeySource
@@ -56,16 +61,16 @@ def validate_data(cfg: TrainConfig) -> None:
 
     try:
         tok = load_tokenizer(cfg.model.init) if d.tokenizer == "checkpoint" else tokenizer_by_name(d.tokenizer)
-        shortest = PasskeySource(tok, max_len=1 << 30, digits=d.passkey_digits, end=d.passkey_end).shortest
+        shortest = PasskeySource(tok, max_len=1 << 30, digits=p.digits, end=p.end).shortest
     except (ValueError, OSError, AttributeError):
         return  # the trainer reports a tokenizer it cannot use
-    why = (f"the shortest passkey prompt with a {d.passkey_digits}-digit key and its answer is {shortest} tokens "
+    why = (f"the shortest passkey prompt with a {p.digits}-digit key and its answer is {shortest} tokens "
            f"(data.tokenizer={d.tokenizer})")
     lengths = [("data.seq_len", d.seq_len)] + [(f"data.curriculum[{i}].seq_len", s.seq_len)
                                                for i, s in enumerate(d.curriculum)]
-    lengths += [("data.passkey_min_len", d.passkey_min_len)] if d.passkey_min_len else []
-    lengths += [(f"data.curriculum[{i}].passkey_min_len", s.passkey_min_len)
-                for i, s in enumerate(d.curriculum) if s.passkey_min_len]
+    lengths += [("data.passkey.min_len", p.min_len)] if p.min_len else []
+    lengths += [(f"data.curriculum[{i}].passkey.min_len", s.passkey.min_len)
+                for i, s in enumerate(d.curriculum) if s.passkey.min_len]
     for key, value in lengths:
         if value < shortest:
             raise ConfigError(f"{key} ({value}) is too short for data.source=passkey: {why}; set {key} >= {shortest}")
@@ -75,17 +80,42 @@ def validate_data(cfg: TrainConfig) -> None:
 # values
 
 
+def _passkey_only(cfg: TrainConfig) -> None:
+    """The passkey settings off their defaults need data.source=passkey: another source ignores
+    them, and the dump of its config leaves them out (so they would be lost in it)."""
+    if cfg.data.source == "passkey":
+        return
+    off = [f"data.passkey.{k}" for k, v in vars(cfg.data.passkey).items() if v != getattr(PasskeySection(), k)]
+    off += [f"data.curriculum[{i}].passkey.{k}" for i, s in enumerate(cfg.data.curriculum)
+            for k, v in vars(s.passkey).items() if v != getattr(StagePasskeySection(), k)]
+    if off:
+        raise ConfigError(f"{off[0]} applies only to data.source=passkey; remove it or set data.source=passkey")
+
+
+def _value(cfg: TrainConfig, dotted: str):
+    """The value at section.key (or data.passkey.key)."""
+    return functools.reduce(getattr, dotted.split("."), cfg)
+
+
+def _fields(obj, prefix: str):
+    """(dotted key, type, value) of every field of a section, those of a section inside it too."""
+    for key, tp in typing.get_type_hints(type(obj)).items():
+        value = getattr(obj, key)
+        if dataclasses.is_dataclass(tp):
+            yield from _fields(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", tp, value
+
+
 def _positive(cfg: TrainConfig, keys: str, minimum: float = 1, what: str = "> 0") -> None:
     for dotted in keys.split():
-        section, key = dotted.split(".")
-        value = getattr(getattr(cfg, section), key)
+        value = _value(cfg, dotted)
         if value < minimum:
             raise ConfigError(f"{dotted} must be {what}, got {value}")
 
 
 def _one_of(cfg: TrainConfig, dotted: str, choices: tuple[str, ...]) -> None:
-    section, key = dotted.split(".")
-    value = getattr(getattr(cfg, section), key)
+    value = _value(cfg, dotted)
     if value not in choices:
         raise ConfigError(f"{dotted} must be one of {', '.join(choices)}, got {value!r}")
 
@@ -95,20 +125,19 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
 
     `device_count`/`process_count` (from jax) enable the checks against the mesh."""
     m, c, d, o, t, mesh = cfg.model, cfg.comet, cfg.data, cfg.optim, cfg.train, cfg.mesh
-    _positive(cfg, "comet.min_chunk data.seq_len "
-                   "data.passkey_digits data.passkey_needles data.passkey_questions optim.grad_accum train.steps train.batch_size train.log_every "
+    _positive(cfg, "comet.min_chunk data.seq_len data.passkey.digits data.passkey.needles data.passkey.questions "
+                   "optim.grad_accum train.steps train.batch_size train.log_every "
                    "mesh.data mesh.fsdp mesh.tensor mesh.stage mesh.slices checkpoint.every checkpoint.keep")
-    _positive(cfg, "model.vocab_size data.num_workers data.passkey_min_len data.passkey_shift "
+    _positive(cfg, "model.vocab_size data.num_workers data.passkey.min_len data.passkey.shift "
                    "optim.warmup_steps optim.weight_decay optim.clip_norm optim.memory_lr_mult "
                    "optim.min_lr_ratio logging.peak_tflops_per_device distributed.num_processes",
               minimum=0, what=">= 0")
-    for section, types in FIELD_TYPES.items():
-        for key, tp in types.items():
-            value = getattr(getattr(cfg, section), key)
+    for section in FIELD_TYPES:
+        for dotted, tp, value in _fields(getattr(cfg, section), f"{section}."):
             if tp is float and not math.isfinite(value):
-                raise ConfigError(f"{section}.{key} must be a finite number, got {value}")
+                raise ConfigError(f"{dotted} must be a finite number, got {value}")
     for dotted in ("model.rope_theta", "model.rms_eps", "optim.lr", "optim.eps"):
-        value = getattr(getattr(cfg, dotted.split(".")[0]), dotted.split(".")[1])
+        value = _value(cfg, dotted)
         if not value > 0:
             raise ConfigError(f"{dotted} must be > 0, got {value}")
     for key in ("b1", "b2"):
@@ -168,20 +197,22 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
 
     # data
     _one_of(cfg, "data.source", SOURCES)
-    if d.passkey_loss not in ("answer", "all"):
-        raise ConfigError(f"data.passkey_loss must be answer or all, got {d.passkey_loss!r}")
-    _one_of(cfg, "data.passkey_filler", PASSKEY_FILLERS)
-    _one_of(cfg, "data.passkey_repeats", PASSKEY_REPEATS)
-    _one_of(cfg, "data.passkey_shift_at", PASSKEY_SHIFT_AT)
-    if not 0 <= d.passkey_shift_share <= 1:
-        raise ConfigError(f"data.passkey_shift_share must be in [0, 1] (the share of sequences with a shift), "
-                          f"got {d.passkey_shift_share}")
-    if not 0 <= d.passkey_named <= len(PASSKEY_NAMES):
-        raise ConfigError(f"data.passkey_named must be 0..{len(PASSKEY_NAMES)} (one key per name: "
-                          f"{', '.join(PASSKEY_NAMES)}), got {d.passkey_named}")
-    if any(ch.isdigit() for ch in d.passkey_end):
-        raise ConfigError(f"data.passkey_end must not contain digits (it marks the end of the key), "
-                          f"got {d.passkey_end!r}; e.g. data.passkey_end=.")
+    _passkey_only(cfg)
+    p = d.passkey
+    if p.loss not in ("answer", "all"):
+        raise ConfigError(f"data.passkey.loss must be answer or all, got {p.loss!r}")
+    _one_of(cfg, "data.passkey.filler", PASSKEY_FILLERS)
+    _one_of(cfg, "data.passkey.repeats", PASSKEY_REPEATS)
+    _one_of(cfg, "data.passkey.shift_at", PASSKEY_SHIFT_AT)
+    if not 0 <= p.shift_share <= 1:
+        raise ConfigError(f"data.passkey.shift_share must be in [0, 1] (the share of sequences with a shift), "
+                          f"got {p.shift_share}")
+    if not 0 <= p.named <= len(PASSKEY_NAMES):
+        raise ConfigError(f"data.passkey.named must be 0..{len(PASSKEY_NAMES)} (one key per name: "
+                          f"{', '.join(PASSKEY_NAMES)}), got {p.named}")
+    if any(ch.isdigit() for ch in p.end):
+        raise ConfigError(f"data.passkey.end must not contain digits (it marks the end of the key), "
+                          f"got {p.end!r}; e.g. data.passkey.end=.")
     if d.source != "passkey" and not d.path and not d.mixture:
         raise ConfigError(f"data.source={d.source} needs data.path (its files: comma-separated, globs allowed) or "
                           "data.mixture ([{path, weight}, ...])")
@@ -197,12 +228,13 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     last = 0
     for i, item in enumerate(d.curriculum):
         key = f"data.curriculum[{i}]"
-        for k, minimum in (("until_step", 1), ("seq_len", 1), ("chunk_size", 0), ("passkey_min_len", 0),
-                           ("passkey_needles", 0), ("passkey_shift", -1)):
-            if getattr(item, k) < minimum:
+        for k, minimum in (("until_step", 1), ("seq_len", 1), ("chunk_size", 0), ("passkey.min_len", 0),
+                           ("passkey.needles", 0), ("passkey.shift", -1)):
+            value = functools.reduce(getattr, k.split("."), item)
+            if value < minimum:
                 what = ("a positive int" if minimum > 0 else "a positive int (or 0: the section's value)"
                         if minimum == 0 else "an int >= 0 (or -1: the section's value)")
-                raise ConfigError(f"{key}.{k} must be {what}, got {getattr(item, k)!r}")
+                raise ConfigError(f"{key}.{k} must be {what}, got {value!r}")
         if item.until_step <= last:
             raise ConfigError(f"{key}.until_step ({item.until_step}) must be larger than the previous "
                               f"stage's ({last}); list the stages in order")

@@ -154,13 +154,13 @@ class Stage(NamedTuple):
 def curriculum_stage(cfg, step: int) -> Stage:
     """The curriculum stage at an optimizer step (after the last listed stage: the data and
     comet sections themselves)."""
-    d, c = cfg.data, cfg.comet
+    d, c, p = cfg.data, cfg.comet, cfg.data.passkey
     for i, item in enumerate(d.curriculum):
         if step < item.until_step:
-            return Stage(i, item.seq_len, item.chunk_size or c.chunk_size, item.passkey_min_len or d.passkey_min_len,
-                         item.passkey_needles or d.passkey_needles,
-                         d.passkey_shift if item.passkey_shift < 0 else item.passkey_shift)
-    return Stage(len(d.curriculum), d.seq_len, c.chunk_size, d.passkey_min_len, d.passkey_needles, d.passkey_shift)
+            s = item.passkey
+            return Stage(i, item.seq_len, item.chunk_size or c.chunk_size, s.min_len or p.min_len,
+                         s.needles or p.needles, p.shift if s.shift < 0 else s.shift)
+    return Stage(len(d.curriculum), d.seq_len, c.chunk_size, p.min_len, p.needles, p.shift)
 
 
 class Trainer:

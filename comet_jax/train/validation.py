@@ -73,7 +73,7 @@ class Validator:
                 else {"seed": HELD_OUT_SEED})
         pipelined = t.mode == "comet" and t.stages > 1
         num_chunks = num_chunks_for(d.seq_len, t.comet, t.planners, t.stages) if pipelined else None
-        src = make_source(d, t.tokenizer, seq_len=d.seq_len, passkey_min_len=min(d.passkey_min_len or d.seq_len,
+        src = make_source(d, t.tokenizer, seq_len=d.seq_len, passkey_min_len=min(d.passkey.min_len or d.seq_len,
                                                                                d.seq_len),
                           vocab_size=t.model.real_vocab,
                           reserved=comet_token_names(t.comet), **over)
