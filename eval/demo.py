@@ -1,8 +1,8 @@
-"""`python -m eval.demo` (installed as `comet-demo`): see comet_jax/demo/passkey_demo.py."""
+"""`python -m eval.demo` (installed as `comet-demo`): see comet_jax/demo/cli.py."""
 
 import sys
 
-from comet_jax.demo.passkey_demo import main
+from comet_jax.demo.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "comet-jax checkout, else comet_demo/runs)")
     ap.add_argument("--samples", type=int, default=50, help="prompts per (length, depth) cell (default 50)")
     ap.add_argument("--seed", type=int, default=0, help="training seed of every model (run.seed; default 0)")
+    ap.add_argument("--seeds", metavar="0,1,2,3",
+                    help="one demo per seed, several side by side, then the min / mean over seeds of every cell "
+                         "(OUT/seeds.json; comet_jax/demo/seeds.py)")
     ap.add_argument("--multipliers", default="1,4,16,32",
                     help="eval lengths as multiples of the training length (default 1,4,16,32)")
     ap.add_argument("--held-out-mults", default="1,4,32",
@@ -335,6 +338,8 @@ def positive_numbers(ap, flag: str, text: str) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
+    if args.seeds:
+        ap.error("--seeds runs several demos: use comet-demo or python -m eval.demo (comet_jax/demo/cli.py)")
     models = [m for m in args.models.split(",") if m]
     if not models or any(m not in MODELS for m in models):
         ap.error(f"--models: choose from {','.join(MODELS)}")
