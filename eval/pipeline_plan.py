@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stages", default="1,2,4,8", help="numbers of pipeline stages to compare")
     args = ap.parse_args(argv)
     from comet_jax.config import ConfigError
-    from comet_jax.train.trainer import build_model, load_tokenizer
+    from comet_jax.train.run_setup import build_model, load_tokenizer
 
     try:
         cfg = load_valid(args)

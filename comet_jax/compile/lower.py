@@ -59,7 +59,7 @@ def base_vocab(cfg) -> int | None:
     """The tokenizer's vocabulary when a model trained from scratch takes its size from it."""
     if cfg.model.init != "scratch" or cfg.model.vocab_size:
         return None
-    from comet_jax.train.trainer import load_tokenizer
+    from comet_jax.train.run_setup import load_tokenizer
 
     return load_tokenizer(cfg).get_vocab_size()
 

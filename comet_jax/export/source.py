@@ -66,7 +66,7 @@ def _run(src: Path, step: int | None, log: Callable[[str], None]) -> Source:
     if not (src / "config.yaml").is_file():
         raise ExportError(f"{src} has checkpoints/ but no config.yaml: it is not a training run directory")
     from comet_jax.train.train_config import load_config
-    from comet_jax.train.trainer import build_model, carried_from_init, load_tokenizer, save_tokenizer
+    from comet_jax.train.run_setup import build_model, carried_from_init, load_tokenizer, save_tokenizer
 
     cfg = load_config(str(src / "config.yaml"))
     step, meta = _pick_step(src / "checkpoints", step, log)
