@@ -407,9 +407,11 @@ def _main(args, lengths: list[int], depths: list[float]) -> int:
         print(f"\ninterrupted: every finished cell is in {out / RESULTS}; the same command with --resume "
               "continues the run", file=sys.stderr)
         return 130
+    print("exact match (starts with) by needle depth:", file=sys.stderr)
     for n in lengths:
         row = [c for c in cells if c["length"] == n]
-        print(f"{format_length(n):>6}: " + "  ".join(f"d{c['depth']:g}={c['accuracy']:.2f}" for c in row)
+        print(f"{format_length(n):>6}: " + "  ".join(f"d{c['depth']:g}={c.get('exact', 0.0):.2f} ({c['accuracy']:.2f})"
+                                                     for c in row)
               + f"  ({sum(c['seconds'] for c in row):.1f}s, peak {max(c['peak_memory_mb'] for c in row):.0f} MB)",
               file=sys.stderr)
     print(f"wrote {out / RESULTS} and {out / HEATMAP}", file=sys.stderr)
