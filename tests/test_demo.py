@@ -38,6 +38,13 @@ def test_quick_demo_writes_every_artefact(tmp_path):
     assert "$ python -m comet_jax.train.cli " in proc.stderr and "$ python -m comet_jax.evals.passkey " in proc.stderr
     assert set(res["models"]["comet"]["held_out"]["exact_by_length"]) == set(res["models"]["comet"]["accuracy_by_length"])
     assert res["seed"] == 0
+    # the trained CoMeT model beside its numbers, with a card (docs/demo/model for the default demo)
+    model = out / "model"
+    assert {"comet_jax.json", "tokenizer.json", "params", "README.md"} <= {p.name for p in model.iterdir()}
+    assert not (out / "model.tmp").exists() and not (out / "model.old").exists()
+    card = (model / "README.md").read_text()
+    assert "(seed 0)" in card and "`comet-demo --seed 0 --quick`" in card and f"--checkpoint {model} --lengths 128,4096" in card and "| held-out wording |" in card
+    assert "4 steps" in card
     # the last model to start (nomem, with 2+ cores) runs on every core
     assert "training nomem (CoMeT, memory off) on every core" in proc.stderr or len(os.sched_getaffinity(0)) < 2
 
@@ -143,6 +150,7 @@ def test_runs_of_other_settings_keep_their_own_directories(tmp_path, monkeypatch
 
     children = FakeChildren()
     monkeypatch.setattr(demo, "run", children)
+    monkeypatch.setattr(demo, "ship_model", lambda *a: None)  # the fake runs have no model (the quick demo test ships one)
     monkeypatch.setattr(demo, "plot", lambda results, out: None)
     monkeypatch.setattr(passkey, "write_heatmap", lambda results, path: None)
     monkeypatch.chdir(tmp_path)  # the default --out: comet_demo (and comet_demo/{tag})

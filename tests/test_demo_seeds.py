@@ -31,6 +31,7 @@ def test_seeds_run_one_demo_each_and_write_the_spread(tmp_path, monkeypatch, cap
     children = FakeSeedChildren()
     children.demos = []
     monkeypatch.setattr(demo, "run", children)
+    monkeypatch.setattr(demo, "ship_model", lambda *a: None)  # the fake runs have no model (the quick demo test ships one)
     monkeypatch.setattr(demo, "plot", lambda results, out: None)
     monkeypatch.setattr(demo, "available_cores", lambda: [0])  # one seed at a time, in this process
     monkeypatch.setattr(passkey, "write_heatmap", lambda results, path: None)

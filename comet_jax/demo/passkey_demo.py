@@ -54,6 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from comet_jax.bundled import checkout, config_path
+from comet_jax.demo.model_card import ship_model
 from comet_jax.evals.common import hold_out_dir
 
 MODELS = {
@@ -439,6 +440,11 @@ def run_models(args, models, sets, seq_len, samples, depths, mults, held_mults, 
                       out / f"heatmap_{name}.png")
     plot(results, out)
     write_json(results, out / "results.json")
+    if "comet" in results["models"]:  # the trained model beside its numbers: query it without training
+        command = " ".join(["comet-demo", *(["--config", given_config] if given_config else []), "--seed", str(args.seed),
+                            *(["--quick"] if args.quick else []), *(f"--set {s}" for s in args.set)])
+        shipped = ship_model(work / run_name("comet", tag), out, results, command, str(out / "model"))
+        log(f"the CoMeT model and its card: {shipped}")
     log(f"done in {results['wall_seconds']:.0f}s; wrote {out}")
     print(summary_table(results))
     return 0
