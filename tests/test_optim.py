@@ -24,6 +24,16 @@ def test_schedule_warmup_then_cosine_to_floor():
     assert float(s(60)) == pytest.approx(0.55, abs=1e-3) and float(s(110)) == pytest.approx(0.1)
 
 
+def test_schedule_warmup_stable_decay():
+    s = lr_schedule(1.0, 10, 110, min_lr_ratio=0.1, decay_steps=40)  # held at 1 until step 70
+    assert float(s(5)) == pytest.approx(0.5) and float(s(10)) == pytest.approx(1.0)
+    assert float(s(40)) == pytest.approx(1.0) and float(s(70)) == pytest.approx(1.0)
+    assert float(s(90)) == pytest.approx(0.55, abs=1e-3) and float(s(110)) == pytest.approx(0.1)
+    # a decay longer than the run after warm-up: the cosine starts when the warm-up ends
+    s = lr_schedule(1.0, 10, 110, min_lr_ratio=0.1, decay_steps=500)
+    assert float(s(10)) == pytest.approx(1.0) and float(s(60)) == pytest.approx(0.55, abs=1e-3)
+
+
 def test_groups_and_decay_mask():
     p = init_params(MODEL, COMET, jax.random.key(0))
     groups, mask = param_groups(p), decay_mask(p)

@@ -96,7 +96,7 @@ def build_functions(cfg, model, comet, mesh, wanted: set[str], decode_batch: int
         params = aot.abstract_params(model, comet, mesh, rules=cfg.mesh.rules)
         o = cfg.optim
         tx, schedule = make_optimizer(params, lr=o.lr, total_steps=cfg.train.steps, warmup_steps=o.warmup_steps,
-                                      min_lr_ratio=o.min_lr_ratio, b1=o.b1, b2=o.b2, eps=o.eps,
+                                      min_lr_ratio=o.min_lr_ratio, decay_steps=o.decay_steps, b1=o.b1, b2=o.b2, eps=o.eps,
                                       weight_decay=o.weight_decay, clip_norm=o.clip_norm,
                                       memory_lr_mult=o.memory_lr_mult)
         state = aot.abstract_train_state(params, tx, mesh)

@@ -12,12 +12,20 @@ import optax
 from comet_jax.model import schema
 
 
-def lr_schedule(lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> optax.Schedule:
-    """Linear warm-up from 0 to lr, then cosine decay to lr * min_lr_ratio at total_steps."""
+def lr_schedule(lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0,
+                decay_steps: int = 0) -> optax.Schedule:
+    """Linear warm-up from 0 to lr, then cosine decay to lr * min_lr_ratio at total_steps.
+    decay_steps > 0: warm-up, the rate held at lr, then the cosine over the last decay_steps
+    steps only (warm-up / stable / decay: the rate stays high for most of the run)."""
     warmup = max(0, min(warmup_steps, total_steps))
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
-        end_value=lr * min_lr_ratio)
+    if decay_steps <= 0:
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
+            end_value=lr * min_lr_ratio)
+    start = max(warmup, total_steps - decay_steps)
+    parts = [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr),
+             optax.cosine_decay_schedule(lr, max(total_steps - start, 1), alpha=min_lr_ratio)]
+    return optax.join_schedules(parts, [warmup, start])
 
 
 def _path_names(path) -> tuple[str, ...]:
@@ -36,11 +44,11 @@ def decay_mask(params: Any) -> Any:
 
 
 def make_optimizer(params: Any, *, lr: float, total_steps: int, warmup_steps: int = 10,
-                   min_lr_ratio: float = 0.0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   min_lr_ratio: float = 0.0, decay_steps: int = 0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                    weight_decay: float = 0.0, clip_norm: float = 1.0,
                    memory_lr_mult: float = 5.0) -> tuple[optax.GradientTransformation, Callable]:
     """(transformation, base schedule). Clipping is on the global norm of all gradients."""
-    schedule = lr_schedule(lr, warmup_steps, total_steps, min_lr_ratio)
+    schedule = lr_schedule(lr, warmup_steps, total_steps, min_lr_ratio, decay_steps)
 
     def adamw(sched):
         return optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask)

@@ -146,6 +146,9 @@ class OptimSection:
     weight_decay: float = 0.0
     warmup_steps: int = 10
     min_lr_ratio: float = 0.0
+    # 0: the cosine spans the run; N: the rate is held at lr until the last N steps, which
+    # decay it (warm-up / stable / decay)
+    decay_steps: int = 0
     clip_norm: float = 1.0  # 0 = no clipping
     grad_accum: int = 1
 

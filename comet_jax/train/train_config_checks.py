@@ -130,7 +130,7 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
                    "mesh.data mesh.fsdp mesh.tensor mesh.stage mesh.slices checkpoint.every checkpoint.keep")
     _positive(cfg, "model.vocab_size data.num_workers data.passkey.min_len data.passkey.shift "
                    "optim.warmup_steps optim.weight_decay optim.clip_norm optim.memory_lr_mult "
-                   "optim.min_lr_ratio logging.peak_tflops_per_device distributed.num_processes",
+                   "optim.min_lr_ratio optim.decay_steps logging.peak_tflops_per_device distributed.num_processes",
               minimum=0, what=">= 0")
     for section in FIELD_TYPES:
         for dotted, tp, value in _fields(getattr(cfg, section), f"{section}."):

@@ -132,7 +132,7 @@ class Trainer:
             params = jax.tree.map(lambda x: x.astype(jnp.dtype(self.model.param_dtype)), params)
         o = cfg.optim
         self.tx, self.schedule = make_optimizer(
-            params, lr=o.lr, total_steps=cfg.train.steps, warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio,
+            params, lr=o.lr, total_steps=cfg.train.steps, warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio, decay_steps=o.decay_steps,
             b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, clip_norm=o.clip_norm,
             memory_lr_mult=o.memory_lr_mult)
         # moments inherit their parameter's sharding; the scalar counts are made on one
