@@ -22,7 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from comet_jax.config import PASSKEY_FILLERS, PASSKEY_NAMES as NAMES, PASSKEY_REPEATS, PASSKEY_SHIFT_AT
+from comet_jax.config import (PASSKEY_FILLERS, PASSKEY_NAMES as NAMES, PASSKEY_REPEATS, PASSKEY_SHIFT_AT,
+                              PASSKEY_WORDINGS)
 
 FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
           "There and back again. ")
@@ -35,6 +36,12 @@ QUESTION = "What is the pass key? The pass key is"
 FILLER_HELD_OUT = "The sun is blue. The grass is yellow. There we go again. The sky is green. Here and back. "
 QUESTION_HELD_OUT = "I will quiz you about the pass key. What is it? The pass key is"
 VARIANTS = {"train": (FILLER, QUESTION), "held_out": (FILLER_HELD_OUT, QUESTION_HELD_OUT)}
+# Training questions of data.passkey.wording=varied (QUESTION first): words of the passkey
+# tokenizer only (one token each), all ending in "The pass key is"; none uses the held-out
+# question's "I will quiz you about the pass key" or "What is it?".
+QUESTIONS_VARIED = (QUESTION, "Find the pass key. The pass key is", "Remember the pass key? The pass key is",
+                    "What is the important info? The pass key is",
+                    "Here we go again. What is the pass key? The pass key is")
 
 
 def needle(key: str) -> str:
@@ -71,7 +78,8 @@ def encode(tokenizer: Any, text: str) -> np.ndarray:
 class _Parts:
     """Token ids of the fixed units of a prompt for one tokenizer (computed once)."""
 
-    def __init__(self, tokenizer: Any, prefix_ids: Sequence[int] = (), variant: str = "train", end: str = ""):
+    def __init__(self, tokenizer: Any, prefix_ids: Sequence[int] = (), variant: str = "train", end: str = "",
+                 questions: Sequence[str] | None = None):
         if variant not in VARIANTS:
             raise ValueError(f"unknown prompt variant {variant!r}: use one of {sorted(VARIANTS)}")
         filler, question = VARIANTS[variant]
@@ -80,7 +88,10 @@ class _Parts:
         # TASK without its trailing space; every later unit starts with the space before it.
         self.task = encode(tokenizer, TASK.rstrip(" "))
         self.sentences = [encode(tokenizer, " " + s) for s in sentences(filler)]
-        self.question = encode(tokenizer, " " + question)
+        # every wording a question may take (`questions`, default the variant's one); self.question
+        # is the longest, so that lengths planned with it always fit
+        self.questions = [encode(tokenizer, " " + q) for q in (questions or (question,))]
+        self.question = max(self.questions, key=len)
         self.cycle = np.concatenate(self.sentences)
         self.cum = np.cumsum([len(s) for s in self.sentences])  # tokens of the first j+1 sentences
         if any(len(s) == 0 for s in self.sentences):
@@ -129,13 +140,14 @@ class _Parts:
         return rng.integers(0, len(self.sentences), size=max(n_tokens, 0) // shortest + 1)
 
     def episode(self, n_tokens: int, depth: float, key: str, rng: np.random.Generator | None = None,
-                extra: Sequence[tuple[np.ndarray, float]] = ()):
+                extra: Sequence[tuple[np.ndarray, float]] = (), question: np.ndarray | None = None):
         """Filler with the needle after `depth` of it, then the question: at most n_tokens.
         The filler cycles through the sentences, or with `rng` draws each sentence at random.
-        `extra`: more needles (ids, depth), each put after `depth` of the filler too.
-        Returns (ids, needle offset in them, sentences before the needle, sentences)."""
+        `extra`: more needles (ids, depth), each put after `depth` of the filler too. `question`:
+        its ids (default self.question). Returns (ids, needle offset in them, sentences before the needle, sentences)."""
         ndl = self.needle(key)
-        budget = n_tokens - len(ndl) - len(self.question) - sum(len(ids) for ids, _ in extra)
+        question = self.question if question is None else question
+        budget = n_tokens - len(ndl) - len(question) - sum(len(ids) for ids, _ in extra)
         order = None if rng is None else self.random_order(rng, budget)
         n_sent = self.fitting(budget, order)
         body = self.filler(n_sent, order)
@@ -149,10 +161,11 @@ class _Parts:
                 offset = sum(len(p) for p in pieces)
             pieces.append(ids)
             at = pos
-        pieces += [body[at:], self.question]
+        pieces += [body[at:], question]
         return np.concatenate(pieces), offset, int(round(depth * n_sent)), n_sent
 
-    def build(self, n_tokens: int, depth: float, key: str, rng: np.random.Generator | None = None):
+    def build(self, n_tokens: int, depth: float, key: str, rng: np.random.Generator | None = None,
+              question: np.ndarray | None = None):
         fixed = self.minimum(key)
         if n_tokens < fixed:
             raise ValueError(f"n_tokens={n_tokens} is too small for the passkey prompt: the task line, "
@@ -160,7 +173,7 @@ class _Parts:
         if not 0.0 <= depth <= 1.0:
             raise ValueError(f"depth must be in [0, 1], got {depth}")
         lead = len(self.prefix) + len(self.task)
-        body, offset, before, n_sent = self.episode(n_tokens - lead, depth, key, rng)
+        body, offset, before, n_sent = self.episode(n_tokens - lead, depth, key, rng, question=question)
         ids = np.concatenate([self.prefix, self.task, body])
         info = dict(needle_offset=int(lead + offset), needle_len=int(len(self.needle(key))), sentences_before=before,
                     num_sentences=int(n_sent), depth=float(depth), key=key, minimum=int(fixed))
@@ -224,13 +237,15 @@ class PasskeySource:
     that shorter length). shift_at="start": those tokens go before the task line instead (after
     the prefix), so the task line moves too and a needle at depth 0 still follows it directly.
     shift_share < 1: only that share of records gets a shift (drawn per record), the rest none.
+    wording="varied": each question is one of QUESTIONS_VARIED (drawn per question) instead of
+    always QUESTION, so that a model does not tie its answer to one wording.
     """
 
     def __init__(self, tokenizer: Any, *, max_len: int, min_len: int | None = None, digits: int = 5,
                  seed: int = 0, num_records: int = 10**9, prefix_ids: Sequence[int] = (), loss_on: str = "answer",
                  needles: int = 1, questions: int = 1, end: str = "", filler: str = "cycle", named: int = 0,
                  repeats: str = "spread", shift: int = 0, shift_at: str = "task",
-                 shift_share: float = 1.0):
+                 shift_share: float = 1.0, wording: str = "fixed"):
         if digits < 1:
             raise ValueError(f"digits must be >= 1, got {digits}")
         if needles < 1 or questions < 1:
@@ -249,12 +264,16 @@ class PasskeySource:
             raise ValueError(f"passkey shift_at must be one of {PASSKEY_SHIFT_AT}, got {shift_at!r}")
         if not 0.0 <= shift_share <= 1.0:
             raise ValueError(f"passkey shift_share must be in [0, 1], got {shift_share}")
+        if wording not in PASSKEY_WORDINGS:
+            raise ValueError(f"passkey wording must be one of {PASSKEY_WORDINGS}, got {wording!r}")
+        self.wording = wording
         self.random_filler, self.repeats, self.shift, self.shift_at = filler == "random", repeats, int(shift), shift_at
         self.shift_share = float(shift_share)
         if any(ch.isdigit() for ch in end):
             raise ValueError(f"passkey end {end!r} must not contain digits (it marks where the key stops)")
         self.loss_on, self.needles, self.questions, self.named = loss_on, int(needles), int(questions), int(named)
-        self._parts = _Parts(tokenizer, prefix_ids, end=end)
+        self._parts = _Parts(tokenizer, prefix_ids, end=end,
+                             questions=QUESTIONS_VARIED if wording == "varied" else None)
         self.digits, self.seed, self.num_records = int(digits), int(seed), int(num_records)
         # Keys can tokenize to different lengths (BPE); take the longest of a few probes.
         probes = ["0" * digits, "9" * digits, "1234567890" * (digits // 10) + "1234567890"[: digits % 10]]
@@ -286,6 +305,7 @@ class PasskeySource:
                 + (f", repeats={self.repeats!r}" if self.repeats != "spread" else "")
                 + (f", shift={self.shift}" if self.shift else "")
                 + (f", shift_share={self.shift_share}" if self.shift and self.shift_share != 1.0 else "")
+                + (f", wording={self.wording!r}" if self.wording != "fixed" else "")
                 + (f", shift_at={self.shift_at!r})" if self.shift and self.shift_at != "task" else ")"))
 
     def _draw(self, index: int):
@@ -309,7 +329,13 @@ class PasskeySource:
         if n + len(answer) > self.max_len:
             raise ValueError(f"passkey record {index}: key {key} needs {n + len(answer)} tokens > "
                              f"max_len={self.max_len}")
-        return self._parts.build(n, depth, key, rng if self.random_filler else None)
+        return self._parts.build(n, depth, key, rng if self.random_filler else None, question=self._question(rng))
+
+    def _question(self, rng: np.random.Generator) -> np.ndarray:
+        """The ids of one question: drawn among the wordings only when there are several (so
+        that records with one wording use the random stream as before)."""
+        qs = self._parts.questions
+        return qs[int(rng.integers(len(qs)))] if len(qs) > 1 else qs[0]
 
     def episodes(self, index: int) -> list[tuple[np.ndarray, np.ndarray, dict]]:
         """Record `index` as (prompt ids, answer ids, info) per question; the first prompt starts
@@ -381,11 +407,12 @@ class PasskeySource:
             budget = int(m + more - len(a))
             if d is None:  # the same key asked again after more filler
                 order = self._parts.random_order(rng, budget) if self.random_filler else None
-                n_sent = self._parts.fitting(budget - len(self._parts.question), order)
-                body, offset, before = np.concatenate([self._parts.filler(n_sent, order), self._parts.question]), None, None
+                question = self._question(rng)
+                n_sent = self._parts.fitting(budget - len(question), order)
+                body, offset, before = np.concatenate([self._parts.filler(n_sent, order), question]), None, None
             else:
                 body, offset, before, n_sent = self._parts.episode(budget, d, k, rng if self.random_filler else None,
-                                                                   extra if i == 0 else ())
+                                                                   extra if i == 0 else (), self._question(rng))
             head = np.concatenate([self._parts.prefix, self._parts.task]) if i == 0 else body[:0]
             out.append((np.concatenate([head, body]).astype(np.int32), a,
                         dict(needle_offset=None if offset is None else int(len(head) + offset),

@@ -108,6 +108,8 @@ class PasskeySection:
     shift: int = 0
     shift_at: str = "task"  # or "start": the shift before the task line
     shift_share: float = 1.0  # the share of sequences that get a shift; the rest none
+    # "varied": each question in one of a few wordings (none the held-out prompt's), not always one
+    wording: str = "fixed"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from pathlib import Path
 from comet_jax.data.files import data_files
 
 from comet_jax.config import (ATTENTIONS, MODES, PASSKEY_FILLERS, PASSKEY_NAMES, PASSKEY_REPEATS, PASSKEY_SHIFT_AT,
-                              PLANNERS, REMATS, SCHEDULES, SOURCES, TRAIN_DTYPES, ConfigError, check_comet_settings)
+                              PASSKEY_WORDINGS, PLANNERS, REMATS, SCHEDULES, SOURCES, TRAIN_DTYPES, ConfigError,
+                              check_comet_settings)
 from comet_jax.train.config_parse import unknown_key
 from comet_jax.train.train_config import (FIELD_TYPES, PasskeySection, StagePasskeySection, TrainConfig,
                                          load_config)
@@ -204,6 +205,7 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     _one_of(cfg, "data.passkey.filler", PASSKEY_FILLERS)
     _one_of(cfg, "data.passkey.repeats", PASSKEY_REPEATS)
     _one_of(cfg, "data.passkey.shift_at", PASSKEY_SHIFT_AT)
+    _one_of(cfg, "data.passkey.wording", PASSKEY_WORDINGS)
     if not 0 <= p.shift_share <= 1:
         raise ConfigError(f"data.passkey.shift_share must be in [0, 1] (the share of sequences with a shift), "
                           f"got {p.shift_share}")
