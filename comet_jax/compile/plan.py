@@ -37,12 +37,11 @@ import os
 import sys
 
 from comet_jax.compile.lower import base_vocab, build_functions, memory_levers
-from comet_jax.compile.search import size
+from comet_jax.compile.search import GB, size
 from comet_jax.config import ConfigError
 from comet_jax.train.train_config import config_parser
 from comet_jax.train.train_config_checks import load_valid
 
-GB = 1e9
 GIB = 2**30  # HBM sizes are binary: the TPU compiler's "15.75G" of a v5e is 15.75 GiB (16.9e9 bytes)
 # per chip: HBM (GiB, as the compiler counts it) and dense bf16 peak (TFLOP/s)
 CHIPS = {"v4": (32.0, 275.0), "v5e": (15.75, 197.0), "v5p": (95.0, 459.0), "v6e": (31.25, 918.0),
