@@ -170,7 +170,20 @@ def test_runs_of_other_settings_keep_their_own_directories(tmp_path, monkeypatch
     assert json.loads((tmp_path / "comet_demo" / "seed1" / "results.json").read_text())["seed"] == 1
     assert json.loads((tmp_path / "comet_demo" / "results.json").read_text())["seed"] == 0
 
+    recorded = json.loads((work / "comet" / demo.TRAIN_TIME).read_text())["train_seconds"]
+    assert json.loads((tmp_path / "comet_demo" / "results.json").read_text())["models"]["comet"][
+        "train_seconds"] == recorded
+    (work / "comet" / demo.TRAIN_TIME).write_text(json.dumps({"train_seconds": 987.6}))
     assert demo.main(base) == 0 and len(children.trained) == 2  # the finished seed-0 run is reused
+    # with the time it took to train, not the instant it took to reuse
+    assert json.loads((tmp_path / "comet_demo" / "results.json").read_text())["models"]["comet"][
+        "train_seconds"] == 987.6
+    (work / "comet" / demo.TRAIN_TIME).unlink()  # a run trained by hand: its step times
+    (work / "comet" / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": 1.0, "step_time": 1.5}) + "\n"
+                                                          for i in (1, 2)))
+    assert demo.main(base) == 0 and demo.recorded_train_seconds(work / "comet") == 3.0
+    assert json.loads((tmp_path / "comet_demo" / "results.json").read_text())["models"]["comet"][
+        "train_seconds"] == 3.0
     capsys.readouterr()
 
     (work / "comet" / "config.yaml").write_text(seed0 + "# another config\n")  # e.g. an older bundled config

@@ -65,6 +65,7 @@ MODELS = {
 LABELS = {"comet": "CoMeT (memory)", "full": "full attention", "nomem": "CoMeT, memory off"}
 DEPTHS = "0,0.25,0.5,0.75,1"
 DEFAULT_CONFIG = "demo_passkey.yaml"
+TRAIN_TIME = "demo_train_seconds.json"  # in a run the demo trained: its training time, for when it is reused
 
 
 def in_checkout_root() -> bool:
@@ -223,9 +224,11 @@ def train_and_eval(name: str, cores, args, sets, seq_len, samples, depths, mults
     if not finished:
         log(f"training {name} ({LABELS[name]})" + (f" on cores {cores}" if cores else " on every core"), name)
         run(["-m", "comet_jax.train.cli", "--config", args.config, *overrides], name, cores)
+        train_s = time.time() - t0
+        (run_dir / TRAIN_TIME).write_text(json.dumps({"train_seconds": round(train_s, 1)}))
     else:
         log(f"reusing the finished run in {run_dir} (same config; --retrain to redo)", name)
-    train_s = time.time() - t0
+        train_s = recorded_train_seconds(run_dir)
     limit = args.full_max_mult if name == "full" else float("inf")
     lengths = [int(round(m * seq_len)) for m in mults if m <= limit]
     skipped = [int(round(m * seq_len)) for m in mults if m > limit]
@@ -272,6 +275,19 @@ def train_seq_len(config: str, overrides: list[str]) -> int:
     from comet_jax.train.train_config import load_config
 
     return int(load_config(config, overrides).data.seq_len)
+
+
+def recorded_train_seconds(run_dir: Path) -> float:
+    """How long a reused run took to train: what the demo that trained it wrote, else (a run
+    trained by hand, or before the demo wrote it) the sum of its step times (compile included,
+    start-up and checkpoint writes not)."""
+    path = run_dir / TRAIN_TIME
+    if path.is_file():
+        return float(json.loads(path.read_text())["train_seconds"])
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return 0.0
+    return sum(json.loads(line).get("step_time", 0.0) for line in metrics.read_text().splitlines() if line)
 
 
 def loss_curve(run_dir: Path) -> tuple[list[int], list[float]]:
