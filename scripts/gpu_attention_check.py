@@ -14,7 +14,6 @@ import argparse
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from comet_jax import build

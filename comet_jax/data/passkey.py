@@ -79,7 +79,7 @@ class _Parts:
     """Token ids of the fixed units of a prompt for one tokenizer (computed once)."""
 
     def __init__(self, tokenizer: Any, prefix_ids: Sequence[int] = (), variant: str = "train", end: str = "",
-                 questions: Sequence[str] | None = None):
+                 wordings: Sequence[str] | None = None):
         if variant not in VARIANTS:
             raise ValueError(f"unknown prompt variant {variant!r}: use one of {sorted(VARIANTS)}")
         filler, question = VARIANTS[variant]
@@ -88,10 +88,10 @@ class _Parts:
         # TASK without its trailing space; every later unit starts with the space before it.
         self.task = encode(tokenizer, TASK.rstrip(" "))
         self.sentences = [encode(tokenizer, " " + s) for s in sentences(filler)]
-        # every wording a question may take (`questions`, default the variant's one); self.question
+        # every wording a question may take (`wordings`, default the variant's one); self.question
         # is the longest, so that lengths planned with it always fit
-        self.questions = [encode(tokenizer, " " + q) for q in (questions or (question,))]
-        self.question = max(self.questions, key=len)
+        self.wordings = [encode(tokenizer, " " + q) for q in (wordings or (question,))]
+        self.question = max(self.wordings, key=len)
         self.cycle = np.concatenate(self.sentences)
         self.cum = np.cumsum([len(s) for s in self.sentences])  # tokens of the first j+1 sentences
         if any(len(s) == 0 for s in self.sentences):
@@ -273,7 +273,7 @@ class PasskeySource:
             raise ValueError(f"passkey end {end!r} must not contain digits (it marks where the key stops)")
         self.loss_on, self.needles, self.questions, self.named = loss_on, int(needles), int(questions), int(named)
         self._parts = _Parts(tokenizer, prefix_ids, end=end,
-                             questions=QUESTIONS_VARIED if wording == "varied" else None)
+                             wordings=QUESTIONS_VARIED if wording == "varied" else None)
         self.digits, self.seed, self.num_records = int(digits), int(seed), int(num_records)
         # Keys can tokenize to different lengths (BPE); take the longest of a few probes.
         probes = ["0" * digits, "9" * digits, "1234567890" * (digits // 10) + "1234567890"[: digits % 10]]
@@ -334,7 +334,7 @@ class PasskeySource:
     def _question(self, rng: np.random.Generator) -> np.ndarray:
         """The ids of one question: drawn among the wordings only when there are several (so
         that records with one wording use the random stream as before)."""
-        qs = self._parts.questions
+        qs = self._parts.wordings
         return qs[int(rng.integers(len(qs)))] if len(qs) > 1 else qs[0]
 
     def episodes(self, index: int) -> list[tuple[np.ndarray, np.ndarray, dict]]:
