@@ -70,14 +70,20 @@ def test_blockwise_causal_equals_the_dense_causal_mask():
     np.testing.assert_allclose(got[live], want[live], rtol=1e-5, atol=1e-6)
 
 
-def test_cudnn_formulation_equals_the_dense_mask():
+def test_cudnn_formulation_equals_the_dense_mask(monkeypatch):
     """The cuDNN call cannot be traced without cuDNN; the same arguments under jax's own
-    implementation show its masks mean what xla's do."""
+    implementation show its masks mean what xla's do. cuDNN (unlike xla) refuses a mask that
+    broadcasts over queries, so the chunk mask must arrive whole: [B, 1, T, S]."""
     q, k, v = random_qkv(2, 21)
     valid = jnp.asarray(np.random.default_rng(2).random((2, 21)) < 0.7)
     m = np.asarray(valid)
     want = np.asarray(backbone.attend(q, k, v, cm.chunk_mask(valid)))
-    got = np.asarray(attention._cudnn(q, k, v, implementation="xla", mask=valid[:, None, None, :]))
+    dpa, shapes = jax.nn.dot_product_attention, []
+    monkeypatch.setattr(jax.nn, "dot_product_attention",
+                        lambda *a, mask=None, **kw: shapes.append(mask.shape) or dpa(*a, mask=mask, **kw))
+    got = np.asarray(attention._cudnn_chunk(q, k, v, valid, implementation="xla"))
+    monkeypatch.undo()
+    assert shapes == [(2, 1, 21, 21)]
     np.testing.assert_allclose(got[m], want[m], rtol=1e-5, atol=1e-6)
     lengths = jnp.asarray([21, 9])
     want = np.asarray(backbone.causal_attend(q, k, v, lengths))

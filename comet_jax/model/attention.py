@@ -96,7 +96,7 @@ def chunk_attention(model: ModelConfig, valid: jnp.ndarray) -> Attn | None:
     if kernel == "splash":
         seg = jnp.where(valid, 0, 1).astype(jnp.int32)
         return lambda q, k, v: splash_causal(q, k, v, seg)
-    return lambda q, k, v: _cudnn(q, k, v, mask=valid[:, None, None, :])
+    return lambda q, k, v: _cudnn_chunk(q, k, v, valid)
 
 
 def full_attention(model: ModelConfig, lengths: jnp.ndarray) -> Attn | None:
@@ -111,6 +111,13 @@ def full_attention(model: ModelConfig, lengths: jnp.ndarray) -> Attn | None:
             return splash_causal(q, k, v, seg)
         return run
     return lambda q, k, v: _cudnn(q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths)
+
+
+def _cudnn_chunk(q, k, v, valid, implementation: str = "cudnn") -> jnp.ndarray:
+    # cuDNN takes a mask only as a full [B, 1, T, S] bias: on a GPU jax rejects [B, 1, 1, S]
+    # ("Bias must have same seq length as QKV"), which its xla implementation broadcasts.
+    mask = jnp.broadcast_to(valid[:, None, None, :], (q.shape[0], 1, q.shape[1], k.shape[1]))
+    return _cudnn(q, k, v, implementation, mask=mask)
 
 
 def _cudnn(q, k, v, implementation: str = "cudnn", **masks) -> jnp.ndarray:
