@@ -29,7 +29,7 @@ fi
 $PY -c "import grain, orbax.checkpoint, jax; print('devices', jax.devices())" || exit 1
 n=$(wc -w <<<"$SEEDS"); cores=$(nproc); per=$(( cores / n > 0 ? cores / n : 1 ))
 one() {  # one SEED FIRST_CORE: train, then evaluate on the training and the held-out prompt
-    local s=$1 c0=$2 w="$OUT/seeds/s$1" pin="$2-$(( $2 + per - 1 ))"
+    local s=$1 w="$OUT/seeds/s$1" pin="$2-$(( $2 + per - 1 ))"
     mkdir -p "$w"
     taskset -c "$pin" timeout "$TRAIN_LIMIT" $PY -m comet_jax.train.cli --config configs/demo_passkey.yaml \
         run.dir="$w/run" run.name="gpu_s$s" run.seed="$s" "${@:3}" >"$w/train.log" 2>&1 \
