@@ -27,7 +27,7 @@ from comet_jax.evals.passkey import prefix_ids
 from comet_jax.io.tokenizer import load_tokenizer
 from comet_jax.model import backbone
 from comet_jax.model import comet as cm
-from comet_jax.model.memory import rms_norm
+from comet_jax.model.memory import gate_logit
 
 
 def gate_logits(params, ids: np.ndarray, model, comet) -> np.ndarray:
@@ -39,8 +39,7 @@ def gate_logits(params, ids: np.ndarray, model, comet) -> np.ndarray:
     update = cm.global_update
 
     def recording(p, x, s_prev, *rest):
-        x_hat = rms_norm(x, p["norm"], float(np.finfo(np.asarray(x).dtype).eps))
-        seen.append(np.asarray(np.concatenate([x_hat, s_prev], axis=-1) @ p["gate"])[0])
+        seen.append(np.asarray(gate_logit(p, x, s_prev)[1])[0])
         return update(p, x, s_prev, *rest)
 
     cm.global_update = recording

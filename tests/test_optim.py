@@ -9,7 +9,7 @@ import pytest
 from comet_jax import chunking, layout
 from comet_jax.config import CometConfig, ModelConfig
 from comet_jax.model.init import init_params
-from comet_jax.train.optim import decay_mask, lr_schedule, make_optimizer, param_groups
+from comet_jax.train.optim import decay_mask, ema_params, lr_schedule, make_optimizer, param_groups
 from comet_jax.train.train_step import make_train_step
 
 MODEL = ModelConfig(vocab_size=64, hidden_size=16, intermediate_size=24, num_layers=2, num_heads=2, num_kv_heads=1,
@@ -57,6 +57,24 @@ def test_memory_lr_multiplier_is_applied():
                                rtol=1e-5)
     np.testing.assert_allclose(updates[5.0]["layers"]["wq"], updates[1.0]["layers"]["wq"], rtol=1e-6)
     assert float(jnp.abs(updates[1.0]["layers"]["wq"]).max()) == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_ema_averages_the_parameters_each_step_leaves():
+    p = init_params(MODEL, COMET, jax.random.key(0))
+    tx, _ = make_optimizer(p, lr=1e-2, total_steps=10, warmup_steps=0, ema=0.75)
+    plain, _ = make_optimizer(p, lr=1e-2, total_steps=10, warmup_steps=0)
+    state, plain_state, ema = tx.init(p), plain.init(p), p
+    for i in range(3):
+        grads = jax.tree.map(lambda x: jnp.full_like(x, (-1.0) ** i * (i + 1)), p)
+        u, state = tx.update(grads, state, p)
+        u_plain, plain_state = plain.update(grads, plain_state, p)
+        jax.tree.map(np.testing.assert_array_equal, u, u_plain)  # the average does not change the steps
+        p = optax.apply_updates(p, u)
+        ema = jax.tree.map(lambda e, x: 0.75 * e + 0.25 * x, ema, p)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), ema_params(state), ema)
+    assert not np.allclose(ema["layers"]["wq"], p["layers"]["wq"])
+    with pytest.raises(ValueError, match="holds 0 parameter averages"):
+        ema_params(plain_state)
 
 
 @pytest.mark.parametrize("mode", ["comet", "full"])

@@ -125,6 +125,8 @@ def test_validate_mesh_and_batch():
     (["train.steps=0"], r"train\.steps must be > 0"),
     (["train.batch_size=-1"], r"train\.batch_size must be > 0"),
     (["optim.lr=0"], r"optim\.lr must be > 0"),
+    (["optim.ema=1"], r"optim\.ema must be in \[0, 1\)"),
+    (["optim.ema=-0.5"], r"optim\.ema must be in \[0, 1\)"),
     (["model.hidden_size=0"], r"model\.hidden_size must be > 0"),
     (["data.seq_len=0"], r"data\.seq_len must be > 0"),
     (["optim.grad_accum=0"], r"optim\.grad_accum must be > 0"),

@@ -17,16 +17,21 @@ from comet_jax.model.backbone import rms_norm
 TEMP_EPS = 1e-12
 
 
+def gate_logit(p: dict, x: jnp.ndarray, s_prev: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(x̂, the gate's logit W_g [x̂; s_prev] per slot), the logit in (at least) float32."""
+    x_hat = rms_norm(x, p["norm"], float(jnp.finfo(x.dtype).eps))
+    f32 = jnp.promote_types(x.dtype, jnp.float32)
+    return x_hat, jnp.matmul(jnp.concatenate([x_hat, s_prev], axis=-1), p["gate"], preferred_element_type=f32)
+
+
 def global_update(p: dict, x: jnp.ndarray, s_prev: jnp.ndarray, o_prev: jnp.ndarray, first: jnp.ndarray,
                   live: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """x, s_prev, o_prev [B, G, D]; first, live [B] bool. Returns (o, s).
 
     A chunk that is not live (batch padding) leaves the memory untouched."""
-    eps = float(jnp.finfo(x.dtype).eps)
-    x_hat = rms_norm(x, p["norm"], eps)
+    x_hat, logit = gate_logit(p, x, s_prev)
     # the gate and the blend in (at least) float32 whatever the compute dtype
     f32 = jnp.promote_types(x.dtype, jnp.float32)
-    logit = jnp.matmul(jnp.concatenate([x_hat, s_prev], axis=-1), p["gate"], preferred_element_type=f32)
     gate = jax.nn.sigmoid(logit)[..., None]
     blend = (gate * s_prev.astype(f32) + (1 - gate) * x_hat.astype(f32)).astype(x.dtype)
     s = jnp.where(first[:, None, None], x_hat, blend)

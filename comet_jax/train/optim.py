@@ -4,9 +4,10 @@ that skips norms and vectors, and a learning-rate multiplier for the memory nets
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from comet_jax.model import schema
@@ -43,11 +44,40 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, _: schema.entry(_path_names(path)).decay, params)
 
 
+class EmaState(NamedTuple):
+    ema: Any  # the moving average, shaped (and sharded) as the parameters
+
+
+def param_ema(decay: float) -> optax.GradientTransformation:
+    """Passes the updates through and keeps ema <- decay * ema + (1 - decay) * (params + updates):
+    the average of the parameters each step leaves (it starts at the initial ones)."""
+
+    def init(params):
+        return EmaState(jax.tree.map(jnp.array, params))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("param_ema needs the parameters: call update(grads, state, params)")
+        ema = jax.tree.map(lambda e, p, u: decay * e + (1 - decay) * (p + u).astype(e.dtype), state.ema, params, updates)
+        return updates, EmaState(ema)
+
+    return optax.GradientTransformation(init, update)
+
+
+def ema_params(opt_state: Any) -> Any:
+    """The moving average of the parameters kept by `param_ema` in an optimizer state."""
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, EmaState)) if isinstance(s, EmaState)]
+    if len(found) != 1:
+        raise ValueError(f"the optimizer state holds {len(found)} parameter averages, not one (optim.ema > 0 makes one)")
+    return found[0].ema
+
+
 def make_optimizer(params: Any, *, lr: float, total_steps: int, warmup_steps: int = 10,
                    min_lr_ratio: float = 0.0, decay_steps: int = 0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                    weight_decay: float = 0.0, clip_norm: float = 1.0,
-                   memory_lr_mult: float = 5.0) -> tuple[optax.GradientTransformation, Callable]:
-    """(transformation, base schedule). Clipping is on the global norm of all gradients."""
+                   memory_lr_mult: float = 5.0, ema: float = 0.0) -> tuple[optax.GradientTransformation, Callable]:
+    """(transformation, base schedule). Clipping is on the global norm of all gradients.
+    ema > 0: the state also keeps the parameters' moving average with that decay (`ema_params`)."""
     schedule = lr_schedule(lr, warmup_steps, total_steps, min_lr_ratio, decay_steps)
 
     def adamw(sched):
@@ -57,4 +87,6 @@ def make_optimizer(params: Any, *, lr: float, total_steps: int, warmup_steps: in
     parts.append(optax.multi_transform(
         {"base": adamw(schedule), "memory": adamw(lambda step: schedule(step) * memory_lr_mult)},
         param_groups))
+    if ema > 0:
+        parts.append(param_ema(ema))
     return optax.chain(*parts), schedule

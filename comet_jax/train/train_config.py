@@ -152,6 +152,9 @@ class OptimSection:
     # decay it (warm-up / stable / decay)
     decay_steps: int = 0
     clip_norm: float = 1.0  # 0 = no clipping
+    # 0: none; d in (0, 1): keep the moving average of the parameters with decay d (a half-life
+    # of ln 2 / (1 - d) steps), which is what the finished run exports as RUN_DIR/model
+    ema: float = 0.0
     grad_accum: int = 1
 
 

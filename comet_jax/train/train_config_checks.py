@@ -144,6 +144,8 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     for key in ("b1", "b2"):
         if not 0 <= getattr(o, key) < 1:
             raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(o, key)}")
+    if not 0 <= o.ema < 1:
+        raise ConfigError(f"optim.ema must be in [0, 1) (0: no average; 0.99: a half-life of ~69 steps), got {o.ema}")
     if o.min_lr_ratio > 1:
         raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
     if cfg.eval.every < 0 or cfg.eval.batches < 1:

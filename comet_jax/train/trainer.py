@@ -30,7 +30,7 @@ from comet_jax.layout import Slots
 from comet_jax.resources import device_peak_mb
 from comet_jax.train.metrics import MetricsWriter, format_line
 from comet_jax.model.init import init_params
-from comet_jax.train.optim import make_optimizer
+from comet_jax.train.optim import ema_params, make_optimizer
 from comet_jax.parallel import sharding
 from comet_jax.train.run_setup import build_model, carried_from_init, load_tokenizer, save_tokenizer
 from comet_jax.train.run_tools import CompileCache, Profiler
@@ -134,7 +134,7 @@ class Trainer:
         self.tx, self.schedule = make_optimizer(
             params, lr=o.lr, total_steps=cfg.train.steps, warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio, decay_steps=o.decay_steps,
             b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, clip_norm=o.clip_norm,
-            memory_lr_mult=o.memory_lr_mult)
+            memory_lr_mult=o.memory_lr_mult, ema=o.ema)
         # moments inherit their parameter's sharding; the scalar counts are made on one
         # device and are replicated over the mesh instead
         replicated = NamedSharding(self.mesh, sharding.P())
@@ -378,7 +378,8 @@ class Trainer:
             writer.close()
             if loader is not None:
                 loader.close()
-        self.export(state["params"])
+        # optim.ema: the run's model is the parameters' moving average, not the last step's
+        self.export(ema_params(state["opt_state"]) if cfg.optim.ema else state["params"])
         return {"final_step": cfg.train.steps, **last}
 
     # -- export --------------------------------------------------------------------------
@@ -399,7 +400,8 @@ class Trainer:
         host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)).astype(dtype), params)
         extra = {"source": {"train_run": str(self.run_dir.absolute()), "step": cfg.train.steps},
                  "train": {"seq_len": cfg.data.seq_len, "mode": cfg.comet.mode, "steps": cfg.train.steps,
-                           "tokenizer": cfg.data.tokenizer}}
+                           "tokenizer": cfg.data.tokenizer,
+                           **({"ema": cfg.optim.ema} if cfg.optim.ema else {})}}
         try:
             with checkpoint.atomic_dir(dst, overwrite=True) as tmp:
                 # checkpoint.save's steps, inside one atomic directory together with the tokenizer
