@@ -67,7 +67,7 @@ def test_finished_run_exports_an_inference_checkpoint(run):
     assert tok.get_vocab_size() == model.num_real_tokens <= model.vocab_size
 
 def test_with_optim_ema_the_export_is_the_moving_average(tmp_path):
-    train(tmp_path, "optim.ema=0.5")
+    train(tmp_path, "optim.ema=0.5", "mesh.fsdp=2", devices=2)  # parameters split over a 2-device fsdp mesh
     params, _, _, meta = checkpoint.load(tmp_path / "model")
     assert meta["train"]["ema"] == 0.5
     state = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / "2" / "state")
