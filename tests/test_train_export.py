@@ -66,12 +66,13 @@ def test_finished_run_exports_an_inference_checkpoint(run):
         assert tok.token_to_id(name) == token_id
     assert tok.get_vocab_size() == model.num_real_tokens <= model.vocab_size
 
+
 def test_with_optim_ema_the_export_is_the_moving_average(tmp_path):
     train(tmp_path, "optim.ema=0.5", "mesh.fsdp=2", devices=2)  # parameters split over a 2-device fsdp mesh
     params, _, _, meta = checkpoint.load(tmp_path / "model")
     assert meta["train"]["ema"] == 0.5
     state = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / "2" / "state")
-    ema = state["opt_state"][-1]["ema"]  # the chain's last part: clip, the two Adams, the average
+    ema = state["opt_state"][-1]["ema"]  # the chain: clipping, the Adams' multi_transform, the average
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, ema)
     assert not np.array_equal(np.asarray(params["layers"]["wq"]), np.asarray(state["params"]["layers"]["wq"]))
 

@@ -1,5 +1,6 @@
 #!/bin/bash
 # probe.sh RUN_DIR TAG CORE: export steps, averages, probe 2k/16k depth 0 (25 samples)
+# As run in session 22; /tmp/d22/avg.py is average_exports.py beside this file.
 set -u
 run=$1; tag=$2; core=$3; d=/tmp/d22/probe_$tag; mkdir -p $d
 cd /work/main
