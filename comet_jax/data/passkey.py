@@ -42,6 +42,13 @@ VARIANTS = {"train": (FILLER, QUESTION), "held_out": (FILLER_HELD_OUT, QUESTION_
 QUESTIONS_VARIED = (QUESTION, "Find the pass key. The pass key is", "Remember the pass key? The pass key is",
                     "What is the important info? The pass key is",
                     "Here we go again. What is the pass key? The pass key is")
+# Training questions of data.passkey.wording=composed: up to two lead sentences (training filler
+# or task line, each at most once) and one of the stems (or none) before "The pass key is", every
+# combination: what precedes the answer varies, so the model does not tie reading the key (or
+# finishing it in the next chunk) to one context. The held-out question's "I will quiz you about
+# the pass key" and "What is it?" are still in none of them.
+QUESTION_STEMS = ("What is the pass key?", "Find the pass key.", "Remember the pass key?",
+                  "What is the important info?")
 
 
 def needle(key: str) -> str:
@@ -64,6 +71,19 @@ def sentences(filler: str) -> tuple[str, ...]:
 
 
 FILLER_SENTENCES = sentences(FILLER)
+
+
+def composed_questions() -> tuple[str, ...]:
+    """Every wording of data.passkey.wording=composed (QUESTION first)."""
+    leads = FILLER_SENTENCES + sentences(TASK)
+    pairs = [()] + [(a,) for a in leads] + [(a, b) for a in leads for b in leads if a != b]
+    out = [QUESTION]
+    for pair in pairs:
+        for stem in ("",) + QUESTION_STEMS:
+            q = " ".join(pair + ((stem,) if stem else ()) + ("The pass key is",))
+            if q not in out:
+                out.append(q)
+    return tuple(out)
 
 
 def encode(tokenizer: Any, text: str) -> np.ndarray:
@@ -238,7 +258,8 @@ class PasskeySource:
     the prefix), so the task line moves too and a needle at depth 0 still follows it directly.
     shift_share < 1: only that share of records gets a shift (drawn per record), the rest none.
     wording="varied": each question is one of QUESTIONS_VARIED (drawn per question) instead of
-    always QUESTION, so that a model does not tie its answer to one wording.
+    always QUESTION, so that a model does not tie its answer to one wording; "composed": one of
+    composed_questions() (lead sentences and a stem before "The pass key is", every combination).
     """
 
     def __init__(self, tokenizer: Any, *, max_len: int, min_len: int | None = None, digits: int = 5,
@@ -273,7 +294,7 @@ class PasskeySource:
             raise ValueError(f"passkey end {end!r} must not contain digits (it marks where the key stops)")
         self.loss_on, self.needles, self.questions, self.named = loss_on, int(needles), int(questions), int(named)
         self._parts = _Parts(tokenizer, prefix_ids, end=end,
-                             wordings=QUESTIONS_VARIED if wording == "varied" else None)
+                             wordings={"varied": QUESTIONS_VARIED, "composed": composed_questions()}.get(wording))
         self.digits, self.seed, self.num_records = int(digits), int(seed), int(num_records)
         # Keys can tokenize to different lengths (BPE); take the longest of a few probes.
         probes = ["0" * digits, "9" * digits, "1234567890" * (digits // 10) + "1234567890"[: digits % 10]]

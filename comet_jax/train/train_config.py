@@ -70,6 +70,7 @@ class StagePasskeySection:
     min_len: int = 0  # 0 = data.passkey.min_len
     needles: int = 0  # 0 = data.passkey.needles
     shift: int = -1  # -1 = data.passkey.shift (0 is a value here: no shift)
+    wording: str = ""  # "" = data.passkey.wording
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ class PasskeySection:
     shift: int = 0
     shift_at: str = "task"  # or "start": the shift before the task line
     shift_share: float = 1.0  # the share of sequences that get a shift; the rest none
-    # "varied": each question in one of a few wordings (none the held-out prompt's), not always one
+    # "varied": each question in one of a few wordings (none the held-out prompt's), not always one;
+    # "composed": lead sentences and a stem before "The pass key is", drawn per question
     wording: str = "fixed"
 
 

@@ -62,19 +62,21 @@ def validate_data(cfg: TrainConfig) -> None:
 
     try:
         tok = load_tokenizer(cfg.model.init) if d.tokenizer == "checkpoint" else tokenizer_by_name(d.tokenizer)
-        shortest = PasskeySource(tok, max_len=1 << 30, digits=p.digits, end=p.end).shortest
+        shortest = {w: PasskeySource(tok, max_len=1 << 30, digits=p.digits, end=p.end, wording=w).shortest
+                    for w in {p.wording} | {s.passkey.wording or p.wording for s in d.curriculum}}
     except (ValueError, OSError, AttributeError):
-        return  # the trainer reports a tokenizer it cannot use
-    why = (f"the shortest passkey prompt with a {p.digits}-digit key and its answer is {shortest} tokens "
-           f"(data.tokenizer={d.tokenizer})")
-    lengths = [("data.seq_len", d.seq_len)] + [(f"data.curriculum[{i}].seq_len", s.seq_len)
-                                               for i, s in enumerate(d.curriculum)]
-    lengths += [("data.passkey.min_len", p.min_len)] if p.min_len else []
-    lengths += [(f"data.curriculum[{i}].passkey.min_len", s.passkey.min_len)
-                for i, s in enumerate(d.curriculum) if s.passkey.min_len]
-    for key, value in lengths:
-        if value < shortest:
-            raise ConfigError(f"{key} ({value}) is too short for data.source=passkey: {why}; set {key} >= {shortest}")
+        return  # the trainer reports a tokenizer it cannot use (`validate` an unknown wording)
+    # each length with the wording its stage asks in (a longer question makes the shortest prompt longer)
+    stages = [(f"data.curriculum[{i}]", s, s.passkey.wording or p.wording) for i, s in enumerate(d.curriculum)]
+    lengths = [("data.seq_len", d.seq_len, p.wording)] + [(f"{k}.seq_len", s.seq_len, w) for k, s, w in stages]
+    lengths += [("data.passkey.min_len", p.min_len, p.wording)] if p.min_len else []
+    lengths += [(f"{k}.passkey.min_len", s.passkey.min_len, w) for k, s, w in stages if s.passkey.min_len]
+    for key, value, wording in lengths:
+        why = (f"the shortest passkey prompt with a {p.digits}-digit key and its answer is {shortest[wording]} "
+               f"tokens (data.tokenizer={d.tokenizer}, wording {wording})")
+        if value < shortest[wording]:
+            raise ConfigError(f"{key} ({value}) is too short for data.source=passkey: {why}; "
+                              f"set {key} >= {shortest[wording]}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -208,6 +210,10 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     _one_of(cfg, "data.passkey.repeats", PASSKEY_REPEATS)
     _one_of(cfg, "data.passkey.shift_at", PASSKEY_SHIFT_AT)
     _one_of(cfg, "data.passkey.wording", PASSKEY_WORDINGS)
+    for i, item in enumerate(cfg.data.curriculum):
+        if item.passkey.wording and item.passkey.wording not in PASSKEY_WORDINGS:
+            raise ConfigError(f"data.curriculum[{i}].passkey.wording must be one of {', '.join(PASSKEY_WORDINGS)} "
+                              f"(or leave it out: data.passkey.wording), got {item.passkey.wording!r}")
     if not 0 <= p.shift_share <= 1:
         raise ConfigError(f"data.passkey.shift_share must be in [0, 1] (the share of sequences with a shift), "
                           f"got {p.shift_share}")
