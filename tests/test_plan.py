@@ -49,6 +49,12 @@ def test_plan_on_one_device_counts_weights_and_both_adam_moments(capsys):
     r = json.loads(out.splitlines()[-1])
     assert rc == 0, err
     assert 12 * params_of() <= r["params_opt_bytes_per_device"] <= 12 * params_of() + 64  # + the step counts
+    # optim.ema keeps a third parameter-sized array in the optimizer state (the train step a
+    # plan compiles is the run's, EMA update included)
+    rc, out, err = run(capsys, "--devices", "1", "--hbm-gb", "16", "train.batch_size=1", "optim.ema=0.99")
+    assert rc == 0, err
+    r = json.loads(out.splitlines()[-1])
+    assert 16 * params_of() <= r["params_opt_bytes_per_device"] <= 16 * params_of() + 64
 
 
 def test_plan_searches_down_to_a_batch_that_fits(capsys):

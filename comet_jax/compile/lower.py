@@ -87,25 +87,21 @@ def build_functions(cfg, model, comet, mesh, wanted: set[str], decode_batch: int
     from comet_jax.data.pipeline import num_chunks_for
     from comet_jax.model import decode
     from comet_jax.model.comet import stacked_memory
-    from comet_jax.train.optim import make_optimizer
+    from comet_jax.train.optim import optimizer_for
     from comet_jax.train.train_step import make_train_step
 
     out = []
     mode, stages = cfg.comet.mode, cfg.mesh.stage
     if "train" in wanted:
         params = aot.abstract_params(model, comet, mesh, rules=cfg.mesh.rules)
-        o = cfg.optim
-        tx, schedule = make_optimizer(params, lr=o.lr, total_steps=cfg.train.steps, warmup_steps=o.warmup_steps,
-                                      min_lr_ratio=o.min_lr_ratio, decay_steps=o.decay_steps, b1=o.b1, b2=o.b2, eps=o.eps,
-                                      weight_decay=o.weight_decay, clip_norm=o.clip_norm,
-                                      memory_lr_mult=o.memory_lr_mult)
+        tx, schedule = optimizer_for(params, cfg.optim, cfg.train.steps)
         state = aot.abstract_train_state(params, tx, mesh)
         planners = PlannerMix(weights=dict(cfg.comet.planners), min_size=cfg.comet.min_chunk,
                               boundary_ids=tuple(cfg.comet.boundary_ids))
         n = num_chunks_for(cfg.data.seq_len, comet, planners, stages)
         batch = aot.abstract_batch(mode, comet, cfg.train.batch_size, cfg.data.seq_len, n, mesh, stages > 1)
         fn = make_train_step(tx, schedule, model=model, comet=comet, mode=mode, schedule=cfg.model.schedule,
-                             remat=cfg.model.remat, grad_accum=o.grad_accum,
+                             remat=cfg.model.remat, grad_accum=cfg.optim.grad_accum,
                              state_shardings=jax.tree.map(lambda x: x.sharding, state),
                              pipeline_mesh=mesh if stages > 1 else None)
         out.append(("train_step", fn, (state, batch), {}))

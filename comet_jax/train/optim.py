@@ -90,3 +90,13 @@ def make_optimizer(params: Any, *, lr: float, total_steps: int, warmup_steps: in
     if ema > 0:
         parts.append(param_ema(ema))
     return optax.chain(*parts), schedule
+
+
+def optimizer_for(params: Any, optim: Any, total_steps: int) -> tuple[optax.GradientTransformation, Callable]:
+    """make_optimizer with every setting of a config's optim section (the trainer and the AOT
+    compile build the same chain, so a plan counts the state a run keeps, its EMA included)."""
+    o = optim
+    return make_optimizer(params, lr=o.lr, total_steps=total_steps, warmup_steps=o.warmup_steps,
+                          min_lr_ratio=o.min_lr_ratio, decay_steps=o.decay_steps, b1=o.b1, b2=o.b2, eps=o.eps,
+                          weight_decay=o.weight_decay, clip_norm=o.clip_norm, memory_lr_mult=o.memory_lr_mult,
+                          ema=o.ema)

@@ -30,7 +30,7 @@ from comet_jax.layout import Slots
 from comet_jax.resources import device_peak_mb
 from comet_jax.train.metrics import MetricsWriter, format_line
 from comet_jax.model.init import init_params
-from comet_jax.train.optim import ema_params, make_optimizer
+from comet_jax.train.optim import ema_params, optimizer_for
 from comet_jax.parallel import sharding
 from comet_jax.train.run_setup import build_model, carried_from_init, load_tokenizer, save_tokenizer
 from comet_jax.train.run_tools import CompileCache, Profiler
@@ -131,11 +131,7 @@ class Trainer:
         else:
             params = checkpoint.load_params(cfg.model.init, p_shard)
             params = jax.tree.map(lambda x: x.astype(jnp.dtype(self.model.param_dtype)), params)
-        o = cfg.optim
-        self.tx, self.schedule = make_optimizer(
-            params, lr=o.lr, total_steps=cfg.train.steps, warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio, decay_steps=o.decay_steps,
-            b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, clip_norm=o.clip_norm,
-            memory_lr_mult=o.memory_lr_mult, ema=o.ema)
+        self.tx, self.schedule = optimizer_for(params, cfg.optim, cfg.train.steps)
         # moments inherit their parameter's sharding; the scalar counts are made on one
         # device and are replicated over the mesh instead
         replicated = NamedSharding(self.mesh, sharding.P())
