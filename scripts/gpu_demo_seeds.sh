@@ -3,7 +3,9 @@
 # a recipe sweep that takes a CPU afternoon fits in one lease (one H200, 2026-12-04: two seeds
 # side by side trained in 4.6 min, 2000 steps, and evaluated at 1x-32x in 50 s).
 #   SEEDS="0 1 2 3" OUT=DIR bash scripts/gpu_demo_seeds.sh [section.key=value ...]
-# (LENGTHS, HELD, SAMPLES, TRAIN_LIMIT: the evaluation and the time limit of one training.)
+# (LENGTHS, HELD, SAMPLES, TRAIN_LIMIT: the evaluation and the time limit of one training;
+# CONFIG: the training config, default configs/demo_passkey.yaml, e.g. a recipe's
+# docs/demo/<run>/config.yaml whose curriculum stages differ.)
 # The overrides go to every seed's training (as `comet-demo --set` would). Float32 with full
 # matmul precision, as on the CPU; the numbers still differ from a CPU run's (other reduction
 # orders), so a GPU sweep ranks recipes, the CPU runs are the demo's record.
@@ -20,6 +22,7 @@ TRAIN_LIMIT=${TRAIN_LIMIT:-420}
 LENGTHS=${LENGTHS:-512,2048,8192,16384}  # the demo's 1x-32x
 HELD=${HELD:-512,2048,16384}             # the held-out prompt's 1x, 4x, 32x
 SAMPLES=${SAMPLES:-50}
+CONFIG=${CONFIG:-configs/demo_passkey.yaml}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_DEFAULT_MATMUL_PRECISION=highest
 mkdir -p "$OUT/seeds"
@@ -31,7 +34,7 @@ n=$(wc -w <<<"$SEEDS"); cores=$(nproc); per=$(( cores / n > 0 ? cores / n : 1 ))
 one() {  # one SEED FIRST_CORE: train, then evaluate on the training and the held-out prompt
     local s=$1 w="$OUT/seeds/s$1" pin="$2-$(( $2 + per - 1 ))"
     mkdir -p "$w"
-    taskset -c "$pin" timeout "$TRAIN_LIMIT" $PY -m comet_jax.train.cli --config configs/demo_passkey.yaml \
+    taskset -c "$pin" timeout "$TRAIN_LIMIT" $PY -m comet_jax.train.cli --config "$CONFIG" \
         run.dir="$w/run" run.name="gpu_s$s" run.seed="$s" "${@:3}" >"$w/train.log" 2>&1 \
         || { echo "seed $s: training failed or ran past ${TRAIN_LIMIT}s (rc $?)"; return; }
     echo "seed $s: trained at ${SECONDS}s"
