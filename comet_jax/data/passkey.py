@@ -86,6 +86,10 @@ def composed_questions() -> tuple[str, ...]:
     return tuple(out)
 
 
+# the questions of each data.passkey.wording (None: the prompt variant's one question)
+WORDING_QUESTIONS = {"fixed": None, "varied": QUESTIONS_VARIED, "composed": composed_questions()}
+
+
 def encode(tokenizer: Any, text: str) -> np.ndarray:
     """Token ids of `text` without special tokens, as int32."""
     try:
@@ -294,7 +298,7 @@ class PasskeySource:
             raise ValueError(f"passkey end {end!r} must not contain digits (it marks where the key stops)")
         self.loss_on, self.needles, self.questions, self.named = loss_on, int(needles), int(questions), int(named)
         self._parts = _Parts(tokenizer, prefix_ids, end=end,
-                             wordings={"varied": QUESTIONS_VARIED, "composed": composed_questions()}.get(wording))
+                             wordings=WORDING_QUESTIONS[wording])
         self.digits, self.seed, self.num_records = int(digits), int(seed), int(num_records)
         # Keys can tokenize to different lengths (BPE); take the longest of a few probes.
         probes = ["0" * digits, "9" * digits, "1234567890" * (digits // 10) + "1234567890"[: digits % 10]]

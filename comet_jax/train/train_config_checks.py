@@ -210,10 +210,6 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     _one_of(cfg, "data.passkey.repeats", PASSKEY_REPEATS)
     _one_of(cfg, "data.passkey.shift_at", PASSKEY_SHIFT_AT)
     _one_of(cfg, "data.passkey.wording", PASSKEY_WORDINGS)
-    for i, item in enumerate(cfg.data.curriculum):
-        if item.passkey.wording and item.passkey.wording not in PASSKEY_WORDINGS:
-            raise ConfigError(f"data.curriculum[{i}].passkey.wording must be one of {', '.join(PASSKEY_WORDINGS)} "
-                              f"(or leave it out: data.passkey.wording), got {item.passkey.wording!r}")
     if not 0 <= p.shift_share <= 1:
         raise ConfigError(f"data.passkey.shift_share must be in [0, 1] (the share of sequences with a shift), "
                           f"got {p.shift_share}")
@@ -245,6 +241,9 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
                 what = ("a positive int" if minimum > 0 else "a positive int (or 0: the section's value)"
                         if minimum == 0 else "an int >= 0 (or -1: the section's value)")
                 raise ConfigError(f"{key}.{k} must be {what}, got {value!r}")
+        if item.passkey.wording and item.passkey.wording not in PASSKEY_WORDINGS:
+            raise ConfigError(f"{key}.passkey.wording must be one of {', '.join(PASSKEY_WORDINGS)} "
+                              f"(or leave it out: data.passkey.wording), got {item.passkey.wording!r}")
         if item.until_step <= last:
             raise ConfigError(f"{key}.until_step ({item.until_step}) must be larger than the previous "
                               f"stage's ({last}); list the stages in order")
