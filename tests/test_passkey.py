@@ -418,3 +418,29 @@ def test_shift_share_leaves_the_other_records_as_the_plain_source_makes_them():
     assert 130 < sum("shift" not in quarter.episodes(i)[0][2] for i in range(200)) < 170
     with pytest.raises(ValueError, match=r"shift_share must be in \[0, 1\]"):
         PasskeySource(tok, max_len=400, shift=3, shift_share=1.5)
+
+
+def test_near_puts_a_share_of_needles_right_before_the_question_and_leaves_the_rest():
+    from comet_jax.data.passkey_tokenizer import passkey_tokenizer
+
+    tok = passkey_tokenizer()
+    kw = dict(min_len=512, max_len=512, seed=3, questions=4, end=".", shift=15, shift_share=0.5, wording="composed")
+    plain, near = PasskeySource(tok, **kw), PasskeySource(tok, near=0.25, **kw)
+    assert "near=0.25" in repr(near) and "near" not in repr(plain)
+    moved = 0
+    for i in range(200):
+        n, p = near.episodes(i), plain.episodes(i)
+        first = n[0][2]
+        if first["depth"] == 1.0:  # drawn: no filler sentence between the needle and the question
+            moved += 1
+            assert first["sentences_before"] == first["num_sentences"]
+            text = tok.decode(n[0][0].tolist())
+            key = first["key"]
+            assert text.rstrip().endswith("The pass key is") and f"{key} is the pass key." in text[-300:]
+            assert key == p[0][2]["key"] and len(np.concatenate([e[0] for e in n])) == len(
+                np.concatenate([e[0] for e in p]))  # the same key and length as the plain record
+        else:  # not drawn: the plain record, token for token
+            assert all(np.array_equal(x[0], y[0]) for x, y in zip(n, p))
+    assert 35 < moved < 65
+    with pytest.raises(ValueError, match=r"near must be in \[0, 1\]"):
+        PasskeySource(tok, max_len=400, near=1.5)

@@ -168,6 +168,7 @@ def test_validate_mesh_and_batch():
     (["data.passkey.shift_at=end"], r"data\.passkey\.shift_at must be one of task, start, got 'end'"),
     (["data.passkey.shift_share=2"], r"data\.passkey\.shift_share must be in \[0, 1\].*got 2"),
     (["data.passkey.shift_share=.nan"], r"data\.passkey\.shift_share must be a finite number"),
+    (["data.passkey.near=1.5"], r"data\.passkey\.near must be in \[0, 1\].*got 1\.5"),
     (["data.passkey.needles=0"], r"data\.passkey\.needles must be > 0"),
     (["data.passkey.questions=0"], r"data\.passkey\.questions must be > 0"),
     (["data.passkey.digits=0"], r"data\.passkey\.digits must be > 0"),

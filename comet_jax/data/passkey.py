@@ -264,13 +264,16 @@ class PasskeySource:
     wording="varied": each question is one of QUESTIONS_VARIED (drawn per question) instead of
     always QUESTION, so that a model does not tie its answer to one wording; "composed": one of
     composed_questions() (lead sentences and a stem before "The pass key is", every combination).
+    near > 0: that share of records (drawn per record) puts the first needle right before its
+    question (depth 1) instead of at a uniform depth: a key a few tokens back, read from the temp
+    memory when the answer starts a chunk, is otherwise rare in training.
     """
 
     def __init__(self, tokenizer: Any, *, max_len: int, min_len: int | None = None, digits: int = 5,
                  seed: int = 0, num_records: int = 10**9, prefix_ids: Sequence[int] = (), loss_on: str = "answer",
                  needles: int = 1, questions: int = 1, end: str = "", filler: str = "cycle", named: int = 0,
                  repeats: str = "spread", shift: int = 0, shift_at: str = "task",
-                 shift_share: float = 1.0, wording: str = "fixed"):
+                 shift_share: float = 1.0, wording: str = "fixed", near: float = 0.0):
         if digits < 1:
             raise ValueError(f"digits must be >= 1, got {digits}")
         if needles < 1 or questions < 1:
@@ -289,6 +292,9 @@ class PasskeySource:
             raise ValueError(f"passkey shift_at must be one of {PASSKEY_SHIFT_AT}, got {shift_at!r}")
         if not 0.0 <= shift_share <= 1.0:
             raise ValueError(f"passkey shift_share must be in [0, 1], got {shift_share}")
+        if not 0.0 <= near <= 1.0:
+            raise ValueError(f"passkey near must be in [0, 1], got {near}")
+        self.near = float(near)
         if wording not in PASSKEY_WORDINGS:
             raise ValueError(f"passkey wording must be one of {PASSKEY_WORDINGS}, got {wording!r}")
         self.wording = wording
@@ -331,6 +337,7 @@ class PasskeySource:
                 + (f", shift={self.shift}" if self.shift else "")
                 + (f", shift_share={self.shift_share}" if self.shift and self.shift_share != 1.0 else "")
                 + (f", wording={self.wording!r}" if self.wording != "fixed" else "")
+                + (f", near={self.near}" if self.near else "")
                 + (f", shift_at={self.shift_at!r})" if self.shift and self.shift_at != "task" else ")"))
 
     def _draw(self, index: int):
@@ -340,6 +347,9 @@ class PasskeySource:
         key = random_key(rng, self.digits)
         depth = float(rng.random())
         length = int(rng.integers(self.min_len, self.max_len + 1))
+        # its own stream: with near 0 every record is what it was before the option
+        if self.near and np.random.default_rng([self.seed, int(index), 2]).random() < self.near:
+            depth = 1.0
         return rng, key, depth, length
 
     def example(self, index: int) -> tuple[np.ndarray, np.ndarray, dict]:

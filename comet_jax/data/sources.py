@@ -215,7 +215,7 @@ def make_source(cfg: Any = None, tokenizer: Any = None, **overrides):
     passkey_min_len (None: the shortest possible prompt), passkey_digits (5), passkey_loss
     ("answer" or "all"), passkey_needles (1), passkey_questions (1), passkey_end (""),
     passkey_filler ("cycle"), passkey_repeats ("spread"), passkey_named (0), passkey_shift (0), passkey_shift_at ("task"),
-    passkey_shift_share (1.0), passkey_wording ("fixed"), seed (0),
+    passkey_shift_share (1.0), passkey_wording ("fixed"), passkey_near (0.0), seed (0),
     vocab_size (None: no range check), reserved ({id: name} of ids refused in data). The passkey
     source uses the byte tokenizer when `tokenizer` is None; its examples are at most seq_len
     tokens long; file sources read at most seq_len tokens of a document."""
@@ -248,7 +248,8 @@ def make_source(cfg: Any = None, tokenizer: Any = None, **overrides):
                              named=int(get("passkey_named", 0)), shift=int(get("passkey_shift", 0)),
                              shift_at=get("passkey_shift_at", "task"),
                              shift_share=float(get("passkey_shift_share", 1.0)),
-                             wording=get("passkey_wording", "fixed"))
+                             wording=get("passkey_wording", "fixed"),
+                             near=float(get("passkey_near", 0.0)))
     limits = {"max_tokens": get("seq_len"), "reserved": get("reserved")}
     mixture = None if "path" in overrides else get("mixture")  # an explicit path (eval.path) wins
     if mixture:

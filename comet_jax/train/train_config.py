@@ -112,6 +112,8 @@ class PasskeySection:
     # "varied": each question in one of a few wordings (none the held-out prompt's), not always one;
     # "composed": lead sentences and a stem before "The pass key is", drawn per question
     wording: str = "fixed"
+    # the share of sequences whose (first) needle sits right before its question (depth 1)
+    near: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -213,6 +213,9 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
     if not 0 <= p.shift_share <= 1:
         raise ConfigError(f"data.passkey.shift_share must be in [0, 1] (the share of sequences with a shift), "
                           f"got {p.shift_share}")
+    if not 0 <= p.near <= 1:
+        raise ConfigError(f"data.passkey.near must be in [0, 1] (the share of sequences with the needle right "
+                          f"before the question), got {p.near}")
     if not 0 <= p.named <= len(PASSKEY_NAMES):
         raise ConfigError(f"data.passkey.named must be 0..{len(PASSKEY_NAMES)} (one key per name: "
                           f"{', '.join(PASSKEY_NAMES)}), got {p.named}")
