@@ -444,3 +444,22 @@ def test_near_puts_a_share_of_needles_right_before_the_question_and_leaves_the_r
     assert 35 < moved < 65
     with pytest.raises(ValueError, match=r"near must be in \[0, 1\]"):
         PasskeySource(tok, max_len=400, near=1.5)
+
+
+def test_a_curriculum_stage_may_set_its_own_near_share():
+    from comet_jax.config import ConfigError
+    from comet_jax.data.sources import make_source
+    from comet_jax.train.train_config import load_config
+    from comet_jax.train.train_config_checks import validate
+    from comet_jax.train.trainer import curriculum_stage
+
+    stages = "data.curriculum=[{until_step: 10, seq_len: 128, passkey: {near: %s}}, {until_step: 20, seq_len: 256}]"
+    cfg = load_config(None, ["data.tokenizer=passkey", "data.passkey.near=0.3", stages % 0])
+    validate(cfg)
+    assert [curriculum_stage(cfg, s).near for s in (0, 10, 20)] == [0.0, 0.3, 0.3]
+    # the trainer's loader builds each stage's source with the stage's share
+    kw = dict(seq_len=512, passkey_min_len=512)
+    assert make_source(cfg.data, None, passkey_near=curriculum_stage(cfg, 0).near, **kw).near == 0.0
+    assert make_source(cfg.data, None, **kw).near == 0.3
+    with pytest.raises(ConfigError, match=r"data\.curriculum\[0\]\.passkey\.near must be in \[0, 1\]"):
+        validate(load_config(None, [stages % 2]))

@@ -71,6 +71,7 @@ class StagePasskeySection:
     needles: int = 0  # 0 = data.passkey.needles
     shift: int = -1  # -1 = data.passkey.shift (0 is a value here: no shift)
     wording: str = ""  # "" = data.passkey.wording
+    near: float = -1.0  # -1 = data.passkey.near
 
 
 @dataclass(frozen=True)

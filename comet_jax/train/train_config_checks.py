@@ -247,6 +247,9 @@ def validate(cfg: TrainConfig, device_count: int | None = None, process_count: i
         if item.passkey.wording and item.passkey.wording not in PASSKEY_WORDINGS:
             raise ConfigError(f"{key}.passkey.wording must be one of {', '.join(PASSKEY_WORDINGS)} "
                               f"(or leave it out: data.passkey.wording), got {item.passkey.wording!r}")
+        if not (item.passkey.near == -1 or 0 <= item.passkey.near <= 1):
+            raise ConfigError(f"{key}.passkey.near must be in [0, 1] (or leave it out: data.passkey.near), "
+                              f"got {item.passkey.near}")
         if item.until_step <= last:
             raise ConfigError(f"{key}.until_step ({item.until_step}) must be larger than the previous "
                               f"stage's ({last}); list the stages in order")

@@ -88,6 +88,7 @@ class Stage(NamedTuple):
     needles: int = 1  # most passkey episodes per sequence
     shift: int = 0  # most filler tokens moving a passkey sequence against the chunk grid
     wording: str = "fixed"  # the passkey questions' wordings
+    near: float = 0.0  # the share of passkey needles right before their question
 
 
 def curriculum_stage(cfg, step: int) -> Stage:
@@ -98,8 +99,9 @@ def curriculum_stage(cfg, step: int) -> Stage:
         if step < item.until_step:
             s = item.passkey
             return Stage(i, item.seq_len, item.chunk_size or c.chunk_size, s.min_len or p.min_len,
-                         s.needles or p.needles, p.shift if s.shift < 0 else s.shift, s.wording or p.wording)
-    return Stage(len(d.curriculum), d.seq_len, c.chunk_size, p.min_len, p.needles, p.shift, p.wording)
+                         s.needles or p.needles, p.shift if s.shift < 0 else s.shift, s.wording or p.wording,
+                         p.near if s.near < 0 else s.near)
+    return Stage(len(d.curriculum), d.seq_len, c.chunk_size, p.min_len, p.needles, p.shift, p.wording, p.near)
 
 
 class Trainer:
@@ -151,7 +153,7 @@ class Trainer:
         local_batch = cfg.train.batch_size // self.n_processes
         src = make_source(cfg.data, self.tokenizer, seq_len=seq_len,
                           passkey_min_len=min(stage.min_len or seq_len, seq_len), passkey_needles=stage.needles,
-                          passkey_shift=stage.shift, passkey_wording=stage.wording,
+                          passkey_shift=stage.shift, passkey_wording=stage.wording, passkey_near=stage.near,
                           seed=cfg.run.seed + stage.index,
                           vocab_size=self.model.real_vocab, reserved=comet_token_names(self.comet))
         pipelined = self.mode == "comet" and self.stages > 1
