@@ -457,7 +457,8 @@ def test_a_curriculum_stage_may_set_its_own_near_share():
     cfg = load_config(None, ["data.tokenizer=passkey", "data.passkey.near=0.3", stages % 0])
     validate(cfg)
     assert [curriculum_stage(cfg, s).near for s in (0, 10, 20)] == [0.0, 0.3, 0.3]
-    # the trainer's loader builds each stage's source with the stage's share
+    # a stage's share reaches the source as the trainer's loader passes it (passkey_near=stage.near; the
+    # loader itself is not built here)
     kw = dict(seq_len=512, passkey_min_len=512)
     assert make_source(cfg.data, None, passkey_near=curriculum_stage(cfg, 0).near, **kw).near == 0.0
     assert make_source(cfg.data, None, **kw).near == 0.3
