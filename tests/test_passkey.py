@@ -457,10 +457,38 @@ def test_a_curriculum_stage_may_set_its_own_near_share():
     cfg = load_config(None, ["data.tokenizer=passkey", "data.passkey.near=0.3", stages % 0])
     validate(cfg)
     assert [curriculum_stage(cfg, s).near for s in (0, 10, 20)] == [0.0, 0.3, 0.3]
-    # a stage's share reaches the source as the trainer's loader passes it (passkey_near=stage.near; the
-    # loader itself is not built here)
+    # a stage's share reaches the source as the trainer's loader passes it (passkey_near=stage.near;
+    # that the loader does: the next test)
     kw = dict(seq_len=512, passkey_min_len=512)
     assert make_source(cfg.data, None, passkey_near=curriculum_stage(cfg, 0).near, **kw).near == 0.0
     assert make_source(cfg.data, None, **kw).near == 0.3
     with pytest.raises(ConfigError, match=r"data\.curriculum\[0\]\.passkey\.near must be in \[0, 1\]"):
         validate(load_config(None, [stages % 2]))
+
+
+def test_the_trainers_loader_builds_each_stage_with_its_own_passkey_options(tmp_path, monkeypatch):
+    """Trainer.loader hands a stage's shift, wording and near share to the source (the demo's
+    curriculum relies on it: one wording and no near needles while the memory is learned)."""
+    from comet_jax.train import trainer as trainer_mod
+    from comet_jax.train.train_config import load_config
+
+    cfg = load_config(None, [f"run.dir={tmp_path}", "data.source=passkey", "data.tokenizer=passkey",
+                             "data.seq_len=256", "mesh.data=8", "train.batch_size=8", "model.init=scratch", "model.hidden_size=16",
+                             "model.intermediate_size=32", "model.num_layers=1", "model.num_heads=2",
+                             "model.num_kv_heads=1", "model.head_dim=8", "comet.chunk_size=16",
+                             "data.passkey.near=0.2", "data.passkey.shift=15", "data.passkey.wording=composed",
+                             "data.curriculum=[{until_step: 10, seq_len: 128, "
+                             "passkey: {shift: 0, wording: fixed, near: 0}}]"])
+    seen = []
+    real = trainer_mod.make_source
+
+    def spy(*args, **kw):
+        seen.append({k: kw[k] for k in ("seq_len", "passkey_shift", "passkey_wording", "passkey_near")})
+        return real(*args, **kw)
+
+    monkeypatch.setattr(trainer_mod, "make_source", spy)
+    t = trainer_mod.Trainer(cfg, log=lambda *_: None)
+    for step in (0, 10):
+        t.loader(trainer_mod.curriculum_stage(cfg, step))
+    assert seen == [dict(seq_len=128, passkey_shift=0, passkey_wording="fixed", passkey_near=0.0),
+                    dict(seq_len=256, passkey_shift=15, passkey_wording="composed", passkey_near=0.2)]
