@@ -472,13 +472,11 @@ def test_the_trainers_loader_builds_each_stage_with_its_own_passkey_options(tmp_
     from comet_jax.train import trainer as trainer_mod
     from comet_jax.train.train_config import load_config
 
-    cfg = load_config(None, [f"run.dir={tmp_path}", "data.source=passkey", "data.tokenizer=passkey",
-                             "data.seq_len=256", "mesh.data=8", "train.batch_size=8", "model.init=scratch", "model.hidden_size=16",
-                             "model.intermediate_size=32", "model.num_layers=1", "model.num_heads=2",
-                             "model.num_kv_heads=1", "model.head_dim=8", "comet.chunk_size=16",
-                             "data.passkey.near=0.2", "data.passkey.shift=15", "data.passkey.wording=composed",
-                             "data.curriculum=[{until_step: 10, seq_len: 128, "
-                             "passkey: {shift: 0, wording: fixed, near: 0}}]"])
+    # the demo's model and data (Trainer() builds no weights); 8 fake devices: mesh.data=8
+    cfg = load_config("configs/demo_passkey.yaml", [
+        f"run.dir={tmp_path}", "mesh.data=8", "data.seq_len=256", "data.passkey.near=0.2",
+        "data.passkey.shift=15", "data.passkey.wording=composed",
+        "data.curriculum=[{until_step: 10, seq_len: 128, passkey: {shift: 0, wording: fixed, near: 0}}]"])
     seen = []
     real = trainer_mod.make_source
 
