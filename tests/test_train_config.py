@@ -421,6 +421,25 @@ def test_print_config_of_another_source_names_no_passkey_key(tmp_path, capsys):
     assert load_config(write(tmp_path, out, "demo.yaml"), []) == load_config(demo, [])
 
 
+def test_print_config_ends_with_the_curriculum_as_it_runs(tmp_path, capsys):
+    """Each stage's inherited settings filled in, numbered as the log counts steps, as comments
+    (the output still loads as the config); a stage past train.steps is not listed."""
+    from comet_jax.train.cli import main
+
+    sets = ["data.passkey={shift: 15, near: 0.2, wording: composed}", "train.steps=700",
+            "data.curriculum=[{until_step: 300, seq_len: 128, chunk_size: 128, passkey: {shift: 0, near: 0}}, "
+            "{until_step: 600, seq_len: 256, passkey: {wording: fixed}}, {until_step: 900, seq_len: 384}]"]
+    assert main([*sets, "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert out.split("\n# the curriculum as it runs (inherited settings filled in):\n")[1].splitlines() == [
+        "# steps 1-300: seq_len 128, chunk_size 128; passkey min_len 128, needles 1, shift 0, wording composed, near 0",
+        "# steps 301-600: seq_len 256, chunk_size 64; passkey min_len 256, needles 1, shift 15, wording fixed, near 0.2",
+        "# steps 601-700: seq_len 384, chunk_size 64; passkey min_len 384, needles 1, shift 15, wording composed, "
+        "near 0.2"]
+    assert load_config(write(tmp_path, out), []) == load_config(None, sets)
+    assert main(["--print-config"]) == 0 and "curriculum as it runs" not in capsys.readouterr().out
+
+
 def test_passkey_settings_with_another_source_are_refused(tmp_path, capsys):
     from comet_jax.train.cli import main
 

@@ -32,7 +32,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
-        print(dump_yaml(cfg))
+        from comet_jax.train.curriculum import describe_curriculum
+
+        stages = describe_curriculum(cfg)
+        # as comments, so that the output still loads as this config
+        print(dump_yaml(cfg) + "".join(f"\n# {line}" for line in
+                                        ["the curriculum as it runs (inherited settings filled in):", *stages]
+                                        if stages))
         return 0
 
     import jax

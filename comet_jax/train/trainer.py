@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +38,7 @@ from comet_jax.train.validation import Validator, describe
 from comet_jax.train.run_lock import RunDirLocked, RunLock
 from comet_jax.train.train_checkpoint import (ASIDE_DIR, CheckpointSaveError, NoReadableCheckpoint, NonFiniteState,
                                               TrainCheckpointer, abstract_like, root_cause)
+from comet_jax.train.curriculum import Stage, curriculum_stage
 from comet_jax.train.train_config import dump_yaml, run_dir, to_dict
 from comet_jax.train.train_step import batch_axis, make_train_step
 
@@ -76,32 +77,6 @@ def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
     return [f"{k} {text(saved[k])} -> {text(v)}" for k, v in now.items()
             if k in saved and saved[k] != v and not k.startswith(QUIET_SETTINGS)]
-
-
-class Stage(NamedTuple):
-    """What the data curriculum asks for at one optimizer step."""
-
-    index: int
-    seq_len: int
-    chunk_size: int
-    min_len: int  # shortest passkey example (0: seq_len)
-    needles: int = 1  # most passkey episodes per sequence
-    shift: int = 0  # most filler tokens moving a passkey sequence against the chunk grid
-    wording: str = "fixed"  # the passkey questions' wordings
-    near: float = 0.0  # the share of passkey needles right before their question
-
-
-def curriculum_stage(cfg, step: int) -> Stage:
-    """The curriculum stage at an optimizer step (after the last listed stage: the data and
-    comet sections themselves)."""
-    d, c, p = cfg.data, cfg.comet, cfg.data.passkey
-    for i, item in enumerate(d.curriculum):
-        if step < item.until_step:
-            s = item.passkey
-            return Stage(i, item.seq_len, item.chunk_size or c.chunk_size, s.min_len or p.min_len,
-                         s.needles or p.needles, p.shift if s.shift < 0 else s.shift, s.wording or p.wording,
-                         p.near if s.near < 0 else s.near)
-    return Stage(len(d.curriculum), d.seq_len, c.chunk_size, p.min_len, p.needles, p.shift, p.wording, p.near)
 
 
 class Trainer:
