@@ -151,3 +151,24 @@ def test_pipeline_splits_every_parameter_over_stage_too():
     # with tensor too, stage comes first on the shared dimension (a stage's block is contiguous)
     mesh = AbstractMesh((1, 2, 2, 4), sharding.AXES, axis_types=(AxisType.Auto,) * 4)
     assert sharding.param_specs(params, mesh)["layers"]["wq"] == P(None, "fsdp", ("stage", "tensor"))
+
+
+def test_the_weight_average_is_sharded_as_the_parameters(tmp_path):
+    """optim.ema > 0: the train state's moving average of the weights (what a run exports) has
+    each parameter's sharding, so it costs each device its share and no gather."""
+    from pathlib import Path
+
+    from comet_jax.train.optim import ema_params
+    from comet_jax.train.train_config import load_config
+    from comet_jax.train.trainer import Trainer
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+    cfg = load_config(str(config), [f"run.dir={tmp_path}", "mesh.fsdp=4", "mesh.tensor=2", "optim.ema=0.99",
+                                    "train.batch_size=8"])
+    state = Trainer(cfg, log=lambda *_: None).init_state()
+    params, ema = state["params"], ema_params(state["opt_state"])
+    assert jax.tree.structure(ema) == jax.tree.structure(params)
+    pairs = list(zip(jax.tree.leaves(ema), jax.tree.leaves(params)))
+    # (a replicated leaf's spec may read P() on one side and P(None,) on the other: the same placement)
+    assert all(e.shape == p.shape and e.sharding.is_equivalent_to(p.sharding, p.ndim) for e, p in pairs)
+    assert sum(not p.sharding.is_fully_replicated for _, p in pairs) >= len(pairs) // 2  # most are split
