@@ -35,6 +35,7 @@ CASES = {
     "drop_memory_official": (["--drop-memory", "--layout", "native"], "--drop-memory writes the plain layout"),
     "official_without_memory": (["--layout", "official"], "needs memory nets"),
     "step_on_a_checkpoint": (["--step", "3"], "--step is for a training run directory"),
+    "raw_on_a_checkpoint": (["--raw"], "--raw is for a training run directory"),
     "bad_shard_size": (["--shard-size", "lots"], "is not a size"),
     "dst_exists": ([], "already exists; pass --overwrite"),
     "dst_inside_src": ([], "inside it"),

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     ap.add_argument("--drop-memory", action="store_true",
                     help="leave out the memory nets: the plain backbone (CoMeT token rows are kept)")
+    ap.add_argument("--raw", action="store_true",
+                    help="a run trained with optim.ema: export the step's raw parameters, not the weight average "
+                         "(the default, as in RUN_DIR/model)")
     ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = ap.parse_args(argv)
 
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     mmap_large_buffers()  # host memory stays at about one block (docs/guide/export.md)
     try:
         summary = export(args.src, args.dst, step=args.step, dtype=args.dtype, layout=args.layout,
-                         shard_size=args.shard_size, overwrite=args.overwrite, drop_memory=args.drop_memory, log=log)
+                         shard_size=args.shard_size, overwrite=args.overwrite, drop_memory=args.drop_memory, raw=args.raw, log=log)
     except (ExportError, CheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -39,15 +39,18 @@ class OrbaxLeaves:
     """Leaves of the Orbax pytree at `item` (a converted checkpoint's DIR/params/state, or a
     training checkpoint's RUN/checkpoints/STEP/state with the parameters under `prefix`
     "params."). `digests`: the training checkpoint's {keystr: [sum, weighted sum]}, checked
-    for every leaf read to the end; `label` names the checkpoint in messages."""
+    for every leaf read to the end, each under its keystr below `digest_root` (the parameters'
+    "['params']", the weight average's "['opt_state'][2].ema"); `label` names the checkpoint in
+    messages."""
 
     def __init__(self, item: Path, prefix: str = "", digests: dict[str, list[int]] | None = None,
-                 label: str = ""):
+                 label: str = "", digest_root: str = "['params']"):
         import tensorstore as ts
 
         self._ts = ts
         self.item, self.prefix, self.digests = Path(item).absolute(), prefix, digests
         self.label = label or str(self.item)
+        self.digest_root = digest_root
         self._context = ts.Context()  # one OCDBT reader for every leaf: they share the manifest
         self._stores: dict[str, object] = {}
 
@@ -96,7 +99,7 @@ class OrbaxLeaves:
             self._check(path, digest.result())
 
     def _check(self, path: str, got: list[int] | None) -> None:
-        key = "['params']" + "".join(f"['{k}']" for k in path.split("."))
+        key = self.digest_root + "".join(f"['{k}']" for k in path.split("."))
         want = self.digests.get(key)
         if got is not None and want is not None and got != list(want):
             raise ExportError(f"{self.label}: parameter {path} differs from what was saved (its digest does not "

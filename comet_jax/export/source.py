@@ -10,6 +10,7 @@ are checked against the checkpoint's recorded shapes.
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,15 +42,18 @@ class Source:
                 shutil.copy2(f, directory / f.name)
 
 
-def open_source(src: Path, step: int | None = None, log: Callable[[str], None] = print) -> Source:
+def open_source(src: Path, step: int | None = None, log: Callable[[str], None] = print, raw: bool = False) -> Source:
+    """raw: a run trained with optim.ema gives its checkpoint's raw parameters, not the weight
+    average (the default, as in RUN_DIR/model)."""
     if not src.is_dir():
         raise ExportError(f"SRC {src} does not exist or is not a directory")
     if (src / META_FILE).is_file():
-        if step is not None:
-            raise ExportError(f"--step is for a training run directory; {src} is a converted checkpoint")
+        if step is not None or raw:
+            raise ExportError(f"--{'step' if step is not None else 'raw'} is for a training run directory; {src} is a "
+                              "converted checkpoint")
         return _checkpoint(src)
     if (src / "checkpoints").is_dir():
-        return _run(src, step, log)
+        return _run(src, step, log, raw)
     raise ExportError(f"{src} is neither a converted checkpoint (no {META_FILE}) nor a training run directory "
                       "(no checkpoints/)")
 
@@ -62,7 +66,7 @@ def _checkpoint(src: Path) -> Source:
                   side_files=[src / n for n in TOKENIZER_FILES if (src / n).is_file()])
 
 
-def _run(src: Path, step: int | None, log: Callable[[str], None]) -> Source:
+def _run(src: Path, step: int | None, log: Callable[[str], None], raw: bool) -> Source:
     if not (src / "config.yaml").is_file():
         raise ExportError(f"{src} has checkpoints/ but no config.yaml: it is not a training run directory")
     from comet_jax.train.train_config import load_config
@@ -78,12 +82,32 @@ def _run(src: Path, step: int | None, log: Callable[[str], None]) -> Source:
     _check_shapes(model, comet, meta, f"{src}/config.yaml", step)
     carried, files = carried_from_init(cfg)
     label = f"run {src}, step {step}"
-    digests = {k: v for k, v in meta.get("digest", {}).items() if k.startswith("['params']")}
-    leaves = OrbaxLeaves(src / "checkpoints" / str(step) / "state", prefix="params.", digests=digests, label=label)
+    root = "['params']"
+    if cfg.optim.ema and not raw:
+        root = _ema_root(meta, src, step)
+        label += " (the weight average, optim.ema)"
+    digests = {k: v for k, v in meta.get("digest", {}).items() if k.startswith(root + "[")}
+    leaves = OrbaxLeaves(src / "checkpoints" / str(step) / "state", prefix=_orbax_prefix(root), digests=digests,
+                         label=label, digest_root=root)
     own = None if cfg.data.tokenizer == "checkpoint" else (lambda d: save_tokenizer(tokenizer, d, comet, log))
     return Source(label, model, comet, leaves, hf_config=carried.get("hf_config"),
                   max_position_embeddings=carried.get("max_position_embeddings"), side_files=files,
                   save_tokenizer=own)
+
+
+def _ema_root(meta: dict[str, Any], src: Path, step: int) -> str:
+    """The keystr of the weight average in a checkpoint's state ("['opt_state'][2].ema")."""
+    found = sorted({m.group(1) for k in meta.get("shapes", {}) for m in [re.match(r"^(\['opt_state'\].*\.ema)\[", k)]
+                    if m})
+    if len(found) != 1:
+        raise ExportError(f"the run {src} was trained with optim.ema but checkpoint step {step} holds "
+                          f"{len(found)} weight averages, not one; pass --raw to export its raw parameters")
+    return found[0]
+
+
+def _orbax_prefix(root: str) -> str:
+    """The Orbax path of a keystr root: "['opt_state'][2].ema" -> "opt_state.2.ema."."""
+    return "".join(f"{a or b or c}." for a, b, c in re.findall(r"\['([^']*)'\]|\[(\d+)\]|\.(\w+)", root))
 
 
 def _pick_step(directory: Path, step: int | None, log: Callable[[str], None]) -> tuple[int, dict[str, Any]]:

@@ -34,8 +34,9 @@ PAUSE_ENV = "COMET_JAX_EXPORT_TEST_PAUSE"
 
 def export(src: str | os.PathLike, dst: str | os.PathLike, *, step: int | None = None, dtype: str | None = None,
            layout: str | None = None, shard_size: str | int = DEFAULT_SHARD_SIZE, overwrite: bool = False,
-           drop_memory: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Export SRC (a converted checkpoint or a training run directory) to an HF directory at DST.
+           drop_memory: bool = False, raw: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Export SRC (a converted checkpoint or a training run directory) to an HF directory at DST
+    (a run trained with optim.ema: its weight average, as RUN_DIR/model; raw: the step's parameters).
     Raises ExportError (or CheckpointError / ConfigError from the source) before writing anything."""
     from comet_jax.convert.hf_import import check_destination
     from comet_jax.export.source import open_source
@@ -45,7 +46,7 @@ def export(src: str | os.PathLike, dst: str | os.PathLike, *, step: int | None =
         raise ExportError(f"SRC {src} does not exist or is not a directory")
     check_destination(src, dst, overwrite, error=ExportError)
     parse_size(shard_size)
-    source = open_source(src, step, log)
+    source = open_source(src, step, log, raw=raw)
     choose_layout(source.model, source.comet, layout, drop_memory)  # refused before any progress line
     log(f"exporting {source.label} -> {dst}")
     summary = write_hf(source.leaves, source.model, source.comet, dst, layout=layout, dtype=dtype,
