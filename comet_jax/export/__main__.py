@@ -3,7 +3,8 @@
 Write a Hugging Face directory (safetensors shards + index, config.json, tokenizer,
 generation_config.json) from a converted checkpoint (a directory with comet_jax.json and
 params/) or a training run directory (RUN_DIR with checkpoints/: the newest readable step
-unless --step).
+unless --step; of a run trained with optim.ema, the weight average, as RUN_DIR/model, unless
+--raw).
 
 Layouts: official (MemQwen3ForCausalLM, what the official CoMeT code loads; Qwen3 with
 memory), native (any backbone with memory: plain HF names plus the memory nets, CoMeT
