@@ -433,7 +433,8 @@ def test_print_config_ends_with_the_curriculum_as_it_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.split("\n# the curriculum as it runs (inherited settings filled in):\n")[1].splitlines() == [
         "# steps 1-300: seq_len 128, chunk_size 128; passkey min_len 128, needles 1, shift 0, wording composed, near 0",
-        "# steps 301-600: seq_len 256, chunk_size 64; passkey min_len 256, needles 1, shift 15, wording fixed, near 0.2",
+        "# steps 301-600: seq_len 256, chunk_size 64; passkey min_len 256, needles 1, shift 15, wording fixed, "
+        "near 0.2",
         "# steps 601-700: seq_len 384, chunk_size 64; passkey min_len 384, needles 1, shift 15, wording composed, "
         "near 0.2"]
     assert load_config(write(tmp_path, out), []) == load_config(None, sets)

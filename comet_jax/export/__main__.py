@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     mmap_large_buffers()  # host memory stays at about one block (docs/guide/export.md)
     try:
         summary = export(args.src, args.dst, step=args.step, dtype=args.dtype, layout=args.layout,
-                         shard_size=args.shard_size, overwrite=args.overwrite, drop_memory=args.drop_memory, raw=args.raw, log=log)
+                         shard_size=args.shard_size, overwrite=args.overwrite, drop_memory=args.drop_memory,
+                         raw=args.raw, log=log)
     except (ExportError, CheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

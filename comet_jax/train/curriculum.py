@@ -48,7 +48,7 @@ def describe_curriculum(cfg) -> list[str]:
         s = curriculum_stage(cfg, start)
         what = f"seq_len {s.seq_len}" + ("" if cfg.comet.mode == "full" else f", chunk_size {s.chunk_size}")
         if cfg.data.source == "passkey":
-            what += (f"; passkey min_len {min(s.min_len or s.seq_len, s.seq_len)}, needles {s.needles}, shift {s.shift}, "
-                     f"wording {s.wording}, near {s.near:g}")
+            what += (f"; passkey min_len {min(s.min_len or s.seq_len, s.seq_len)}, needles {s.needles}, "
+                     f"shift {s.shift}, wording {s.wording}, near {s.near:g}")
         lines.append(f"steps {start + 1}-{min(end, cfg.train.steps)}: {what}")
     return lines
