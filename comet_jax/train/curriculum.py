@@ -20,6 +20,11 @@ class Stage(NamedTuple):
     wording: str = "fixed"  # the passkey questions' wordings
     near: float = 0.0  # the share of passkey needles right before their question
 
+    @property
+    def passkey_min_len(self) -> int:
+        """The shortest passkey example this stage draws: min_len (0: seq_len), at most seq_len."""
+        return min(self.min_len or self.seq_len, self.seq_len)
+
 
 def curriculum_stage(cfg, step: int) -> Stage:
     """The curriculum stage at an optimizer step (after the last listed stage: the data and
@@ -48,7 +53,7 @@ def describe_curriculum(cfg) -> list[str]:
         s = curriculum_stage(cfg, start)
         what = f"seq_len {s.seq_len}" + ("" if cfg.comet.mode == "full" else f", chunk_size {s.chunk_size}")
         if cfg.data.source == "passkey":
-            what += (f"; passkey min_len {min(s.min_len or s.seq_len, s.seq_len)}, needles {s.needles}, "
+            what += (f"; passkey min_len {s.passkey_min_len}, needles {s.needles}, "
                      f"shift {s.shift}, wording {s.wording}, near {s.near:g}")
         lines.append(f"steps {start + 1}-{min(end, cfg.train.steps)}: {what}")
     return lines

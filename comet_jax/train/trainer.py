@@ -127,7 +127,7 @@ class Trainer:
         seq_len, comet = stage.seq_len, self.stage_comet(stage)
         local_batch = cfg.train.batch_size // self.n_processes
         src = make_source(cfg.data, self.tokenizer, seq_len=seq_len,
-                          passkey_min_len=min(stage.min_len or seq_len, seq_len), passkey_needles=stage.needles,
+                          passkey_min_len=stage.passkey_min_len, passkey_needles=stage.needles,
                           passkey_shift=stage.shift, passkey_wording=stage.wording, passkey_near=stage.near,
                           seed=cfg.run.seed + stage.index,
                           vocab_size=self.model.real_vocab, reserved=comet_token_names(self.comet))
