@@ -39,9 +39,9 @@ PASSKEY_SHIFT_AT = ("task", "start")
 # names of the extra passkey keys (data.passkey.named): words the passkey tokenizer already has
 PASSKEY_NAMES = ("blue", "green", "yellow")
 # the question of a training example: always the one wording ("fixed"), or one of a few drawn
-# per question ("varied"), or lead sentences and a stem composed per question ("composed"; none
-# of them is the held-out prompt's)
-PASSKEY_WORDINGS = ("fixed", "varied", "composed")
+# per question ("varied"), or lead sentences and a stem composed per question ("composed"), or
+# those and as many leads of random words ("scrambled"); none of them is the held-out prompt's
+PASSKEY_WORDINGS = ("fixed", "varied", "composed", "scrambled")
 TRAIN_DTYPES = ("float32", "bfloat16")
 REMATS = ("full", "dots", "offload", "none")  # activation recompute policies (comet_jax/model/remat.py)
 # The attention kernel (comet_jax/model/attention.py); "auto" picks one per backend at trace time.

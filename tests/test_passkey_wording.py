@@ -1,4 +1,4 @@
-"""data.passkey.wording=varied/composed: training questions in several wordings, none the held-out one."""
+"""data.passkey.wording=varied/composed/scrambled: training questions in several wordings, none the held-out one."""
 
 import re
 
@@ -7,7 +7,8 @@ import pytest
 
 from comet_jax.config import ConfigError
 from comet_jax.data.passkey import (FILLER_SENTENCES, QUESTION, QUESTION_HELD_OUT, QUESTION_STEMS, QUESTIONS_VARIED,
-                                    TASK, PasskeySource, composed_questions, encode, sentences)
+                                    TASK, PasskeySource, composed_questions, encode, scrambled_questions,
+                                    sentences)
 from comet_jax.data.passkey_tokenizer import passkey_tokenizer
 
 
@@ -16,12 +17,13 @@ def tok():
     return passkey_tokenizer()
 
 
-@pytest.mark.parametrize("wordings", ["varied", "composed"])
+@pytest.mark.parametrize("wordings", ["varied", "composed", "scrambled"])
 def test_every_wording_is_words_of_the_tokenizer_and_none_is_held_out(tok, wordings):
-    questions = QUESTIONS_VARIED if wordings == "varied" else composed_questions()
-    # composed: 8 leads (5 filler + 3 task sentences), none / one / two distinct, times 5 stems (or none)
-    assert questions[0] == QUESTION and len(set(questions)) == len(questions) == {"varied": 5,
-                                                                                 "composed": (1 + 8 + 8 * 7) * 5}[wordings]
+    questions = {"varied": QUESTIONS_VARIED, "composed": composed_questions(), "scrambled": scrambled_questions()}[wordings]
+    # composed: 8 leads (5 filler + 3 task sentences), none / one / two distinct, times 5 stems (or none);
+    # scrambled: those and as many with leads of random words
+    assert questions[0] == QUESTION and len(set(questions)) == len(questions) == {"varied": 5, "composed": 325,
+                                                                                 "scrambled": 650}[wordings]
     for q in questions:
         ids = encode(tok, " " + q)
         # words are ids past the 256 byte symbols; only "." and "?" are single bytes
@@ -30,7 +32,13 @@ def test_every_wording_is_words_of_the_tokenizer_and_none_is_held_out(tok, wordi
         # the held-out question's own phrases (composed leads may be the task line's "I will quiz you about the
         # important information there.")
         assert "quiz you about the pass key" not in q and "What is it?" not in q and q != QUESTION_HELD_OUT
-        assert "quiz" not in q or wordings == "composed"
+        assert "quiz" not in q or wordings != "varied"
+    if wordings == "scrambled":
+        assert questions[:325] == composed_questions() and scrambled_questions() == questions  # deterministic
+        leads = [q.removesuffix("The pass key is") for q in questions[325:]]
+        # the random leads are not sentences the model has read, and they differ in length (1-12 words)
+        assert not any(lead.strip().rstrip(".?") in FILLER_SENTENCES + sentences(TASK) for lead in leads[:50])
+        assert {len(lead.split()) for lead in leads} >= set(range(2, 13))
 
 
 def test_varied_records_ask_in_every_wording_and_keep_their_length(tok):
@@ -55,6 +63,22 @@ def test_varied_records_ask_in_every_wording_and_keep_their_length(tok):
         # the fixed wording's record of the same index asks only QUESTION
         assert set(re.findall(pattern, tok.decode(fixed[i]["input_ids"].tolist()))) <= {(QUESTION, key)}
     assert seen == set(QUESTIONS_VARIED)
+
+
+def test_scrambled_records_ask_in_random_contexts_and_label_only_the_answers(tok):
+    src = PasskeySource(tok, min_len=512, max_len=512, seed=3, questions=4, end=".", wording="scrambled")
+    assert "wording='scrambled'" in repr(src)
+    questions = sorted(scrambled_questions(), key=len, reverse=True)
+    seen = []
+    for i in range(30):
+        rec, eps = src[i], src.episodes(i)
+        key = eps[0][2]["key"]
+        assert tok.decode(rec["input_ids"][rec["loss_mask"]].tolist()) == f" {key}." * len(eps)
+        for prompt, _, _ in eps:
+            text = tok.decode(prompt.tolist())
+            seen.append(next(q for q in questions if text.endswith(" " + q)))
+    # about half the questions have a random lead (not one of the 325 composed)
+    assert 0.3 < sum(q not in composed_questions() for q in seen) / len(seen) < 0.7
 
 
 def test_composed_records_ask_in_many_contexts_and_label_only_the_answers(tok):

@@ -86,8 +86,37 @@ def composed_questions() -> tuple[str, ...]:
     return tuple(out)
 
 
+# Phrases of the held-out question that no training question may hold.
+HELD_OUT_PHRASES = ("quiz you about the pass key", "What is it?")
+
+
+def scrambled_questions(count: int = 325, max_words: int = 12, seed: int = 0) -> tuple[str, ...]:
+    """Every wording of data.passkey.wording=scrambled: the composed questions and as many more
+    whose lead is 1..max_words words of the training texts in random order (a "." or "?" after
+    some), then a stem or none, then "The pass key is". The composed leads are sentences the
+    model has read; with these, what precedes the answer is any word sequence, so reading a key
+    (and finishing one cut by a chunk end) cannot lean on a familiar context. Deterministic;
+    none holds a phrase of the held-out question."""
+    words = sorted({w for text in (FILLER, TASK, *QUESTION_STEMS) for w in re.findall(r"[A-Za-z]+", text)})
+    rng = np.random.default_rng(seed)
+    out = list(composed_questions())
+    extra: list[str] = []
+    while len(extra) < count:
+        lead = []
+        for w in rng.choice(words, size=int(rng.integers(1, max_words + 1))):
+            lead.append(w + str(rng.choice(["", "", "", ".", "?"])))
+        lead[-1] = lead[-1].rstrip(".?") + str(rng.choice([".", "?"]))
+        stem = ("",) + QUESTION_STEMS
+        q = " ".join(lead + ([stem[int(rng.integers(len(stem)))]] if rng.random() < 0.5 else []) + ["The pass key is"])
+        q = re.sub(r" +", " ", q)
+        if q not in out and q not in extra and not any(p in q for p in HELD_OUT_PHRASES):
+            extra.append(q)
+    return tuple(out + extra)
+
+
 # the questions of each data.passkey.wording (None: the prompt variant's one question)
-WORDING_QUESTIONS = {"fixed": None, "varied": QUESTIONS_VARIED, "composed": composed_questions()}
+WORDING_QUESTIONS = {"fixed": None, "varied": QUESTIONS_VARIED, "composed": composed_questions(),
+                     "scrambled": scrambled_questions()}
 
 
 def encode(tokenizer: Any, text: str) -> np.ndarray:
@@ -263,7 +292,8 @@ class PasskeySource:
     shift_share < 1: only that share of records gets a shift (drawn per record), the rest none.
     wording="varied": each question is one of QUESTIONS_VARIED (drawn per question) instead of
     always QUESTION, so that a model does not tie its answer to one wording; "composed": one of
-    composed_questions() (lead sentences and a stem before "The pass key is", every combination).
+    composed_questions() (lead sentences and a stem before "The pass key is", every combination);
+    "scrambled": one of scrambled_questions() (those and as many with random word sequences as leads).
     near > 0: that share of records (drawn per record) puts the first needle right before its
     question (depth 1) instead of at a uniform depth: a key a few tokens back, read from the temp
     memory when the answer starts a chunk, is otherwise rare in training.

@@ -111,7 +111,8 @@ class PasskeySection:
     shift_at: str = "task"  # or "start": the shift before the task line
     shift_share: float = 1.0  # the share of sequences that get a shift; the rest none
     # "varied": each question in one of a few wordings (none the held-out prompt's), not always one;
-    # "composed": lead sentences and a stem before "The pass key is", drawn per question
+    # "composed": lead sentences and a stem before "The pass key is", drawn per question;
+    # "scrambled": those and as many with random word sequences as leads
     wording: str = "fixed"
     # the share of sequences whose (first) needle sits right before its question (depth 1)
     near: float = 0.0
