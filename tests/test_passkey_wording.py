@@ -19,7 +19,8 @@ def tok():
 
 @pytest.mark.parametrize("wordings", ["varied", "composed", "scrambled"])
 def test_every_wording_is_words_of_the_tokenizer_and_none_is_held_out(tok, wordings):
-    questions = {"varied": QUESTIONS_VARIED, "composed": composed_questions(), "scrambled": scrambled_questions()}[wordings]
+    questions = {"varied": QUESTIONS_VARIED, "composed": composed_questions(),
+                 "scrambled": scrambled_questions()}[wordings]
     # composed: 8 leads (5 filler + 3 task sentences), none / one / two distinct, times 5 stems (or none);
     # scrambled: those and as many with leads of random words
     assert questions[0] == QUESTION and len(set(questions)) == len(questions) == {"varied": 5, "composed": 325,
