@@ -98,17 +98,16 @@ def scrambled_questions(count: int = 325, max_words: int = 12, seed: int = 0) ->
     (and finishing one cut by a chunk end) cannot lean on a familiar context. Deterministic;
     none holds a phrase of the held-out question."""
     words = sorted({w for text in (FILLER, TASK, *QUESTION_STEMS) for w in re.findall(r"[A-Za-z]+", text)})
+    stems = ("",) + QUESTION_STEMS
     rng = np.random.default_rng(seed)
     out = list(composed_questions())
     extra: list[str] = []
     while len(extra) < count:
-        lead = []
-        for w in rng.choice(words, size=int(rng.integers(1, max_words + 1))):
-            lead.append(w + str(rng.choice(["", "", "", ".", "?"])))
+        lead = [w + str(rng.choice(["", "", "", ".", "?"]))
+                for w in rng.choice(words, size=int(rng.integers(1, max_words + 1)))]
         lead[-1] = lead[-1].rstrip(".?") + str(rng.choice([".", "?"]))
-        stem = ("",) + QUESTION_STEMS
-        q = " ".join(lead + ([stem[int(rng.integers(len(stem)))]] if rng.random() < 0.5 else []) + ["The pass key is"])
-        q = re.sub(r" +", " ", q)
+        stem = [stems[int(rng.integers(len(stems)))]] if rng.random() < 0.5 else []
+        q = " ".join(part for part in lead + stem + ["The pass key is"] if part)
         if q not in out and q not in extra and not any(p in q for p in HELD_OUT_PHRASES):
             extra.append(q)
     return tuple(out + extra)
