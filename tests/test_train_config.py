@@ -393,10 +393,14 @@ def test_flat_spelling_of_the_demo_config_reads_the_same(tmp_path):
   passkey_end: "."
   passkey_shift: 15
   passkey_shift_share: 0.5
+  passkey_wording: scrambled
+  passkey_near: 0.5
   curriculum:
-    - {until_step: 300, seq_len: 128, chunk_size: 128, passkey_shift: 0}
-    - {until_step: 600, seq_len: 128, chunk_size: 32, passkey_shift: 0}
-    - {until_step: 1000, seq_len: 256, passkey_shift: 0}
+    - {until_step: 1200, seq_len: 128, chunk_size: 128, passkey_shift: 0, passkey_wording: fixed, passkey_near: 0}
+    - {until_step: 2200, seq_len: 128, chunk_size: 32, passkey_shift: 0, passkey_wording: fixed, passkey_near: 0}
+    - {until_step: 3400, seq_len: 128, passkey_shift: 0, passkey_wording: fixed, passkey_near: 0}
+    - {until_step: 6200, seq_len: 256, passkey_shift: 0, passkey_near: 0}
+    - {until_step: 8200, seq_len: 512, passkey_near: 0.2}
 """)
     assert load_config(flat, []).data == load_config(str(CONFIGS / "demo_passkey.yaml"), []).data
 
