@@ -13,6 +13,7 @@ from xla_env import xla_flags
 
 from comet_jax.bundled import config_path
 from comet_jax.demo import passkey_demo as demo
+from comet_jax.demo import report
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"}
@@ -89,7 +90,7 @@ def test_table_marks_held_out_lengths_not_run():
                 "exact_by_length": {str(n): a / 2 for n, a in by.items()}}
 
     comet = res({512: 1.0, 2048: 0.8, 16384: 0.6}) | {"held_out": res({512: 0.4})}
-    table = demo.summary_table({"train_seq_len": 512, "models": {"comet": comet}})
+    table = report.summary_table({"train_seq_len": 512, "models": {"comet": comet}})
     assert "| CoMeT (memory) | 0.50 (1.00) | 0.40 (0.80) | 0.30 (0.60) |" in table
     assert "| CoMeT (memory), held-out prompt | 0.20 (0.40) | not run | not run |" in table
 
@@ -137,7 +138,9 @@ class FakeChildren:
             lengths = cmd[cmd.index("--lengths") + 1].split(",")
             out.mkdir(parents=True, exist_ok=True)
             assert not (out / "results.json").exists()  # comet-passkey would refuse it
+            depths = [float(d) for d in cmd[cmd.index("--depths") + 1].split(",")]
             (out / "results.json").write_text(json.dumps({"accuracy_by_length": {n: 1.0 for n in lengths},
+                                                          "depths": depths,
                                                           "exact_by_length": {n: 1.0 for n in lengths},
                                                           "cells": []}))
             self.evaluated.append(out)
@@ -202,6 +205,35 @@ def test_runs_of_other_settings_keep_their_own_directories(tmp_path, monkeypatch
     assert tag() == "" and tag("--seed", "3") == "seed3" and tag("--quick") == "quick"
     assert tag("--set", "train.steps=7") != tag("--set", "train.steps=8")
     assert tag("--quick", "--seed", "2", "--set", "train.steps=7").startswith("quick-seed2-")
+
+
+def test_a_demo_of_fewer_models_keeps_the_other_models_rows(tmp_path, monkeypatch):
+    """`comet-demo --models comet` (one seed of `--seeds`) after `comet-demo`: the baselines'
+    rows stay in results.json when it was written with the same settings and their runs are
+    the ones that scored them; with other settings, or a run trained again since, they go."""
+    from comet_jax.evals import passkey
+
+    children = FakeChildren()
+    monkeypatch.setattr(demo, "run", children)
+    monkeypatch.setattr(demo, "ship_model", lambda *a: None)
+    monkeypatch.setattr(demo, "plot", lambda results, out: None)
+    monkeypatch.setattr(passkey, "write_heatmap", lambda results, path: None)
+    work, out = tmp_path / "work", tmp_path / "out"
+    base = ["--work", str(work), "--out", str(out), "--jobs", "1"]
+
+    def rows():
+        res = json.loads((out / "results.json").read_text())
+        return list(res["models"]), res.get("kept_from_earlier")
+
+    assert demo.main(base + ["--models", "full,comet"]) == 0 and rows() == (["comet", "full"], None)
+    full_row = json.loads((out / "results.json").read_text())["models"]["full"]
+    assert demo.main(base + ["--models", "comet"]) == 0 and rows() == (["comet", "full"], ["full"])
+    assert json.loads((out / "results.json").read_text())["models"]["full"] == full_row
+    assert sum(p.name == "passkey_full" for p in children.evaluated) == 1  # kept, not evaluated again
+    assert demo.main(base + ["--models", "comet", "--depths", "0,1"]) == 0 and rows() == (["comet"], None)
+    assert demo.main(base + ["--models", "full,comet"]) == 0 and rows() == (["comet", "full"], None)
+    (work / "full" / "config.yaml").write_text("# trained again with another config\n")
+    assert demo.main(base + ["--models", "comet"]) == 0 and rows() == (["comet"], None)
 
 
 def test_quickstart_replaces_only_its_own_output(tmp_path, capsys):

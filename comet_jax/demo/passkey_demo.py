@@ -24,7 +24,8 @@ number starts with the key's digits); the table prints exact (starts with).
 Full attention costs O(length^2): it is evaluated up to --full-max-mult x the training length
 (default 4x: at 16x one prompt costs ~10 s here, 100 prompts a cell) and reported as not run
 beyond. Writes to --out: results.json, heatmap_{model}.png,
-accuracy_vs_length.png, train_loss.png. Training runs and raw eval outputs go to --work.
+accuracy_vs_length.png, train_loss.png (results.json keeps the rows of other models an earlier
+demo with the same settings wrote there). Training runs and raw eval outputs go to --work.
 Run in the root of a comet-jax checkout these default to docs/demo and runs/demo (the
 committed artefacts), anywhere else to comet_demo and comet_demo/runs. Any training key can
 be changed for all three models with --set section.key=value. The models train and evaluate
@@ -55,6 +56,7 @@ from pathlib import Path
 
 from comet_jax.bundled import checkout, config_path
 from comet_jax.demo.model_card import ship_model
+from comet_jax.demo.report import LABELS, plot, summary_table
 from comet_jax.evals.common import hold_out_dir
 
 MODELS = {
@@ -62,7 +64,6 @@ MODELS = {
     "full": ["comet.mode=full"],
     "nomem": ["comet.global_size=0", "comet.stride=-1"],
 }
-LABELS = {"comet": "CoMeT (memory)", "full": "full attention", "nomem": "CoMeT, memory off"}
 DEPTHS = "0,0.25,0.5,0.75,1"
 DEFAULT_CONFIG = "demo_passkey.yaml"
 TRAIN_TIME = "demo_train_seconds.json"  # in a run the demo trained: its training time, for when it is reused
@@ -263,6 +264,30 @@ def train_and_eval(name: str, cores, args, sets, seq_len, samples, depths, mults
     return res
 
 
+def kept_results(out: Path, results: dict, models: list[str], args, sets, depths: str, work: Path,
+                 tag: str) -> dict:
+    """The rows of an earlier results.json in `out` for models this command does not run, when
+    that file was written with the same settings (seed, config, samples, lengths, depths) and each
+    such model's run in --work is still the finished run of this config: `comet-demo --models
+    comet` after `comet-demo` keeps the baselines' rows (and, as their files are not touched,
+    their heatmaps) instead of dropping them."""
+    try:
+        old = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    same = ("config", "overrides", "seed", "train_seq_len", "samples", "multipliers", "held_out_multipliers")
+    if not isinstance(old, dict) or any(old.get(k) != results[k] for k in same):
+        return {}
+    want_depths = [float(d) for d in depths.split(",") if d.strip()]
+    kept = {}
+    for name, res in (old.get("models") or {}).items():
+        run_dir = work / run_name(name, tag)
+        if (name in MODELS and name not in models and res.get("depths") == want_depths and finished_run(run_dir)
+                and same_config(run_dir, args.config, overrides_of(name, args, sets, work, tag))):
+            kept[name] = res
+    return kept
+
+
 def same_config(run_dir: Path, config: str, overrides: list[str]) -> bool:
     """Whether the run in run_dir was trained with exactly this config (its resolved config.yaml)."""
     from comet_jax.train.train_config import dump_yaml, load_config
@@ -299,46 +324,6 @@ def loss_curve(run_dir: Path) -> tuple[list[int], list[float]]:
             steps.append(rec["step"])
             losses.append(rec["loss"])
     return steps, losses
-
-
-def plot(results: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from comet_jax.evals.common import save_png
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name, res in results["models"].items():
-        xs = [int(n) for n in res["accuracy_by_length"]]
-        ax.plot(xs, list(res["accuracy_by_length"].values()), "o-", label=LABELS.get(name, name))
-    ax.axvline(results["train_seq_len"], color="grey", ls=":", label="training length")
-    ax.set_xscale("log", base=2)
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel("prompt length (tokens)")
-    ax.set_ylabel("passkey accuracy (mean over depths)")
-    ax.set_title("passkey retrieval beyond the training length")
-    ax.legend()
-    fig.tight_layout()
-    save_png(fig, out / "accuracy_vs_length.png")
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name, res in results["models"].items():
-        steps, losses = res["train_loss"]["steps"], res["train_loss"]["loss"]
-        if steps:
-            k = max(1, len(losses) // 50)  # running mean for a readable curve
-            smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
-            ax.plot(steps[k - 1:], smooth, label=LABELS.get(name, name))
-    ax.axhline(5 * np.log(10) / 6, color="grey", ls=":", label="chance (digits unknown)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("answer-token loss")
-    ax.set_yscale("log")
-    ax.set_title("training loss")
-    ax.legend()
-    fig.tight_layout()
-    save_png(fig, out / "train_loss.png")
 
 
 def positive_numbers(ap, flag: str, text: str) -> list[float]:
@@ -447,11 +432,18 @@ def run_models(args, models, sets, seq_len, samples, depths, mults, held_mults, 
     except RuntimeError as e:
         print(f"error: {(first_error or [e])[0]}", file=sys.stderr)
         return 1
-    results["models"] = dict(zip(models, done))
+    kept = kept_results(out, results, models, args, sets, depths, work, tag)
+    if kept:
+        log(f"kept from {out / 'results.json'} (same settings, same runs): {', '.join(kept)}")
+        results["kept_from_earlier"] = sorted(kept)
+    ran = dict(zip(models, done))
+    results["models"] = {name: ran[name] if name in ran else kept[name] for name in MODELS if name in ran or name in kept}
 
     results["wall_seconds"] = round(time.time() - t_start, 1)
     out.mkdir(parents=True, exist_ok=True)
     for name, res in results["models"].items():
+        if name in kept:
+            continue
         write_heatmap({**res, "title": f"passkey accuracy: {LABELS[name]} (trained on {seq_len} tokens)"},
                       out / f"heatmap_{name}.png")
     plot(results, out)
@@ -464,28 +456,6 @@ def run_models(args, models, sets, seq_len, samples, depths, mults, held_mults, 
     log(f"done in {results['wall_seconds']:.0f}s; wrote {out}")
     print(summary_table(results))
     return 0
-
-
-def summary_table(results: dict) -> str:
-    """Markdown table: model x length, mean over depths of exact match (and of "starts with")."""
-    seq = results["train_seq_len"]
-    lengths = sorted({int(n) for r in results["models"].values() for n in r["accuracy_by_length"]}
-                     | {int(n) for r in results["models"].values() for n in r.get("not_run_lengths", [])})
-    head = "| model | " + " | ".join(f"{n} ({n / seq:g}x)" for n in lengths) + " |"
-    rows = [head, "|" + " --- |" * (len(lengths) + 1)]
-
-    def row(label: str, r: dict) -> str:
-        acc = {int(k): v for k, v in r["accuracy_by_length"].items()}
-        exact = {int(k): v for k, v in r.get("exact_by_length", {}).items()}
-        return f"| {label} | " + " | ".join(
-            (f"{exact[n]:.2f} ({acc[n]:.2f})" if n in exact else f"{acc[n]:.2f}") if n in acc else "not run"
-            for n in lengths) + " |"
-
-    for name, r in results["models"].items():
-        rows.append(row(LABELS.get(name, name), r))
-        if "held_out" in r:
-            rows.append(row(LABELS.get(name, name) + ", held-out prompt", r["held_out"]))
-    return "\n".join(rows)
 
 
 if __name__ == "__main__":
