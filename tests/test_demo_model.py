@@ -37,3 +37,19 @@ def test_the_shipped_model_retrieves_at_its_training_length(tmp_path):
                     "--out", str(out), "--quiet"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["exact_by_length"] == {"512": 1.0}
+
+
+def test_the_readme_table_is_the_committed_spread_over_seeds():
+    """The README's demo rows are docs/demo/seeds.json's min / mean, and seed 0's entry there is
+    the run whose model is shipped."""
+    record = json.loads((DEMO / "seeds.json").read_text())
+    assert record["seeds"] == [0, 1, 2, 3]
+    readme = (DEMO.parents[1] / "README.md").read_text()
+    lengths = ("512", "2048", "8192", "16384")
+    for label, row in (("CoMeT, min / mean over seeds 0–3", "CoMeT (memory)"),
+                       ("CoMeT, held-out prompt, min / mean", "CoMeT (memory), held-out prompt")):
+        cells = record["spread"][row]
+        assert f"| {label} | " + " | ".join(f"{cells[n]['min']:.2f} / {cells[n]['mean']:.2f}" if n in cells
+                                            else "not run" for n in lengths) + " |" in readme
+    shipped = json.loads((DEMO / "results.json").read_text())["models"]["comet"]["exact_by_length"]
+    assert record["per_seed"]["0"]["CoMeT (memory)"] == shipped
