@@ -264,7 +264,7 @@ def train_and_eval(name: str, cores, args, sets, seq_len, samples, depths, mults
     return res
 
 
-def kept_results(out: Path, results: dict, models: list[str], args, sets, depths: str, work: Path,
+def kept_results(out: Path, results: dict, models: list[str], args, sets, depths: list[float], work: Path,
                  tag: str) -> dict:
     """The rows of an earlier results.json in `out` for models this command does not run, when
     that file was written with the same settings (seed, config, samples, lengths, depths) and each
@@ -278,11 +278,10 @@ def kept_results(out: Path, results: dict, models: list[str], args, sets, depths
     same = ("config", "overrides", "seed", "train_seq_len", "samples", "multipliers", "held_out_multipliers")
     if not isinstance(old, dict) or any(old.get(k) != results[k] for k in same):
         return {}
-    want_depths = [float(d) for d in depths.split(",") if d.strip()]
     kept = {}
     for name, res in (old.get("models") or {}).items():
         run_dir = work / run_name(name, tag)
-        if (name in MODELS and name not in models and res.get("depths") == want_depths and finished_run(run_dir)
+        if (name in MODELS and name not in models and res.get("depths") == depths and finished_run(run_dir)
                 and same_config(run_dir, args.config, overrides_of(name, args, sets, work, tag))):
             kept[name] = res
     return kept
@@ -390,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_models(args, models, sets, seq_len, samples, depths, mults, held_mults, work: Path, out: Path, tag: str,
                given_config: str | None) -> int:
     """The work of main, holding --out: train and evaluate every model, write the artefacts."""
-    from comet_jax.evals.passkey import write_heatmap, write_json
+    from comet_jax.evals.passkey import parse_depth, parse_list, write_heatmap, write_json
 
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -432,12 +431,14 @@ def run_models(args, models, sets, seq_len, samples, depths, mults, held_mults, 
     except RuntimeError as e:
         print(f"error: {(first_error or [e])[0]}", file=sys.stderr)
         return 1
-    kept = kept_results(out, results, models, args, sets, depths, work, tag)
+    # the depths as comet-passkey parses and records them
+    kept = kept_results(out, results, models, args, sets, parse_list(depths, parse_depth, "depths"), work, tag)
     if kept:
         log(f"kept from {out / 'results.json'} (same settings, same runs): {', '.join(kept)}")
         results["kept_from_earlier"] = sorted(kept)
     ran = dict(zip(models, done))
-    results["models"] = {name: ran[name] if name in ran else kept[name] for name in MODELS if name in ran or name in kept}
+    results["models"] = {name: ran[name] if name in ran else kept[name] for name in MODELS
+                         if name in ran or name in kept}
 
     results["wall_seconds"] = round(time.time() - t_start, 1)
     out.mkdir(parents=True, exist_ok=True)
